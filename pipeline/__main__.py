@@ -1,0 +1,3 @@
+from pipeline import cli
+
+raise SystemExit(cli.main())

@@ -1,0 +1,192 @@
+"""Command line: argv -> load_config -> cluster.connect -> run; prints errors, returns exit codes.
+
+Exit statuses: 0 every image done; 3 finished with some images skipped; 2 bad job file or
+arguments, or nothing could start; 1 the job failed; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+import warnings
+
+from pipeline import __version__
+from pipeline.errors import ConfigError, PipelineError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``kmeans-pipeline`` and ``python -m pipeline``."""
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose - args.quiet)
+    try:
+        return args.command(args)
+    except PipelineError as exc:
+        _print_error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _print_error("interrupted; rerun with output.if_exists: resume to finish the job")
+        return EXIT_INTERRUPTED
+    except Exception:  # a bug: the one case that prints a traceback
+        traceback.print_exc()
+        _print_error("unexpected internal error (a bug); please report it with the traceback")
+        return EXIT_FAILED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kmeans-pipeline", description="Segment image collections by colour with k-means.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="command")
+    for name, func, text in (("run", _cmd_run, "run a job and write every output"),
+                             ("validate", _cmd_validate,
+                              "check a job and list its inputs; computes nothing")):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(command=func)
+        sub.add_argument("job", help="the YAML job file")
+        sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="override a job-file key (repeatable); paths are relative to "
+                              "the job file")
+        sub.add_argument("--scheduler", help="threads | processes | synchronous | local | "
+                                             "tcp://host:port (overrides dask.scheduler)")
+        sub.add_argument("--scheduler-file", help="a dask scheduler file (overrides "
+                                                  "dask.scheduler_file)")
+        sub.add_argument("-q", "--quiet", action="count", default=0,
+                         help="print only errors")
+        sub.add_argument("-v", "--verbose", action="count", default=0,
+                         help="log each phase and iteration (-vv: debug)")
+        sub.add_argument("--json", action="store_true",
+                         help="print the summary as one JSON object on stdout")
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    from pipeline.config import load_config
+
+    overrides = list(args.set)
+    if args.scheduler_file:
+        overrides.append(f"dask.scheduler_file={args.scheduler_file}")
+    return load_config(args.job, overrides, args.scheduler)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline import model, read
+
+    cfg = _load(args)
+    listing = read.list_inputs(cfg.input, cfg.preprocess, cfg.output.dir)
+    problems = [f"{path}: {reason}" for path, reason in listing.failed]
+    if cfg.kmeans.init_is_model:
+        try:
+            model.load_palette(cfg.kmeans.init, cfg.kmeans.k, cfg.preprocess.color_space)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    summary = {"job": args.job, "valid": not problems, "problems": problems,
+               "images": [{"path": i.path, "name": i.name, "width": i.width,
+                           "height": i.height, "format": i.format} for i in listing.images],
+               "ignored": listing.ignored,
+               "renamed": [{"path": p, "name": n} for p, n in listing.renamed],
+               "pixels": sum(i.n_pixels for i in listing.images)}
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.quiet:
+        for info in listing.images:
+            print(f"{info.path} -> {info.name} ({info.width}x{info.height} {info.format})")
+        for path in listing.ignored:
+            print(f"ignored (not an image type): {path}")
+        print(f"{len(listing.images)} image(s), {summary['pixels'] / 1e6:.1f} Mpx; "
+              f"output to {cfg.output.dir}")
+    for problem in problems:
+        _print_error(problem)
+    return EXIT_USAGE if problems else EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline import cluster
+    from pipeline.run import run
+
+    cfg = _load(args)
+    show = None if (args.quiet or args.json) else _Progress(sys.stderr)
+    started = time.perf_counter()
+    with cluster.connect(cfg.dask) as connection:
+        if connection.dashboard and show:
+            print(f"dask dashboard: {connection.dashboard}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            report = run(cfg, show)
+    totals = report["totals"]
+    code = EXIT_SKIPPED if totals["skipped"] or totals["failed"] else EXIT_OK
+    summary = {"status": report["status"], "exit_code": code, "output_dir": cfg.output.dir,
+               "images": totals["images"], "ok": totals["ok"], "skipped": totals["skipped"],
+               "failed": totals["failed"], "pixels": totals["pixels"],
+               "seconds": round(time.perf_counter() - started, 3),
+               "scheduler": connection.scheduler}
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.quiet:
+        print(f"done: {totals['ok']} image(s) ok, {totals['skipped']} skipped, "
+              f"{totals['failed']} failed; {totals['pixels'] / 1e6:.1f} Mpx in "
+              f"{summary['seconds']:.1f} s -> {cfg.output.dir}", file=sys.stderr)
+    return code
+
+
+class _Progress:
+    """A progress bar on a terminal; plain periodic log lines otherwise."""
+
+    def __init__(self, stream, every: float = 5.0):
+        self.stream, self.every = stream, every
+        self.tty = stream.isatty()
+        self.name, self.total, self.pixels = "", 0, 0
+        self.done = self.done_pixels = 0
+        self.started = self.shown = time.monotonic()
+
+    def phase(self, name: str, images: int, pixels: int) -> None:
+        self._end_line()
+        self.name, self.total, self.pixels = name, images, pixels
+        self.done = self.done_pixels = 0
+        self.started = self.shown = time.monotonic()
+
+    def advance(self, images: int, pixels: int) -> None:
+        self.done += images
+        self.done_pixels += pixels
+        now = time.monotonic()
+        if self.tty or now - self.shown >= self.every or self.done == self.total:
+            self.shown = now
+            self._show(now)
+
+    def _show(self, now: float) -> None:
+        elapsed = now - self.started
+        fraction = self.done_pixels / self.pixels if self.pixels else 1.0
+        eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+        text = (f"{self.name}: {self.done}/{self.total} images, "
+                f"{self.done_pixels / 1e6:.1f}/{self.pixels / 1e6:.1f} Mpx, "
+                f"{elapsed:.1f} s, ETA {eta:.0f} s")
+        if self.tty:
+            bar = "#" * int(24 * fraction)
+            self.stream.write(f"\r[{bar:<24}] {text}\x1b[K")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _end_line(self) -> None:
+        if self.tty and self.total:
+            self.stream.write("\n")
+
+
+def _setup_logging(level: int) -> None:
+    logging.basicConfig(format="%(levelname)s: %(name)s: %(message)s", stream=sys.stderr)
+    ours = {2: logging.DEBUG, 1: logging.INFO, 0: logging.WARNING}.get(level, logging.ERROR)
+    logging.getLogger("pipeline").setLevel(ours if level <= 2 else logging.DEBUG)
+    for noisy in ("distributed", "bokeh", "tornado"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if level < 2 else logging.INFO)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+
+def _print_error(message: str) -> None:
+    for line in message.splitlines():
+        print(line if line.startswith("  ") else f"error: {line}", file=sys.stderr)

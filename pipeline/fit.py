@@ -1,0 +1,205 @@
+"""Fit centroids: seeding and iterations on a sample, and full Lloyd passes over dask chunks.
+
+Design (see README, "How the fit works"): one pass over the collection draws a reproducible
+random sample of pixels (``kmeans.sample_pixels``, positions fixed by the seed).  ``minibatch``
+runs Sculley's mini-batch steps on that sample, then (``refine``) full Lloyd steps on the
+sample's colour histogram; ``lloyd`` seeds from the sample and then makes every step a full pass
+over the chunks, whose per-chunk partial sums (sums, counts, inertia) dask tree-reduces.
+Everything on the sample runs in numpy in this process, so the result is bit-identical on any
+scheduler and for any chunking.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import dask
+import dask.array as da
+import numpy as np
+
+from pipeline import kmeans
+from pipeline.config import KMeansConfig
+
+log = logging.getLogger(__name__)
+_SPLIT_EVERY = 8  # fan-in of the tree reduction of partial sums
+
+
+@dataclass
+class FitResult:
+    """Fitted centroids and how the fit went.
+
+    ``centroids`` : ndarray of shape (n_clusters, 3), float64, in the working colour space.
+    """
+
+    centroids: np.ndarray
+    steps: list[kmeans.Step] = field(default_factory=list)
+    converged: bool = False
+    n_distinct: int = 0  # distinct colours in what the fit saw
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_iter(self) -> int:
+        return len(self.steps)
+
+
+@dataclass
+class _Points:
+    """A weighted point set: the colour histogram of a sample, in the working space."""
+
+    features: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def from_pixels(cls, pixels: np.ndarray, color_space: str) -> "_Points":
+        codes, counts = kmeans.histogram(pixels)
+        return cls(kmeans.to_features(kmeans.unpack(codes), color_space), counts)
+
+
+def fit_sample(pixels: np.ndarray, cfg: KMeansConfig, color_space: str,
+               init: np.ndarray | None = None) -> FitResult:
+    """Fit centroids to an in-memory sample of pixels (or all pixels of one image).
+
+    Parameters
+    ----------
+    pixels : ndarray of shape (n_pixels, 3), uint8
+    cfg : KMeansConfig
+    color_space : str
+    init : ndarray of shape (n_clusters, 3), float64, optional
+        Centroids of a saved model (``kmeans.init`` naming a model.json).
+
+    Returns
+    -------
+    FitResult
+        For ``algorithm: lloyd`` the steps run on ``pixels`` in full; the collection-scope
+        driver `fit_collection` instead continues with full passes over the chunks.
+    """
+    points = _Points.from_pixels(pixels, color_space)
+    result = _best_of_starts(points, cfg, init, iterate=True)
+    _warn_degenerate(result, len(points.weights), cfg.n_clusters)
+    return result
+
+
+def _best_of_starts(points: _Points, cfg: KMeansConfig, init: np.ndarray | None,
+                    iterate: bool) -> FitResult:
+    tol_abs = kmeans.tolerance(points.features, points.weights, cfg.tol)
+    starts = 1 if init is not None else cfg.n_init
+    best: tuple[float, FitResult] | None = None
+    for start in range(starts):
+        rng = np.random.default_rng([cfg.seed, start])
+        centroids = _seed(points, cfg, init, rng)
+        result = FitResult(centroids, n_distinct=len(points.weights))
+        if iterate and cfg.max_iter > 0:
+            result = _iterate(points, cfg, centroids, tol_abs, rng)
+        score = kmeans.partial_sums(points.features, points.weights, result.centroids)[0].inertia
+        log.debug("start %d: sample inertia %.6g after %d steps", start, score, result.n_iter)
+        if best is None or score < best[0]:
+            best = (score, result)
+    return best[1]
+
+
+def _seed(points: _Points, cfg: KMeansConfig, init: np.ndarray | None,
+          rng: np.random.Generator) -> np.ndarray:
+    if init is not None:
+        return init.astype(np.float64, copy=True)
+    if cfg.init == "random":
+        return kmeans.random_init(points.features, points.weights, cfg.n_clusters, rng)
+    return kmeans.kmeans_plusplus(points.features, points.weights, cfg.n_clusters, rng)
+
+
+def _iterate(points: _Points, cfg: KMeansConfig, centroids: np.ndarray, tol_abs: float,
+             rng: np.random.Generator) -> FitResult:
+    steps: list[kmeans.Step] = []
+    if cfg.algorithm == "minibatch":
+        centroids, steps, converged = kmeans.minibatch(
+            points.features, points.weights, centroids, cfg.batch_pixels, cfg.max_iter,
+            tol_abs, rng)
+        if not cfg.refine:
+            return FitResult(centroids, steps, converged, len(points.weights))
+    centroids, lloyd_steps, converged = kmeans.lloyd(
+        points.features, points.weights, centroids, cfg.max_iter, tol_abs)
+    return FitResult(centroids, steps + lloyd_steps, converged, len(points.weights))
+
+
+def _warn_degenerate(result: FitResult, n_distinct: int, n_clusters: int) -> None:
+    if n_distinct < n_clusters:
+        result.warnings.append(f"found {n_distinct} distinct colour(s), fewer than k={n_clusters}; "
+                               f"{n_clusters - n_distinct} cluster(s) will stay empty")
+
+
+def fit_collection(sample: np.ndarray, pixels: da.Array | None, cfg: KMeansConfig,
+                   color_space: str, init: np.ndarray | None, persist: bool) -> FitResult:
+    """Fit one palette for the whole collection.
+
+    Parameters
+    ----------
+    sample : ndarray of shape (n_sample, 3), uint8
+        The reproducible sample drawn by the read stage.
+    pixels : dask array of shape (n_pixels, 3), uint8, or None
+        Every pixel, chunked; needed for ``algorithm: lloyd`` only.
+    cfg : KMeansConfig
+    color_space : str
+    init : ndarray, optional
+        Centroids of a saved model to start from.
+    persist : bool
+        Keep the per-chunk colour histograms in (cluster) memory across Lloyd passes; when
+        False every pass decodes the files again.
+
+    Returns
+    -------
+    FitResult
+    """
+    points = _Points.from_pixels(sample, color_space)
+    if cfg.algorithm == "minibatch" or cfg.max_iter == 0:
+        result = _best_of_starts(points, cfg, init, iterate=True)
+    else:
+        seeded = _best_of_starts(points, cfg, init, iterate=False)
+        result = _lloyd_passes(pixels, points, seeded.centroids, cfg, color_space, persist)
+    for i, step in enumerate(result.steps):
+        log.info("iteration %d (%s): centroid shift %.4g, inertia %.6g", i + 1, step.kind,
+                 step.shift, step.inertia)
+    _warn_degenerate(result, len(points.weights), cfg.n_clusters)
+    return result
+
+
+def _lloyd_passes(pixels: da.Array, points: _Points, centroids: np.ndarray, cfg: KMeansConfig,
+                  color_space: str, persist: bool) -> FitResult:
+    hists = [dask.delayed(kmeans.histogram, pure=True)(chunk)
+             for chunk in pixels.to_delayed().ravel()]
+    if persist:
+        hists = list(dask.persist(*hists))
+    tol_abs = kmeans.tolerance(points.features, points.weights, cfg.tol)
+    steps: list[kmeans.Step] = []
+    for _ in range(cfg.max_iter):
+        started = time.perf_counter()
+        partial = _full_pass(hists, centroids, color_space)
+        new, empty = kmeans.update(partial, centroids)
+        if empty.any():
+            _, distances = kmeans.assign(points.features, new)
+            kmeans.reseed_empty(new, empty, points.features, distances)
+            log.warning("%d empty cluster(s) re-seeded at the sample's farthest colours",
+                        int(empty.sum()))
+        moved = kmeans.shift(centroids, new)
+        steps.append(kmeans.Step("lloyd", moved, partial.inertia))
+        log.debug("full pass in %.2f s", time.perf_counter() - started)
+        centroids = new
+        if moved <= tol_abs:
+            return FitResult(centroids, steps, True, len(points.weights))
+    return FitResult(centroids, steps, False, len(points.weights))
+
+
+def _full_pass(hists: list, centroids: np.ndarray, color_space: str) -> kmeans.Partial:
+    n_clusters = len(centroids)
+    parts = [da.from_delayed(dask.delayed(_chunk_partial, pure=True)(h, centroids, color_space),
+                             shape=(n_clusters, centroids.shape[1] + 2), dtype=np.float64)
+             for h in hists]
+    packed = da.stack(parts).sum(axis=0, split_every=_SPLIT_EVERY).compute()
+    return kmeans.Partial.unpack(packed)
+
+
+def _chunk_partial(hist: tuple[np.ndarray, np.ndarray], centroids: np.ndarray,
+                   color_space: str) -> np.ndarray:
+    codes, counts = hist
+    features = kmeans.to_features(kmeans.unpack(codes), color_space)
+    return kmeans.partial_sums(features, counts, centroids)[0].pack()

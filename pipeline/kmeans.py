@@ -1,0 +1,370 @@
+"""K-means math on one block of pixels, in numpy: features, assignment, partial sums, updates.
+
+No dask, no I/O, no logging.  Everything here is a pure function of its arguments, so the same
+inputs give bit-identical outputs on any scheduler.
+
+Determinism notes.  Distances are computed elementwise (never with BLAS, whose summation order
+depends on the block size), so the label of a colour never depends on how the pixels around it
+were chunked.  8-bit pixels are clustered through their *colour histogram* (unique colours and
+counts): the label of a pixel is a function of its colour alone, and sums of integer features
+are exact in float64 (below 2**53), so per-chunk partial sums can be merged in any order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# sRGB (D65) -> CIE XYZ, IEC 61966-2-1; and the D65 white point.
+_RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+                        [0.2126729, 0.7151522, 0.0721750],
+                        [0.0193339, 0.1191920, 0.9503041]])
+_XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ)
+_WHITE = _RGB_TO_XYZ.sum(axis=1)
+_EPS = 216 / 24389
+_KAPPA = 24389 / 27
+# A 2**24 table is cheaper than sorting once a block has more pixels than this.
+_BINCOUNT_ABOVE = 1 << 21
+
+
+# ---------------------------------------------------------------------------------------------
+# Colours
+
+
+def pack(pixels: np.ndarray) -> np.ndarray:
+    """24-bit colour codes of uint8 RGB rows: ndarray of shape (n,), uint32."""
+    p = pixels.astype(np.uint32)
+    return (p[:, 0] << 16) | (p[:, 1] << 8) | p[:, 2]
+
+
+def unpack(codes: np.ndarray) -> np.ndarray:
+    """Inverse of `pack`: ndarray of shape (n, 3), uint8."""
+    codes = codes.astype(np.uint32)
+    return np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=1).astype(np.uint8)
+
+
+def histogram(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The colours present in uint8 RGB rows and how often.
+
+    Returns
+    -------
+    codes : ndarray of shape (n_colors,), uint32, increasing
+    counts : ndarray of shape (n_colors,), int64
+    """
+    codes = pack(pixels)
+    if len(codes) > _BINCOUNT_ABOVE:
+        table = np.bincount(codes, minlength=1 << 24)
+        present = np.flatnonzero(table)
+        return present.astype(np.uint32), table[present]
+    unique, counts = np.unique(codes, return_counts=True)
+    return unique.astype(np.uint32), counts.astype(np.int64)
+
+
+def merge_histograms(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sum several `histogram` results into one."""
+    codes = np.concatenate([c for c, _ in parts]) if parts else np.zeros(0, np.uint32)
+    counts = np.concatenate([n for _, n in parts]) if parts else np.zeros(0, np.int64)
+    unique, inverse = np.unique(codes, return_inverse=True)
+    return unique.astype(np.uint32), np.bincount(inverse, weights=counts,
+                                                 minlength=len(unique)).astype(np.int64)
+
+
+def to_features(pixels: np.ndarray, color_space: str) -> np.ndarray:
+    """Working-space features of uint8 RGB rows: ndarray of shape (n, 3), float64.
+
+    ``rgb`` keeps the 0-255 scale (integer-valued, so sums are exact); ``lab`` is CIELAB (D65).
+    """
+    if color_space == "rgb":
+        return pixels.astype(np.float64)
+    return rgb_to_lab(pixels.astype(np.float64) / 255.0)
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB in [0, 1] -> CIELAB (D65), both of shape (n, 3), float64."""
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = _matmul3(linear, _RGB_TO_XYZ) / _WHITE
+    f = np.where(xyz > _EPS, np.cbrt(xyz), (_KAPPA * xyz + 16) / 116)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]),
+                     200 * (f[:, 1] - f[:, 2])], axis=1)
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) -> sRGB in [0, 1] (clipped), both of shape (n, 3), float64."""
+    fy = (lab[:, 0] + 16) / 116
+    f = np.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], axis=1)
+    xyz = np.where(f ** 3 > _EPS, f ** 3, (116 * f - 16) / _KAPPA) * _WHITE
+    linear = np.clip(_matmul3(xyz, _XYZ_TO_RGB), 0.0, 1.0)
+    return np.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear ** (1 / 2.4) - 0.055)
+
+
+def _matmul3(values: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    # Elementwise, not BLAS: the result of a row must not depend on the block around it.
+    return np.stack([values[:, 0] * m[0] + values[:, 1] * m[1] + values[:, 2] * m[2]
+                     for m in matrix], axis=1)
+
+
+def centroids_to_rgb(centroids: np.ndarray, color_space: str) -> np.ndarray:
+    """Centroids in the working space -> RGB, ndarray of shape (n_clusters, 3), float64 in 0-255."""
+    if color_space == "rgb":
+        return np.clip(centroids, 0.0, 255.0)
+    return lab_to_rgb(centroids) * 255.0
+
+
+# ---------------------------------------------------------------------------------------------
+# One block
+
+
+def assign(features: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of each row (ties go to the lowest index).
+
+    Parameters
+    ----------
+    features : ndarray of shape (n, n_features), float64
+    centroids : ndarray of shape (n_clusters, n_features), float64
+
+    Returns
+    -------
+    labels : ndarray of shape (n,), int64
+    distances : ndarray of shape (n,), float64
+        Squared Euclidean distance to that centroid.
+    """
+    n = len(features)
+    best = np.full(n, np.inf)
+    labels = np.zeros(n, np.int64)
+    for j, centre in enumerate(centroids):
+        d = squared_distance(features, centre)
+        closer = d < best
+        best[closer] = d[closer]
+        labels[closer] = j
+    return labels, best
+
+
+def squared_distance(features: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distance of each row to one point, ndarray of shape (n,), float64."""
+    d = (features[:, 0] - point[0]) ** 2
+    for c in range(1, features.shape[1]):
+        d += (features[:, c] - point[c]) ** 2
+    return d
+
+
+@dataclass
+class Partial:
+    """Per-cluster statistics of a block, mergeable in any order.
+
+    ``sums`` (n_clusters, n_features) float64, ``counts`` (n_clusters,) float64 (pixel counts,
+    exact integers), ``inertia`` float: the sum of squared distances to the centroids used.
+    """
+
+    sums: np.ndarray
+    counts: np.ndarray
+    inertia: float
+
+    def __add__(self, other: "Partial") -> "Partial":
+        return Partial(self.sums + other.sums, self.counts + other.counts,
+                       self.inertia + other.inertia)
+
+    def pack(self) -> np.ndarray:
+        """As one (n_clusters, n_features + 2) array, for dask's array reductions."""
+        inertia = np.zeros_like(self.counts)
+        inertia[0] = self.inertia
+        return np.column_stack([self.sums, self.counts, inertia])
+
+    @classmethod
+    def unpack(cls, packed: np.ndarray) -> "Partial":
+        return cls(packed[:, :-2], packed[:, -2], float(packed[:, -1].sum()))
+
+
+def partial_sums(features: np.ndarray, weights: np.ndarray | None,
+                 centroids: np.ndarray) -> tuple[Partial, np.ndarray, np.ndarray]:
+    """Assign weighted rows and sum them per cluster.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n, n_features), float64
+    weights : ndarray of shape (n,) or None
+        Pixel count of each row (a histogram), or None for one pixel each.
+    centroids : ndarray of shape (n_clusters, n_features), float64
+
+    Returns
+    -------
+    partial : Partial
+    labels, distances : as from `assign`
+    """
+    n_clusters = len(centroids)
+    labels, distances = assign(features, centroids)
+    w = np.ones(len(features)) if weights is None else weights.astype(np.float64)
+    sums = np.stack([np.bincount(labels, weights=features[:, c] * w, minlength=n_clusters)
+                     for c in range(features.shape[1])], axis=1)
+    counts = np.bincount(labels, weights=w, minlength=n_clusters)
+    return Partial(sums, counts, float(np.dot(distances, w))), labels, distances
+
+
+def update(partial: Partial, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """New centroids: the mean of each cluster's pixels; an empty cluster keeps its place.
+
+    Returns
+    -------
+    centroids : ndarray of shape (n_clusters, n_features), float64 (a new array)
+    empty : ndarray of shape (n_clusters,), bool
+        Clusters with no pixels, for `reseed_empty`.
+    """
+    empty = partial.counts <= 0
+    new = centroids.astype(np.float64, copy=True)
+    full = ~empty
+    new[full] = partial.sums[full] / partial.counts[full, None]
+    return new, empty
+
+
+def reseed_empty(centroids: np.ndarray, empty: np.ndarray, features: np.ndarray,
+                 distances: np.ndarray) -> int:
+    """Move each empty cluster onto the row farthest from its centroid (modified in place).
+
+    The policy (scikit-learn's, made deterministic): empty clusters, in index order, take the
+    rows with the largest distance to their nearest centroid, farthest first.  Rows at distance
+    zero are never taken: with fewer distinct colours than clusters, the clusters left over keep
+    their place (a duplicate colour that never wins a pixel) instead of becoming NaN or black.
+
+    Returns
+    -------
+    int
+        How many clusters stayed empty.
+    """
+    todo = np.flatnonzero(empty)
+    if len(todo) == 0:
+        return 0
+    order = np.argsort(-distances, kind="stable")[:len(todo)]
+    order = order[distances[order] > 0]
+    for j, row in zip(todo, order):
+        centroids[j] = features[row]
+    return len(todo) - len(order)
+
+
+def shift(old: np.ndarray, new: np.ndarray) -> float:
+    """Sum over centroids of the squared distance each moved."""
+    return float(((new - old) ** 2).sum())
+
+
+def tolerance(features: np.ndarray, weights: np.ndarray | None, tol: float) -> float:
+    """``tol`` in the data's units: ``tol`` times the mean per-feature (weighted) variance."""
+    w = np.ones(len(features)) if weights is None else weights.astype(np.float64)
+    if len(features) == 0 or w.sum() == 0:
+        return 0.0
+    mean = (features * w[:, None]).sum(axis=0) / w.sum()
+    var = (((features - mean) ** 2) * w[:, None]).sum(axis=0) / w.sum()
+    return float(tol * var.mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole fits on a small in-memory set (a sample, a histogram, one image)
+
+
+def kmeans_plusplus(features: np.ndarray, weights: np.ndarray, n_clusters: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Greedy, weighted k-means++ seeding (Arthur & Vassilvitskii 2007; scikit-learn's variant).
+
+    Each new centre is the best, by resulting potential, of ``2 + log(n_clusters)`` candidates
+    drawn with probability proportional to weight times squared distance.
+
+    Returns
+    -------
+    centroids : ndarray of shape (n_clusters, n_features), float64
+    """
+    w = weights.astype(np.float64)
+    n_trials = 2 + int(np.log(n_clusters))
+    first = int(rng.choice(len(features), p=w / w.sum()))
+    centroids = [features[first]]
+    closest = squared_distance(features, features[first])
+    for _ in range(1, n_clusters):
+        cumulative = np.cumsum(closest * w)
+        potential = cumulative[-1]
+        if potential <= 0:  # every colour is already a centre: duplicate the first
+            centroids.append(centroids[0])
+            continue
+        candidates = np.searchsorted(cumulative, rng.random(n_trials) * potential, side="right")
+        candidates = np.minimum(candidates, len(features) - 1)
+        best = None
+        for c in candidates:
+            trial = np.minimum(closest, squared_distance(features, features[c]))
+            score = float(np.dot(trial, w))
+            if best is None or score < best[0]:
+                best = (score, c, trial)
+        centroids.append(features[best[1]])
+        closest = best[2]
+    return np.array(centroids, dtype=np.float64)
+
+
+def random_init(features: np.ndarray, weights: np.ndarray, n_clusters: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """``n_clusters`` distinct rows drawn with probability proportional to weight (repeating
+    rows only when there are fewer rows than clusters)."""
+    w = weights.astype(np.float64)
+    take = min(n_clusters, len(features))
+    rows = rng.choice(len(features), size=take, replace=False, p=w / w.sum())
+    rows = np.concatenate([rows, np.resize(rows, n_clusters - take)])
+    return features[rows].astype(np.float64)
+
+
+@dataclass
+class Step:
+    """One iteration, for logging and the convergence report."""
+
+    kind: str  # "minibatch" or "lloyd"
+    shift: float
+    inertia: float
+
+
+def lloyd(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_iter: int,
+          tol_abs: float) -> tuple[np.ndarray, list[Step], bool]:
+    """Weighted Lloyd iterations until the squared shift is at most ``tol_abs``.
+
+    Returns
+    -------
+    centroids : ndarray of shape (n_clusters, n_features), float64
+    steps : list of Step
+    converged : bool
+    """
+    steps: list[Step] = []
+    for _ in range(max_iter):
+        partial, _, distances = partial_sums(features, weights, centroids)
+        new, empty = update(partial, centroids)
+        reseed_empty(new, empty, features, distances)
+        moved = shift(centroids, new)
+        steps.append(Step("lloyd", moved, partial.inertia))
+        centroids = new
+        if moved <= tol_abs:
+            return centroids, steps, True
+    return centroids, steps, False
+
+
+def minibatch(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray,
+              batch_size: int, max_iter: int, tol_abs: float,
+              rng: np.random.Generator) -> tuple[np.ndarray, list[Step], bool]:
+    """Mini-batch k-means with per-centre learning rates (Sculley 2010).
+
+    Each step draws ``batch_size`` pixels (rows with probability proportional to weight) and
+    moves each centre towards the mean of its pixels in the batch by ``count / total count``,
+    the batch form of Sculley's per-centre rate ``1 / v``.  Stops when a step moves the centres
+    less than ``tol_abs`` (sum of squared shifts) or after ``max_iter`` steps.
+    """
+    total = np.zeros(len(centroids))
+    steps: list[Step] = []
+    p = weights / weights.sum()
+    centroids = centroids.copy()
+    for _ in range(max_iter):
+        rows = rng.choice(len(features), size=batch_size, p=p)
+        batch = features[rows]
+        partial, _, distances = partial_sums(batch, None, centroids)
+        total += partial.counts
+        new = centroids.copy()
+        hit = partial.counts > 0
+        rate = partial.counts[hit] / total[hit]
+        means = partial.sums[hit] / partial.counts[hit, None]
+        new[hit] += rate[:, None] * (means - centroids[hit])
+        reseed_empty(new, total <= 0, batch, distances)
+        moved = shift(centroids, new)
+        steps.append(Step("minibatch", moved, partial.inertia))
+        centroids = new
+        if moved <= tol_abs:
+            return centroids, steps, True
+    return centroids, steps, False

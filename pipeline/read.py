@@ -1,0 +1,428 @@
+"""Find the input images, read every file's header first, and decode pixels inside dask tasks.
+
+Listing and header reading happen on the client and touch only metadata (Pillow reads the
+header on ``Image.open``; pixels are decoded by ``load``).  Decoding happens in tasks that carry
+the file path and return ``uint8`` RGB pixels, so no pixels travel from the client.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import warnings
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+from PIL import Image, ImageCms, ImageOps
+
+from pipeline.config import InputConfig, PreprocessConfig
+from pipeline.errors import ConfigError, ImageReadError
+
+log = logging.getLogger(__name__)
+
+# We enforce input.max_pixels ourselves, from the header, before any decoding.
+Image.MAX_IMAGE_PIXELS = None
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+_EXIF_ORIENTATION = 0x0112
+
+
+def readable_extensions() -> frozenset[str]:
+    """Extensions (lower case, with dot) that imageio routes to Pillow and Pillow can open."""
+    import imageio.config
+
+    Image.init()
+    openable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    routed = {e.extension.lower() for e in imageio.config.extension_list
+              if "pillow" in e.priority}
+    return frozenset(routed & openable)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One input image, as known from its header.
+
+    ``width`` and ``height`` are those of the pixels the pipeline works on: after EXIF
+    orientation and ``preprocess.scale``.
+    """
+
+    index: int
+    path: str
+    name: str
+    width: int
+    height: int
+    format: str
+    mode: str
+    n_frames: int = 1
+    size_bytes: int = 0
+    mtime_ns: int = 0
+
+    @property
+    def n_pixels(self) -> int:
+        return self.width * self.height
+
+
+@dataclass
+class Listing:
+    """What the input section found: images to process and everything the report must tell."""
+
+    images: list[ImageInfo]
+    failed: list[tuple[str, str]]  # (path, one-line reason): cannot be opened from the header
+    ignored: list[str]  # files in input folders with extensions imageio cannot read
+    renamed: list[tuple[str, str]]  # (path, name): output-name collisions resolved by a suffix
+    notes: list[tuple[str, str]]  # (path, note): e.g. "first frame of 12 used"
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing
+
+
+def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig, output_dir: str) -> Listing:
+    """Find every input file, read its header and give each a unique output name.
+
+    Parameters
+    ----------
+    cfg : InputConfig
+        ``paths`` are already absolute (resolved against the job file).
+    preprocess : PreprocessConfig
+        For the working size of each image (``scale``).
+    output_dir : str
+        Never read as input.
+
+    Returns
+    -------
+    Listing
+
+    Raises
+    ------
+    ConfigError
+        An input path does not exist, or the inputs match no file.
+    """
+    extensions = readable_extensions()
+    skip_root = os.path.realpath(output_dir) if "://" not in output_dir else None
+    found: dict[str, str] = {}  # realpath -> name (first entry wins)
+    paths: dict[str, str] = {}
+    ignored: list[str] = []
+    problems: list[str] = []
+    for entry in cfg.paths:
+        for path, name in _expand(entry, extensions, ignored, problems):
+            real = os.path.realpath(path)
+            if real in found or _excluded(path, cfg.exclude):
+                continue
+            if skip_root and (real == skip_root or real.startswith(skip_root + os.sep)):
+                continue
+            found[real] = name
+            paths[real] = path
+    if problems:
+        raise ConfigError("\n".join(problems))
+    if not found:
+        raise ConfigError("input.paths: no image files found in "
+                          + ", ".join(map(repr, cfg.paths))
+                          + "; check the paths, globs and input.exclude")
+    named = _unique_names([(paths[real], name) for real, name in found.items()])
+    images, failed, notes = [], [], []
+    for path, name, renamed in named:
+        try:
+            info, note = read_header(path, name, len(images), preprocess.scale, cfg.max_pixels)
+        except ImageReadError as exc:
+            failed.append((path, str(exc)))
+            continue
+        images.append(info)
+        if note:
+            notes.append((path, note))
+    renamed = [(path, name) for path, name, was_renamed in named if was_renamed]
+    return Listing(images, failed, sorted(set(ignored)), renamed, notes)
+
+
+def _expand(entry: str, extensions: frozenset[str], ignored: list[str],
+            problems: list[str]) -> list[tuple[str, str]]:
+    """(path, name) for every file an input entry names; name is relative, extension dropped."""
+    if _GLOB_CHARS.search(entry):
+        base = _glob_base(entry)
+        files = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
+        return [(p, _name(p, base)) for p in files]
+    if os.path.isdir(entry):
+        return [(p, _name(p, entry)) for p in _walk(entry, extensions, ignored)]
+    if os.path.isfile(entry):
+        return [(entry, _name(entry, os.path.dirname(entry)))]
+    if os.path.lexists(entry):
+        problems.append(f"input.paths: {entry!r} is not a readable file or folder")
+    else:
+        problems.append(f"input.paths: {entry!r} does not exist; check the path (relative "
+                        "paths are relative to the job file)")
+    return []
+
+
+def _glob_base(pattern: str) -> str:
+    head = _GLOB_CHARS.split(pattern, maxsplit=1)[0]
+    return head if head.endswith(os.sep) else os.path.dirname(head)
+
+
+def _name(path: str, base: str) -> str:
+    rel = os.path.relpath(path, base) if base else os.path.basename(path)
+    return os.path.splitext(rel)[0].replace(os.sep, "/")
+
+
+def _walk(root: str, extensions: frozenset[str], ignored: list[str]) -> list[str]:
+    files: list[str] = []
+    seen_dirs: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen_dirs:  # a symlink loop, or a folder reached twice
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = os.path.join(folder, name)
+            if os.path.splitext(name)[1].lower() in extensions:
+                files.append(path)
+            else:
+                ignored.append(path)
+    return files
+
+
+def _excluded(path: str, patterns: tuple[str, ...]) -> bool:
+    normal = path.replace(os.sep, "/")
+    return any(_glob_regex(p).search(normal) for p in patterns)
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    """A glob where ``**/`` spans folders, matched against the end of a path."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]*/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    anchor = "^" if pattern.startswith("/") else "(?:^|/)"
+    return re.compile(anchor + "".join(out) + "$")
+
+
+def _unique_names(items: list[tuple[str, str]]) -> list[tuple[str, str, bool]]:
+    """Sort by (name, path); a name met again gets -2, -3, ... (never another input's name)."""
+    taken = {name for _, name in items}
+    used: set[str] = set()
+    out = []
+    for path, name in sorted(items, key=lambda item: (item[1], item[0])):
+        final, n = name, 1
+        while final in used or (final != name and final in taken):
+            n += 1
+            final = f"{name}-{n}"
+        used.add(final)
+        out.append((path, final, final != name))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Headers
+
+
+def read_header(path: str, name: str, index: int, scale: float,
+                max_pixels: int) -> tuple[ImageInfo, str | None]:
+    """Read one file's header (no pixel decoding).
+
+    Returns
+    -------
+    info : ImageInfo
+    note : str or None
+        Something the report should say (an animation or multi-page file: first frame used).
+
+    Raises
+    ------
+    ImageReadError
+        The file is missing, empty, not an image Pillow can open, or over ``max_pixels``.
+    """
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise ImageReadError(f"cannot open file ({exc.strerror or exc})") from exc
+    if stat.st_size == 0:
+        raise ImageReadError("file is empty (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            fmt, mode = im.format or "?", im.mode
+            n_frames = int(getattr(im, "n_frames", 1) or 1)
+            orientation = _orientation(im)
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(f"not an image file (starts with {_first_bytes(path)})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"cannot read image header ({exc})") from exc
+    if width * height > max_pixels:
+        raise ImageReadError(f"{width}x{height} = {width * height} pixels is over "
+                             f"input.max_pixels ({max_pixels}); raise it if the file is trusted")
+    if width < 1 or height < 1:
+        raise ImageReadError(f"image has no pixels ({width}x{height})")
+    if orientation in _ROTATED:
+        width, height = height, width
+    width, height = scaled_size(width, height, scale)
+    info = ImageInfo(index, path, name, width, height, fmt, mode, n_frames,
+                     stat.st_size, stat.st_mtime_ns)
+    note = f"first frame of {n_frames} used" if n_frames > 1 else None
+    return info, note
+
+
+def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The working size for ``preprocess.scale`` (rounded, at least 1 pixel each way)."""
+    if scale == 1.0:
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # a broken EXIF block must not make a readable image unreadable
+        return 1
+
+
+def _first_bytes(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return "unreadable bytes"
+    text = head.decode("ascii", errors="replace")
+    return repr(text) if text.isprintable() else repr(head)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding (runs inside dask tasks)
+
+
+def decode(info: ImageInfo) -> np.ndarray:
+    """Decode one image to RGB pixels at its working size.
+
+    Returns
+    -------
+    pixels : ndarray of shape (height, width, 3), uint8
+        First frame, EXIF-oriented, ICC-converted to sRGB, alpha dropped, resized.
+
+    Raises
+    ------
+    ImageReadError
+        The file changed since listing or its data is damaged.
+    """
+    try:
+        with Image.open(info.path) as im, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's EXIF/ICC chatter is not the user's problem
+            im.seek(0)
+            im.load()
+            rgb = _to_rgb(ImageOps.exif_transpose(im))
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(f"{info.path}: file disappeared after listing") from None
+    except PermissionError:
+        raise ImageReadError(f"{info.path}: permission denied; make it readable") from None
+    except Exception as exc:  # Pillow raises many types for damaged data
+        raise ImageReadError(f"{info.path}: cannot decode image ({exc})") from exc
+    if (rgb.width, rgb.height) != (info.width, info.height):
+        rgb = rgb.resize((info.width, info.height), _resample(rgb.width, info.width))
+    pixels = np.asarray(rgb)
+    if pixels.shape != (info.height, info.width, 3):
+        raise ImageReadError(f"{info.path}: decoded size {pixels.shape[1]}x{pixels.shape[0]} "
+                             f"differs from its header ({info.width}x{info.height})")
+    return pixels
+
+
+def _resample(src: int, dst: int) -> Image.Resampling:
+    # BOX averages the source pixels a target pixel covers: INTER_AREA's behaviour for shrinking.
+    return Image.Resampling.BOX if dst < src else Image.Resampling.BILINEAR
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    icc = im.info.get("icc_profile")
+    if icc and im.mode in ("RGB", "RGBA", "CMYK", "L"):
+        im = _icc_to_srgb(im, icc)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(im)
+        if im.mode == "F":
+            values = np.clip(values, 0.0, 1.0) * 255.0 if values.max() <= 1.0 else values
+        else:
+            values = values.astype(np.int64) >> 8 if values.max() > 255 else values
+        grey = np.clip(values, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[..., None], 3, axis=2))
+    if im.mode == "P" or im.mode == "PA":
+        im = im.convert("RGBA")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def _icc_to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
+    try:
+        import io
+
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if "srgb" in (ImageCms.getProfileDescription(source) or "").lower():
+            return im
+        mode = "RGB" if im.mode in ("RGB", "RGBA", "CMYK") else "L"
+        out = ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"),
+                                        outputMode=mode if im.mode != "L" else "RGB")
+        return out if out is not None else im
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring an unusable ICC profile (%s)", exc)
+        return im
+
+
+def read_pixels(info: ImageInfo) -> np.ndarray:
+    """Decoded pixel rows of one image: ndarray of shape (n_pixels, 3), uint8."""
+    return decode(info).reshape(-1, 3)
+
+
+def pixel_array(images: list[ImageInfo], chunk_pixels: int) -> da.Array:
+    """All images' pixel rows as one lazy array of shape (n_pixels, 3), uint8.
+
+    Each image is decoded by one task that carries its path; an image over ``chunk_pixels`` is
+    split into row bands of at most that many pixels, sliced from the decoded image on the same
+    worker.  Images are never merged into one chunk, which would move pixels between tasks.
+    """
+    parts = []
+    for info in images:
+        token = dask.base.tokenize(info)
+        block = dask.delayed(read_pixels, pure=True)(info, dask_key_name=f"decode-{token}")
+        part = da.from_delayed(block, shape=(info.n_pixels, 3), dtype=np.uint8,
+                               name=f"pixels-{token}")
+        if info.n_pixels > chunk_pixels:
+            part = part.rechunk(((_bands(info.n_pixels, chunk_pixels)), (3,)))
+        parts.append(part)
+    return da.concatenate(parts, axis=0)
+
+
+def _bands(n: int, size: int) -> tuple[int, ...]:
+    full, rest = divmod(n, size)
+    return (size,) * full + ((rest,) if rest else ())
+
+
+def sample_image(info: ImageInfo, n_sample: int, seed: int) -> np.ndarray:
+    """A reproducible random sample of one image's pixels (the one pass that feeds the fit).
+
+    The positions depend only on ``(seed, info.index, n_sample)``, never on chunking.
+
+    Returns
+    -------
+    ndarray of shape (n_sample, 3), uint8, in increasing pixel order.
+    """
+    pixels = read_pixels(info)
+    if n_sample >= len(pixels):
+        return pixels
+    rng = np.random.default_rng([seed, info.index])
+    where = np.sort(rng.choice(len(pixels), size=n_sample, replace=False))
+    return pixels[where]
