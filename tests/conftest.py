@@ -1,0 +1,81 @@
+"""Shared fixtures: synthetic images with known colours, job files, a real LocalCluster."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import settings
+from PIL import Image
+
+settings.register_profile("pipeline", deadline=None, max_examples=60)
+settings.load_profile("pipeline")
+
+# Four well separated colours; blocks of them make images whose true labels we know.
+COLOURS = np.array([[200, 30, 40], [20, 160, 60], [30, 60, 210], [240, 220, 200]], np.uint8)
+
+
+def blocks_image(layout: np.ndarray, colours: np.ndarray = COLOURS, noise: int = 2,
+                 seed: int = 0) -> np.ndarray:
+    """An RGB image whose pixel (y, x) has colour ``colours[layout[y, x]]`` plus noise in
+    [-noise, noise] (symmetric, so each colour's mean stays at its true value)."""
+    rng = np.random.default_rng(seed)
+    pixels = colours[layout].astype(np.int16)
+    if noise:
+        pixels += rng.integers(-noise, noise + 1, pixels.shape, dtype=np.int16)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def layout(height: int, width: int, n_colours: int, seed: int) -> np.ndarray:
+    """Random rectangles of colour indices 0..n_colours-1 (every index present)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((height, width), np.int64)
+    for j in range(1, n_colours):
+        y0, x0 = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        labels[y0:y0 + height // 2, x0:x0 + width // 2] = j
+    labels.flat[:n_colours] = np.arange(n_colours)
+    return labels
+
+
+def save(path, pixels: np.ndarray) -> str:
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    Image.fromarray(pixels).save(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def collection(tmp_path):
+    """Five PNG images of known colours (different sizes) in tmp_path/images.
+
+    Returns the folder and {name: true layout}.
+    """
+    truth = {}
+    for i, (h, w) in enumerate([(40, 60), (33, 47), (64, 64), (20, 90), (50, 31)]):
+        lay = layout(h, w, len(COLOURS), seed=i)
+        save(tmp_path / "images" / f"img{i}.png", blocks_image(lay, seed=i))
+        truth[f"img{i}"] = lay
+    return tmp_path / "images", truth
+
+
+def write_job(folder, **sections) -> str:
+    """A job file in ``folder`` from section mappings; returns its path."""
+    job = {"input": {"paths": ["images/"]}, "kmeans": {"k": 4, "seed": 0},
+           "output": {"dir": "out"}}
+    for name, values in sections.items():
+        job.setdefault(name, {}).update(values)
+    path = os.path.join(str(folder), "job.yaml")
+    with open(path, "w") as handle:
+        yaml.safe_dump(job, handle)
+    return path
+
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    """One real LocalCluster for the whole run: 2 workers x 1 thread on 127.0.0.1."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None, processes=True) as cluster:
+        yield cluster

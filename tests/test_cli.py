@@ -1,0 +1,99 @@
+"""The command line: exit statuses, one-line errors, --set, --json, python -m pipeline."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_job
+from pipeline.cli import main
+
+
+def _lines(capsys):
+    return [line for line in capsys.readouterr().err.splitlines() if line]
+
+
+def test_bad_key_is_one_line_naming_it_and_the_nearest_valid_key(tmp_path, collection, capsys):
+    job = write_job(tmp_path, kmeans={"kk": 8})
+    assert main(["run", job]) == 2
+    assert _lines(capsys) == [f"error: {job}: kmeans.kk: unknown key (did you mean 'k'?)"]
+
+
+def test_validate_lists_every_problem_at_once(tmp_path, collection, capsys):
+    job = write_job(tmp_path, kmeans={"k": 0, "algorithm": "fast"}, preprocess={"scale": -1})
+    assert main(["validate", job]) == 2
+    lines = _lines(capsys)
+    assert len(lines) == 3
+    assert any("kmeans.k: must be an integer from 1 to 65535, got 0 (int)" in l for l in lines)
+    assert any("kmeans.algorithm: must be one of 'minibatch', 'lloyd'" in l for l in lines)
+    assert any("preprocess.scale: must be a number > 0.0" in l for l in lines)
+
+
+def test_validate_lists_inputs_and_computes_nothing(tmp_path, collection, capsys):
+    job = write_job(tmp_path)
+    assert main(["validate", job, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["valid"] and len(summary["images"]) == 5
+    assert not (tmp_path / "out").exists()
+
+
+def test_set_overrides_and_paths_are_relative_to_the_job_file(tmp_path, collection, capsys,
+                                                              monkeypatch):
+    job = write_job(tmp_path)
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(str(tmp_path))))
+    code = main(["run", job, "--set", "kmeans.k=3", "--set", "output.dir=out8",
+                 "--set", "output.masks=false", "--scheduler", "threads", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ok"] == 5 and summary["output_dir"] == str(tmp_path / "out8")
+    doc = json.loads((tmp_path / "out8" / "model.json").read_text())
+    assert doc["k"] == 3 and not (tmp_path / "out8" / "masks").exists()
+
+
+@pytest.mark.parametrize("item, message", [
+    ("kmeans=3", "expected section.key=value"),
+    ("kmeans.kk=3", "--set kmeans.kk: unknown key (did you mean 'k'?)"),
+    ("kmeans.k=many", "kmeans.k: must be an integer"),
+])
+def test_bad_set_is_exit_2_and_one_line(tmp_path, collection, capsys, item, message):
+    job = write_job(tmp_path)
+    assert main(["run", job, "--set", item]) == 2
+    lines = _lines(capsys)
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_bad_scheduler_address_is_exit_2(tmp_path, collection, capsys):
+    job = write_job(tmp_path)
+    assert main(["run", job, "--scheduler", "tcp://nowhere"]) == 2
+    assert "dask.scheduler: must be one of" in _lines(capsys)[0]
+
+
+def test_unreachable_scheduler_is_exit_2_within_the_timeout(tmp_path, collection, capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    job = write_job(tmp_path, dask={"timeout": 1.0})
+    assert main(["run", job, "--scheduler", f"tcp://127.0.0.1:{port}"]) == 2
+    lines = _lines(capsys)
+    assert len(lines) == 1 and f"tcp://127.0.0.1:{port}" in lines[0]
+
+
+def test_python_dash_m_runs_the_same_cli(tmp_path, collection):
+    job = write_job(tmp_path, output={"masks": False})
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run", job, "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ok"] == 5
+    assert "Traceback" not in done.stderr
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path, collection, capsys):
+    job = write_job(tmp_path, output={"masks": False})
+    assert main(["run", job]) == 0
+    err = capsys.readouterr().err
+    assert "segment: 5/5 images" in err and "\r" not in err
+    assert "done: 5 image(s) ok, 0 skipped, 0 failed" in err

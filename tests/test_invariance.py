@@ -1,0 +1,57 @@
+"""Same job, same seed: same centroids and label maps on every scheduler and chunking."""
+
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from conftest import write_job
+from pipeline import cluster
+from pipeline.config import load_config
+from pipeline.run import run
+
+
+def _outputs(out, names):
+    doc = json.loads((out / "model.json").read_text())
+    labels = {n: iio.imread(out / "labels" / f"{n}.png") for n in names}
+    return np.array(doc["centroids_working"]), labels
+
+
+def _run_with(job, scheduler=None, client_of=None, **overrides):
+    cfg = load_config(job, [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()],
+                      scheduler)
+    if client_of is not None:
+        from distributed import Client
+
+        with Client(client_of):
+            return run(cfg)
+    with cluster.connect(cfg.dask):
+        return run(cfg)
+
+
+@pytest.mark.parametrize("algorithm", ["minibatch", "lloyd"])
+@pytest.mark.parametrize("space", ["rgb", "lab"])
+def test_schedulers_and_chunkings_agree(tmp_path, collection, local_cluster, algorithm, space):
+    _, truth = collection
+    job = write_job(tmp_path, kmeans={"algorithm": algorithm, "batch_pixels": 256,
+                                      "sample_pixels": 3000},
+                    preprocess={"color_space": space}, output={"masks": False})
+    results = []
+    for i, (scheduler, chunk, client_of) in enumerate([("synchronous", 4194304, None),
+                                                       ("threads", 500, None),
+                                                       ("threads", 4194304, None),
+                                                       (None, 777, local_cluster)]):
+        _run_with(job, scheduler, client_of, output__dir=f"out{i}", dask__chunk_pixels=chunk)
+        results.append(_outputs(tmp_path / f"out{i}", truth))
+    reference_centroids, reference_labels = results[0]
+    for centroids, labels in results[1:]:
+        assert np.allclose(centroids, reference_centroids, rtol=0, atol=1e-6)
+        for name in truth:
+            assert (labels[name] == reference_labels[name]).all()
+
+
+def test_run_uses_the_active_distributed_client(tmp_path, collection, local_cluster):
+    job = write_job(tmp_path, output={"masks": False})
+    report = _run_with(job, client_of=local_cluster)
+    assert report["totals"]["ok"] == 5

@@ -1,0 +1,156 @@
+"""End to end through run(): known colours recovered, label maps exact, outputs complete."""
+
+import json
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from conftest import COLOURS, write_job
+from pipeline.cli import main
+from pipeline.config import load_config
+
+
+def _run(job: str, *extra: str) -> int:
+    return main(["run", job, "-q", *extra])
+
+
+def _match(centroids: np.ndarray) -> np.ndarray:
+    """Index of the true colour nearest to each centroid."""
+    return np.argmin(((centroids[:, None] - COLOURS[None].astype(float)) ** 2).sum(2), axis=1)
+
+
+@pytest.mark.parametrize("algorithm", ["minibatch", "lloyd"])
+@pytest.mark.parametrize("space", ["rgb", "lab"])
+def test_collection_scope_recovers_known_colours_and_regions(tmp_path, collection, algorithm,
+                                                             space):
+    _, truth = collection
+    job = write_job(tmp_path, kmeans={"algorithm": algorithm, "batch_pixels": 1024},
+                    preprocess={"color_space": space})
+    assert _run(job) == 0
+    out = tmp_path / "out"
+    doc = json.loads((out / "model.json").read_text())
+    centroids = np.array(doc["centroids"])
+    order = _match(centroids)
+    assert sorted(order.tolist()) == [0, 1, 2, 3]
+    assert np.abs(centroids - COLOURS[order]).max() <= 2.0  # 2/255 in [0, 1] units
+    assert doc["converged"] is True
+    for name, lay in truth.items():
+        labels = iio.imread(out / "labels" / f"{name}.png")
+        assert labels.dtype == np.uint8 and labels.shape == lay.shape
+        assert (order[labels] == lay).all()
+        seg = iio.imread(out / "segmented" / f"{name}.png")
+        assert seg.shape == (*lay.shape, 3) and seg.dtype == np.uint8
+        palette = np.array(doc["palette"], np.uint8)
+        assert (seg == palette[labels]).all()
+        for j in range(4):
+            mask = iio.imread(out / "masks" / name / f"{j}.png")
+            assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+            assert ((mask == 255) == (labels == j)).all()
+
+
+@pytest.mark.parametrize("algorithm", ["minibatch", "lloyd"])
+@pytest.mark.parametrize("space", ["rgb", "lab"])
+def test_image_scope_fits_one_palette_per_image(tmp_path, collection, algorithm, space):
+    _, truth = collection
+    job = write_job(tmp_path, kmeans={"scope": "image", "algorithm": algorithm,
+                                      "batch_pixels": 512},
+                    preprocess={"color_space": space})
+    assert _run(job) == 0
+    doc = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert sorted(doc["palettes"]) == sorted(truth)
+    for name, lay in truth.items():
+        centroids = np.array(doc["palettes"][name]["centroids"])
+        order = _match(centroids)
+        assert np.abs(centroids - COLOURS[order]).max() <= 2.0
+        labels = iio.imread(tmp_path / "out" / "labels" / f"{name}.png")
+        assert (order[labels] == lay).all()
+
+
+def test_report_lists_every_image_with_outputs_and_totals(tmp_path, collection):
+    (collection[0] / "notes.txt").write_text("not an image")
+    job = write_job(tmp_path)
+    assert _run(job) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["status"] == "done"
+    assert report["totals"]["ok"] == 5 and report["totals"]["skipped"] == 0
+    assert report["ignored"] == [str(collection[0] / "notes.txt")]
+    assert report["job_hash"] == load_config(job).job_hash()
+    for entry in report["images"]:
+        assert entry["status"] == "ok" and entry["error"] is None
+        assert sum(entry["counts"]) == entry["width"] * entry["height"]
+        for files in entry["outputs"].values():
+            for rel, size in files:
+                assert os.path.getsize(tmp_path / "out" / rel) == size
+    assert not [n for _, _, names in os.walk(tmp_path / "out") for n in names
+                if n.startswith(".")]
+
+
+def test_resume_skips_complete_images_and_redoes_missing_ones(tmp_path, collection):
+    job = write_job(tmp_path, output={"masks": False})
+    assert _run(job) == 0
+    out = tmp_path / "out"
+    before = {p: (out / "labels" / p).read_bytes() for p in os.listdir(out / "labels")}
+    os.remove(out / "labels" / "img2.png")
+    (out / "segmented" / ".tmp-abc-img3.png").write_bytes(b"partial")
+    assert _run(job) == 0
+    report = json.loads((out / "report.json").read_text())
+    resumed = {e["name"]: e["resumed"] for e in report["images"]}
+    assert resumed == {"img0": True, "img1": True, "img2": False, "img3": True, "img4": True}
+    assert {p: (out / "labels" / p).read_bytes() for p in os.listdir(out / "labels")} == before
+    assert not (out / "segmented" / ".tmp-abc-img3.png").exists()
+
+
+def test_resume_refuses_outputs_of_another_job(tmp_path, collection, capsys):
+    job = write_job(tmp_path)
+    assert _run(job) == 0
+    assert _run(job, "--set", "kmeans.k=3") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different job" in err[0] and "overwrite" in err[0]
+    assert _run(job, "--set", "kmeans.k=3", "--set", "output.if_exists=overwrite") == 0
+
+
+def test_k_larger_than_distinct_colours_and_k_one_give_valid_results(tmp_path, collection):
+    job = write_job(tmp_path, kmeans={"k": 7})
+    assert _run(job) == 0
+    doc = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert np.isfinite(np.array(doc["centroids"])).all()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any("distinct colour" in w for w in report["warnings"]) or len(
+        {tuple(c) for c in doc["palette"]}) <= 7
+    job1 = write_job(tmp_path, kmeans={"k": 1}, output={"dir": "out1"})
+    assert _run(job1) == 0
+    doc1 = json.loads((tmp_path / "out1" / "model.json").read_text())
+    assert doc1["counts"] == [sum(l.size for l in collection[1].values())]
+
+
+def test_single_colour_image_warns_and_segments(tmp_path):
+    from conftest import save
+
+    save(tmp_path / "images" / "flat.png", np.full((8, 6, 3), 77, np.uint8))
+    job = write_job(tmp_path, kmeans={"k": 3})
+    assert _run(job) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any("found 1 distinct colour" in w for w in report["warnings"])
+    seg = iio.imread(tmp_path / "out" / "segmented" / "flat.png")
+    assert (seg == 77).all()
+
+
+def test_scale_resizes_before_segmenting(tmp_path, collection):
+    job = write_job(tmp_path, preprocess={"scale": 0.5})
+    assert _run(job) == 0
+    labels = iio.imread(tmp_path / "out" / "labels" / "img0.png")
+    assert labels.shape == (20, 30)
+
+
+def test_reusing_a_saved_model_with_max_iter_zero_reproduces_labels(tmp_path, collection):
+    job = write_job(tmp_path)
+    assert _run(job) == 0
+    job2 = write_job(tmp_path, kmeans={"init": "out/model.json", "max_iter": 0},
+                     output={"dir": "out2"})
+    assert _run(job2) == 0
+    for name in collection[1]:
+        a = iio.imread(tmp_path / "out" / "labels" / f"{name}.png")
+        b = iio.imread(tmp_path / "out2" / "labels" / f"{name}.png")
+        assert (a == b).all()
