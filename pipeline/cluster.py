@@ -98,6 +98,13 @@ def _client() -> Any:
         return None
 
 
+def tasks_run_here() -> bool:
+    """Whether tasks run in this process (the threads or synchronous scheduler), so that what
+    a task leaves in memory is there for later tasks."""
+    return _client() is None and dask.config.get("scheduler", "threads") in ("threads",
+                                                                           "synchronous")
+
+
 def compute_each(tasks: list, on_done: Callable[[int, Any], None]) -> list:
     """Compute delayed ``tasks``, calling ``on_done(i, result)`` as each one finishes.
 

@@ -14,13 +14,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import dask
-import dask.array as da
 import numpy as np
 
 from pipeline import kmeans
 from pipeline.config import KMeansConfig
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 log = logging.getLogger(__name__)
 _SPLIT_EVERY = 8  # fan-in of the tree reduction of partial sums
@@ -83,20 +86,32 @@ def fit_sample(pixels: np.ndarray, cfg: KMeansConfig, color_space: str,
 
 def _best_of_starts(points: _Points, cfg: KMeansConfig, init: np.ndarray | None,
                     iterate: bool) -> FitResult:
+    """Seed ``n_init`` times and keep the start with the lowest inertia on ``points``.
+
+    ``minibatch`` compares the starts after their mini-batch steps and runs the full Lloyd
+    steps (``refine``) on the winner only: the mini-batch steps already settle which basin a
+    start is in, and Lloyd steps are the costly part (issue 5).  ``lloyd`` compares the starts
+    after their full Lloyd iterations.
+    """
     tol_abs = kmeans.tolerance(points.features, points.weights, cfg.tol)
     starts = 1 if init is not None else cfg.n_init
+    iterate = iterate and cfg.max_iter > 0
     best: tuple[float, FitResult] | None = None
     for start in range(starts):
         rng = np.random.default_rng([cfg.seed, start])
-        centroids = _seed(points, cfg, init, rng)
-        result = FitResult(centroids, n_distinct=len(points.weights))
-        if iterate and cfg.max_iter > 0:
-            result = _iterate(points, cfg, centroids, tol_abs, rng)
+        result = FitResult(_seed(points, cfg, init, rng), n_distinct=len(points.weights))
+        if iterate:
+            result = _iterate(points, cfg, result.centroids, tol_abs, rng)
         score = kmeans.partial_sums(points.features, points.weights, result.centroids)[0].inertia
         log.debug("start %d: sample inertia %.6g after %d steps", start, score, result.n_iter)
         if best is None or score < best[0]:
             best = (score, result)
-    return best[1]
+    result = best[1]
+    if iterate and cfg.algorithm == "minibatch" and cfg.refine:
+        centroids, steps, converged = kmeans.lloyd(points.features, points.weights,
+                                                   result.centroids, cfg.max_iter, tol_abs)
+        result = FitResult(centroids, result.steps + steps, converged, len(points.weights))
+    return result
 
 
 def _seed(points: _Points, cfg: KMeansConfig, init: np.ndarray | None,
@@ -110,16 +125,15 @@ def _seed(points: _Points, cfg: KMeansConfig, init: np.ndarray | None,
 
 def _iterate(points: _Points, cfg: KMeansConfig, centroids: np.ndarray, tol_abs: float,
              rng: np.random.Generator) -> FitResult:
-    steps: list[kmeans.Step] = []
+    """One start's own steps: mini-batch steps, or Lloyd iterations to convergence."""
     if cfg.algorithm == "minibatch":
         centroids, steps, converged = kmeans.minibatch(
             points.features, points.weights, centroids, cfg.batch_pixels, cfg.max_iter,
             tol_abs, rng)
-        if not cfg.refine:
-            return FitResult(centroids, steps, converged, len(points.weights))
-    centroids, lloyd_steps, converged = kmeans.lloyd(
-        points.features, points.weights, centroids, cfg.max_iter, tol_abs)
-    return FitResult(centroids, steps + lloyd_steps, converged, len(points.weights))
+    else:
+        centroids, steps, converged = kmeans.lloyd(
+            points.features, points.weights, centroids, cfg.max_iter, tol_abs)
+    return FitResult(centroids, steps, converged, len(points.weights))
 
 
 def _warn_degenerate(result: FitResult, n_distinct: int, n_clusters: int) -> None:
@@ -190,6 +204,8 @@ def _lloyd_passes(pixels: da.Array, points: _Points, centroids: np.ndarray, cfg:
 
 
 def _full_pass(hists: list, centroids: np.ndarray, color_space: str) -> kmeans.Partial:
+    import dask.array as da  # only lloyd needs it; importing it costs start-up time
+
     n_clusters = len(centroids)
     parts = [da.from_delayed(dask.delayed(_chunk_partial, pure=True)(h, centroids, color_space),
                              shape=(n_clusters, centroids.shape[1] + 2), dtype=np.float64)

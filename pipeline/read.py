@@ -11,16 +11,20 @@ import glob
 import logging
 import os
 import re
+import threading
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dask
-import dask.array as da
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
 from pipeline.config import InputConfig, PreprocessConfig
 from pipeline.errors import ConfigError, ImageReadError
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +330,12 @@ def decode(info: ImageInfo) -> np.ndarray:
             warnings.simplefilter("ignore")  # Pillow's EXIF/ICC chatter is not the user's problem
             im.seek(0)
             im.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(im))
+            # exif_transpose copies even an upright image: only call it when needed, and take
+            # the pixels before the file (and so an uncopied image) is closed.
+            rgb = _to_rgb(ImageOps.exif_transpose(im) if _orientation(im) > 1 else im)
+            if (rgb.width, rgb.height) != (info.width, info.height):
+                rgb = rgb.resize((info.width, info.height), _resample(rgb.width, info.width))
+            pixels = np.asarray(rgb)
     except ImageReadError:
         raise
     except FileNotFoundError:
@@ -335,9 +344,6 @@ def decode(info: ImageInfo) -> np.ndarray:
         raise ImageReadError(f"{info.path}: permission denied; make it readable") from None
     except Exception as exc:  # Pillow raises many types for damaged data
         raise ImageReadError(f"{info.path}: cannot decode image ({exc})") from exc
-    if (rgb.width, rgb.height) != (info.width, info.height):
-        rgb = rgb.resize((info.width, info.height), _resample(rgb.width, info.width))
-    pixels = np.asarray(rgb)
     if pixels.shape != (info.height, info.width, 3):
         raise ImageReadError(f"{info.path}: decoded size {pixels.shape[1]}x{pixels.shape[0]} "
                              f"differs from its header ({info.width}x{info.height})")
@@ -394,6 +400,8 @@ def pixel_array(images: list[ImageInfo], chunk_pixels: int) -> da.Array:
     split into row bands of at most that many pixels, sliced from the decoded image on the same
     worker.  Images are never merged into one chunk, which would move pixels between tasks.
     """
+    import dask.array as da  # here, not at the top: it costs a quarter second of start-up
+
     parts = []
     for info in images:
         token = dask.base.tokenize(info)
@@ -411,18 +419,52 @@ def _bands(n: int, size: int) -> tuple[int, ...]:
     return (size,) * full + ((rest,) if rest else ())
 
 
-def sample_image(info: ImageInfo, n_sample: int, seed: int) -> np.ndarray:
+def sample_image(info: ImageInfo, n_sample: int, seed: int, keep: bool = False) -> np.ndarray:
     """A reproducible random sample of one image's pixels (the one pass that feeds the fit).
 
-    The positions depend only on ``(seed, info.index, n_sample)``, never on chunking.
+    The positions depend only on ``(seed, info.index, n_sample)``, never on chunking.  With
+    ``keep`` the decoded pixels stay in this process for `decode_kept` (see below).
 
     Returns
     -------
     ndarray of shape (n_sample, 3), uint8, in increasing pixel order.
     """
-    pixels = read_pixels(info)
+    if keep:
+        keep_decoded(info, decode(info))
+        pixels = _KEPT[info].reshape(-1, 3)
+    else:
+        pixels = read_pixels(info)
     if n_sample >= len(pixels):
         return pixels
     rng = np.random.default_rng([seed, info.index])
     where = np.sort(rng.choice(len(pixels), size=n_sample, replace=False))
     return pixels[where]
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoded pixels kept in this process between the sampling pass and the segment pass (issue 5:
+# decoding twice was a quarter of a run).  Only for schedulers whose tasks run in this process;
+# the caller decides (memory budget) and forgets what it kept when the run ends.
+
+_KEPT: dict[ImageInfo, np.ndarray] = {}
+_KEPT_LOCK = threading.Lock()
+
+
+def keep_decoded(info: ImageInfo, pixels: np.ndarray) -> None:
+    """Keep one image's decoded pixels (height, width, 3) for `decode_kept`."""
+    with _KEPT_LOCK:
+        _KEPT[info] = pixels
+
+
+def decode_kept(info: ImageInfo) -> np.ndarray:
+    """`decode`, served (once) from the kept pixels when the sampling pass kept them."""
+    with _KEPT_LOCK:
+        pixels = _KEPT.pop(info, None)
+    return decode(info) if pixels is None else pixels
+
+
+def forget_decoded(images: list[ImageInfo]) -> None:
+    """Drop whatever is still kept of ``images``."""
+    with _KEPT_LOCK:
+        for info in images:
+            _KEPT.pop(info, None)

@@ -248,7 +248,8 @@ def _run_collection(state: _State, images: list[read.ImageInfo], previous: dict 
     elif km.max_iter == 0:
         result, good = fit.FitResult(init, [], True), images
     else:
-        sample, good = _sample(state, images, progress)
+        keep = km.algorithm == "minibatch" and _keep_decoded(cfg, images)
+        sample, good = _sample(state, images, progress, keep)
         state.timings["sample"] = time.perf_counter() - clock
         clock = time.perf_counter()
         pixels = read.pixel_array(good, cfg.dask.chunk_pixels) if km.algorithm == "lloyd" else None
@@ -265,7 +266,10 @@ def _run_collection(state: _State, images: list[read.ImageInfo], previous: dict 
     tasks = [dask.delayed(_segment_task, pure=True)(info, result.centroids, space, palette,
                                                      cfg.output, state.out_dir)
              for info in todo]
-    _compute_images(state, todo, tasks, progress, "segment")
+    try:
+        _compute_images(state, todo, tasks, progress, "segment")
+    finally:
+        read.forget_decoded(images)
     state.timings["segment"] = time.perf_counter() - clock
     _save_model(state, result, palette, None)
 
@@ -278,12 +282,13 @@ def _find(state: _State, info: read.ImageInfo) -> dict:
     return state.records[info.index]
 
 
-def _sample(state: _State, images: list[read.ImageInfo],
-            progress: Progress) -> tuple[np.ndarray, list[read.ImageInfo]]:
-    """One pass: decode every image, keep a reproducible sample; finds undecodable images."""
+def _sample(state: _State, images: list[read.ImageInfo], progress: Progress,
+            keep: bool = False) -> tuple[np.ndarray, list[read.ImageInfo]]:
+    """One pass: decode every image, keep a reproducible sample; finds undecodable images.
+    With ``keep`` the decoded pixels stay in memory for the segment pass."""
     km = state.cfg.kmeans
     sizes = _allocate([i.n_pixels for i in images], km.sample_pixels)
-    tasks = [dask.delayed(_sample_task, pure=True)(info, n, km.seed)
+    tasks = [dask.delayed(_sample_task, pure=True)(info, n, km.seed, keep)
              for info, n in zip(images, sizes)]
     progress.phase("sample", len(images), sum(i.n_pixels for i in images))
     results = cluster.compute_each(
@@ -321,6 +326,16 @@ def _image_failed(state: _State, info: read.ImageInfo, error: str) -> None:
     if on_error == "fail":
         raise ImageReadError(f"{info.path}: {error} (input.on_error: fail; no image outputs "
                              "were written)")
+
+
+def _keep_decoded(cfg: JobConfig, images: list[read.ImageInfo]) -> bool:
+    """Whether the sampling pass keeps decoded pixels (3 bytes each) for the segment pass: only
+    when tasks run in this process (threads), and as ``dask.persist`` says (auto: when they
+    take under a quarter of the memory available)."""
+    if cfg.dask.persist == "never" or not cluster.tasks_run_here():
+        return False
+    return cfg.dask.persist == "always" or \
+        3 * sum(i.n_pixels for i in images) < cluster.memory_budget() // 4
 
 
 def _persist(cfg: JobConfig, images: list[read.ImageInfo]) -> bool:
@@ -401,10 +416,10 @@ def _compute_images(state: _State, todo: list[read.ImageInfo], tasks: list,
     cluster.compute_each(tasks, done)
 
 
-def _sample_task(info: read.ImageInfo, n_sample: int,
-                 seed: int) -> tuple[np.ndarray | None, str | None]:
+def _sample_task(info: read.ImageInfo, n_sample: int, seed: int,
+                 keep: bool = False) -> tuple[np.ndarray | None, str | None]:
     try:
-        return read.sample_image(info, n_sample, seed), None
+        return read.sample_image(info, n_sample, seed, keep), None
     except ImageReadError as exc:
         return None, _reason(exc, info)
 
@@ -419,7 +434,7 @@ def _segment_task(info: read.ImageInfo, centroids: np.ndarray, color_space: str,
                   palette: np.ndarray, out: OutputConfig, out_dir: str) -> dict:
     started = time.perf_counter()
     try:
-        pixels = read.decode(info)
+        pixels = read.decode_kept(info)
     except ImageReadError as exc:
         return {"error": _reason(exc, info)}
     labels, counts, inertia = segment.label_image(pixels, centroids, color_space)

@@ -3,6 +3,11 @@
 8-bit RGB has 2**24 colours, so a pixel's label is looked up in a table indexed by its colour
 code.  The table is filled only for the colours actually met (most photos use a few per cent of
 them), and is shared by every image segmented with the same palette in this process.
+
+Speed (issue 5): this is the per-pixel hot path, so an image is labelled in blocks small enough
+for a block's temporaries to stay in the CPU cache, and a pixel's code is read as one unaligned
+little-endian 32-bit word of its RGB bytes (no per-channel arithmetic).  An unfilled table entry
+holds a sentinel label, so one gather both labels a block and tells whether it met new colours.
 """
 
 from __future__ import annotations
@@ -15,34 +20,65 @@ import numpy as np
 from pipeline import kmeans
 
 _N_COLOURS = 1 << 24
+_BLOCK = 1 << 16  # pixels per step of `label_image`: codes, labels and distances stay in L2
+
+
+def colour_codes(rows: np.ndarray) -> np.ndarray:
+    """Table index of each uint8 RGB row: ``R + 256 G + 65536 B``, ndarray (n,), uint32.
+
+    Not `kmeans.pack`'s order: this one is read straight from memory, four bytes at a time.
+    """
+    flat = np.ascontiguousarray(rows).reshape(-1)
+    n = len(flat) // 3
+    codes = np.empty(n, np.uint32)
+    if n > 1:  # every pixel but the last: its 4-byte word would run past the buffer
+        words = np.ndarray((n - 1,), np.dtype("<u4"), flat, strides=(3,))
+        np.bitwise_and(words, 0xFFFFFF, out=codes[:-1])
+    if n:
+        r, g, b = (int(v) for v in flat[-3:])
+        codes[-1] = r | g << 8 | b << 16
+    return codes
+
+
+def code_colours(codes: np.ndarray) -> np.ndarray:
+    """Inverse of `colour_codes`: ndarray of shape (n, 3), uint8."""
+    return np.ascontiguousarray(codes.astype("<u4")).view(np.uint8).reshape(-1, 4)[:, :3]
 
 
 class _ColourTable:
-    """Label and squared distance of each colour code met so far, for one palette."""
+    """Label and squared distance of each colour code met so far, for one palette.
+
+    ``labels`` holds ``unknown`` (the dtype's largest value, never a label: k <= 65535) until a
+    colour is met.  Readers take no lock: a fill stores distances before labels, so a known label
+    always has its distance.
+    """
 
     def __init__(self, centroids: np.ndarray, color_space: str):
         self.centroids = centroids
         self.color_space = color_space
-        dtype = np.uint8 if len(centroids) <= 256 else np.uint16
-        self.labels = np.zeros(_N_COLOURS, dtype)
-        self.distances = np.zeros(_N_COLOURS, np.float32)
-        self.known = np.zeros(_N_COLOURS, bool)
+        dtype = np.uint8 if len(centroids) < 255 else np.uint16
+        self.unknown = np.iinfo(dtype).max
+        self.labels = np.full(_N_COLOURS, self.unknown, dtype)
+        self.distances = np.empty(_N_COLOURS, np.float32)
         self.lock = threading.Lock()
 
-    def lookup(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        missing = codes[~self.known[codes]]
-        if len(missing):
-            new = np.unique(missing)
-            features = kmeans.to_features(kmeans.unpack(new), self.color_space)
-            labels, distances = kmeans.assign(features, self.centroids)
-            with self.lock:  # writers store identical values; the lock keeps `known` last
-                self.labels[new] = labels
-                self.distances[new] = distances
-                self.known[new] = True
-        return self.labels[codes], self.distances[codes]
+    def label_block(self, codes: np.ndarray, labels: np.ndarray) -> float:
+        """Write the labels of ``codes`` into ``labels``; returns the sum of their distances."""
+        np.take(self.labels, codes, out=labels, mode="wrap")
+        if labels.max() == self.unknown:
+            self._fill(np.unique(codes[labels == self.unknown]))
+            np.take(self.labels, codes, out=labels, mode="wrap")
+        return float(np.take(self.distances, codes, mode="wrap").sum(dtype=np.float64))
+
+    def _fill(self, new: np.ndarray) -> None:
+        features = kmeans.to_features(code_colours(new), self.color_space)
+        labels, distances = kmeans.assign(features, self.centroids)
+        with self.lock:  # writers store identical values; distances go first
+            self.distances[new] = distances
+            self.labels[new] = labels
 
 
-# Tables are 112 MB each: keep the palettes of the last two calls (a collection has one).
+# Tables are 80 MB each: keep the palettes of the last two calls (a collection has one).
 _TABLES: OrderedDict[bytes, _ColourTable] = OrderedDict()
 _TABLES_LOCK = threading.Lock()
 _KEEP_TABLES = 2
@@ -82,10 +118,29 @@ def label_image(pixels: np.ndarray, centroids: np.ndarray, color_space: str,
         Sum of squared distances of the pixels to their centroids.
     """
     height, width = pixels.shape[:2]
-    codes = kmeans.pack(pixels.reshape(-1, 3))
-    labels, distances = _table(centroids, color_space, cache).lookup(codes)
-    counts = np.bincount(labels, minlength=len(centroids)).astype(np.int64)
-    return labels.reshape(height, width), counts, float(distances.sum(dtype=np.float64))
+    table = _table(centroids, color_space, cache)
+    codes = colour_codes(pixels.reshape(-1, 3))
+    labels = np.empty(len(codes), table.labels.dtype)
+    inertia = 0.0
+    for start in range(0, len(codes), _BLOCK):
+        inertia += table.label_block(codes[start:start + _BLOCK], labels[start:start + _BLOCK])
+    counts = _counts(labels, len(centroids))
+    if len(centroids) == 256:  # the table needed uint16 for its sentinel; labels fit uint8
+        labels = labels.astype(np.uint8)
+    return labels.reshape(height, width), counts, inertia
+
+
+def _counts(labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Pixels per label.  uint8 labels are counted two at a time (as uint16 pairs, then
+    folded): half the elements for bincount, whose cost is per element."""
+    if labels.dtype != np.uint8 or len(labels) < 1 << 17:
+        return np.bincount(labels, minlength=n_clusters).astype(np.int64)
+    even = len(labels) & ~1
+    pairs = np.bincount(labels[:even].view(np.uint16), minlength=1 << 16).reshape(256, 256)
+    counts = pairs.sum(axis=0) + pairs.sum(axis=1)
+    if even < len(labels):
+        counts[labels[-1]] += 1
+    return counts[:n_clusters].astype(np.int64)
 
 
 def palette_colours(centroids: np.ndarray, color_space: str) -> np.ndarray:
