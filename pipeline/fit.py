@@ -85,33 +85,44 @@ def fit_sample(pixels: np.ndarray, cfg: KMeansConfig, color_space: str,
 
 
 def _best_of_starts(points: _Points, cfg: KMeansConfig, init: np.ndarray | None,
-                    iterate: bool) -> FitResult:
-    """Seed ``n_init`` times and keep the start with the lowest inertia on ``points``.
+                    iterate: bool, parallel: bool = False) -> FitResult:
+    """Seed ``n_init`` times and keep the start with the lowest inertia on ``points`` (the
+    first of equals).
 
     ``minibatch`` compares the starts after their mini-batch steps and runs the full Lloyd
     steps (``refine``) on the winner only: the mini-batch steps already settle which basin a
     start is in, and Lloyd steps are the costly part (issue 5).  ``lloyd`` compares the starts
-    after their full Lloyd iterations.
+    after their full Lloyd iterations.  With ``parallel`` the starts are tasks on the active
+    scheduler (each has its own random stream, so the result is the same).
     """
     tol_abs = kmeans.tolerance(points.features, points.weights, cfg.tol)
-    starts = 1 if init is not None else cfg.n_init
+    starts = range(1 if init is not None else cfg.n_init)
     iterate = iterate and cfg.max_iter > 0
-    best: tuple[float, FitResult] | None = None
-    for start in range(starts):
-        rng = np.random.default_rng([cfg.seed, start])
-        result = FitResult(_seed(points, cfg, init, rng), n_distinct=len(points.weights))
-        if iterate:
-            result = _iterate(points, cfg, result.centroids, tol_abs, rng)
-        score = kmeans.partial_sums(points.features, points.weights, result.centroids)[0].inertia
-        log.debug("start %d: sample inertia %.6g after %d steps", start, score, result.n_iter)
-        if best is None or score < best[0]:
-            best = (score, result)
-    result = best[1]
+    if parallel and len(starts) > 1:
+        shared = dask.delayed(points, traverse=False)
+        outcomes = dask.compute(*[dask.delayed(_start, pure=True)(shared, cfg, init, start,
+                                                                 tol_abs, iterate)
+                                  for start in starts])
+    else:
+        outcomes = [_start(points, cfg, init, start, tol_abs, iterate) for start in starts]
+    result = min(outcomes, key=lambda outcome: outcome[0])[1]
     if iterate and cfg.algorithm == "minibatch" and cfg.refine:
         centroids, steps, converged = kmeans.lloyd(points.features, points.weights,
                                                    result.centroids, cfg.max_iter, tol_abs)
         result = FitResult(centroids, result.steps + steps, converged, len(points.weights))
     return result
+
+
+def _start(points: _Points, cfg: KMeansConfig, init: np.ndarray | None, start: int,
+           tol_abs: float, iterate: bool) -> tuple[float, FitResult]:
+    """One start: seed, then its own steps; returns (inertia on ``points``, result)."""
+    rng = np.random.default_rng([cfg.seed, start])
+    result = FitResult(_seed(points, cfg, init, rng), n_distinct=len(points.weights))
+    if iterate:
+        result = _iterate(points, cfg, result.centroids, tol_abs, rng)
+    score = kmeans.partial_sums(points.features, points.weights, result.centroids)[0].inertia
+    log.debug("start %d: sample inertia %.6g after %d steps", start, score, result.n_iter)
+    return score, result
 
 
 def _seed(points: _Points, cfg: KMeansConfig, init: np.ndarray | None,
@@ -166,9 +177,9 @@ def fit_collection(sample: np.ndarray, pixels: da.Array | None, cfg: KMeansConfi
     """
     points = _Points.from_pixels(sample, color_space)
     if cfg.algorithm == "minibatch" or cfg.max_iter == 0:
-        result = _best_of_starts(points, cfg, init, iterate=True)
+        result = _best_of_starts(points, cfg, init, iterate=True, parallel=True)
     else:
-        seeded = _best_of_starts(points, cfg, init, iterate=False)
+        seeded = _best_of_starts(points, cfg, init, iterate=False, parallel=True)
         result = _lloyd_passes(pixels, points, seeded.centroids, cfg, color_space, persist)
     for i, step in enumerate(result.steps):
         log.info("iteration %d (%s): centroid shift %.4g, inertia %.6g", i + 1, step.kind,

@@ -26,7 +26,7 @@ _EPS = 216 / 24389
 _KAPPA = 24389 / 27
 # A 2**24 table is cheaper than sorting once a block has more pixels than this.
 _BINCOUNT_ABOVE = 1 << 21
-_ASSIGN_BLOCK = 1 << 13  # rows per block of `assign`: its arrays stay in L1/L2
+_ASSIGN_BLOCK = 1 << 15  # rows per block of `assign`: its arrays stay in L1/L2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,11 +211,22 @@ def partial_sums(features: np.ndarray, weights: np.ndarray | None,
     partial : Partial
     labels, distances : as from `assign`
     """
+    w = np.ones(len(features)) if weights is None else weights.astype(np.float64)
+    return _partial_sums(features, w, _weighted_columns(features, w), centroids)
+
+
+def _weighted_columns(features: np.ndarray, w: np.ndarray) -> list[np.ndarray]:
+    return [features[:, c] * w for c in range(features.shape[1])]
+
+
+def _partial_sums(features: np.ndarray, w: np.ndarray, weighted: list[np.ndarray],
+                  centroids: np.ndarray) -> tuple[Partial, np.ndarray, np.ndarray]:
+    """`partial_sums` with the weights as float64 and the weighted feature columns given
+    (Lloyd iterations compute them once, not every step)."""
     n_clusters = len(centroids)
     labels, distances = assign(features, centroids)
-    w = np.ones(len(features)) if weights is None else weights.astype(np.float64)
-    sums = np.stack([np.bincount(labels, weights=features[:, c] * w, minlength=n_clusters)
-                     for c in range(features.shape[1])], axis=1)
+    sums = np.stack([np.bincount(labels, weights=column, minlength=n_clusters)
+                     for column in weighted], axis=1)
     counts = np.bincount(labels, weights=w, minlength=n_clusters)
     return Partial(sums, counts, float((distances * w).sum())), labels, distances
 
@@ -352,8 +363,10 @@ def lloyd(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_
     converged : bool
     """
     steps: list[Step] = []
+    w = weights.astype(np.float64)
+    weighted = _weighted_columns(features, w)
     for _ in range(max_iter):
-        partial, _, distances = partial_sums(features, weights, centroids)
+        partial, _, distances = _partial_sums(features, w, weighted, centroids)
         new, empty = update(partial, centroids)
         reseed_empty(new, empty, features, distances)
         moved = shift(centroids, new)

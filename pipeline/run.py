@@ -263,8 +263,9 @@ def _run_collection(state: _State, images: list[read.ImageInfo], previous: dict 
     _save_model(state, result, palette, None)
     clock = time.perf_counter()
     todo = [info for info in good if _status(state, info) == "pending"]
+    whole = segment.whole_table_pays(sum(i.n_pixels for i in good), km.k, space)
     tasks = [dask.delayed(_segment_task, pure=True)(info, result.centroids, space, palette,
-                                                     cfg.output, state.out_dir)
+                                                     cfg.output, state.out_dir, whole)
              for info in todo]
     try:
         _compute_images(state, todo, tasks, progress, "segment")
@@ -431,13 +432,15 @@ def _reason(exc: Exception, info: read.ImageInfo) -> str:
 
 
 def _segment_task(info: read.ImageInfo, centroids: np.ndarray, color_space: str,
-                  palette: np.ndarray, out: OutputConfig, out_dir: str) -> dict:
+                  palette: np.ndarray, out: OutputConfig, out_dir: str,
+                  whole_table: bool = False) -> dict:
     started = time.perf_counter()
     try:
         pixels = read.decode_kept(info)
     except ImageReadError as exc:
         return {"error": _reason(exc, info)}
-    labels, counts, inertia = segment.label_image(pixels, centroids, color_space)
+    labels, counts, inertia = segment.label_image(pixels, centroids, color_space,
+                                                  whole_table=whole_table)
     files = _write_outputs(out_dir, info, labels, palette, out)
     return {"outputs": files, "counts": counts.tolist(), "inertia": inertia,
             "seconds": round(time.perf_counter() - started, 4)}

@@ -154,3 +154,18 @@ def test_reusing_a_saved_model_with_max_iter_zero_reproduces_labels(tmp_path, co
         a = iio.imread(tmp_path / "out" / "labels" / f"{name}.png")
         b = iio.imread(tmp_path / "out2" / "labels" / f"{name}.png")
         assert (a == b).all()
+
+
+@pytest.mark.parametrize("persist, decodes", [("auto", 1), ("never", 2)])
+def test_threads_decode_each_image_once_unless_told_not_to_keep_pixels(tmp_path, collection,
+                                                                       monkeypatch, persist,
+                                                                       decodes):
+    from pipeline import read
+
+    calls = []
+    real = read.decode
+    monkeypatch.setattr(read, "decode", lambda info: calls.append(info.name) or real(info))
+    job = write_job(tmp_path, output={"masks": False}, dask={"persist": persist})
+    assert _run(job, "--scheduler", "threads") == 0
+    assert sorted(calls) == sorted(list(collection[1]) * decodes)
+    assert not read._KEPT  # nothing left behind
