@@ -182,8 +182,10 @@ def _ours_in_memory(images: list[np.ndarray], k: int) -> tuple[float, np.ndarray
         rng = np.random.default_rng([km.seed, index])
         parts.append(rows[np.sort(rng.choice(len(rows), size=n, replace=False))])
     result = fit.fit_collection(np.concatenate(parts), None, km, "rgb", None, False)
+    whole = segment.whole_table_pays(sum(p.size // 3 for p in images), k, "rgb")
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda p: segment.label_image(p, result.centroids, "rgb"), images))
+        list(pool.map(lambda p: segment.label_image(p, result.centroids, "rgb",
+                                                    whole_table=whole), images))
     return time.perf_counter() - started, result.centroids / 255
 
 
