@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline import cluster, fit, kmeans, model, read, segment, write
 from pipeline.config import JobConfig, KMeansConfig, OutputConfig
-from pipeline.errors import ConfigError, ImageReadError, PipelineError
+from pipeline.errors import ConfigError, ImageReadError, OutputError, PipelineError
 
 log = logging.getLogger(__name__)
 REPORT = "report.json"
@@ -38,10 +38,6 @@ class _Silent:
 
     def advance(self, images: int, pixels: int) -> None:
         pass
-
-
-class OutputError(PipelineError):
-    """An output file could not be written (disk full, folder removed, permissions)."""
 
 
 @dataclass
@@ -77,8 +73,16 @@ class _State:
     def save(self, force: bool = True) -> None:
         now = time.monotonic()
         if force or now - self.last_saved >= _REPORT_EVERY:
-            write.write_json(os.path.join(self.out_dir, REPORT), self.report())
+            _write_json(os.path.join(self.out_dir, REPORT), self.report())
             self.last_saved = now
+
+
+def _write_json(path: str, doc: dict) -> None:
+    try:
+        write.write_json(path, doc)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); free space or fix the "
+                          "output folder, then rerun with output.if_exists: resume") from exc
 
 
 def _now() -> str:
@@ -109,15 +113,19 @@ def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
     progress = progress or _Silent()
     out_dir = cfg.output.dir
     clock = time.perf_counter()
+    if cfg.kmeans.init_is_model:  # a wrong model is a job-file mistake: refuse before anything
+        model.load_palette(cfg.kmeans.init, cfg.kmeans.k, cfg.preprocess.color_space)
+    listing = read.list_inputs(cfg.input, cfg.preprocess, out_dir)
     previous = _prepare_output(cfg)
     state = _State(cfg, out_dir)
-    listing = read.list_inputs(cfg.input, cfg.preprocess, out_dir)
     state.timings["list"] = time.perf_counter() - clock
     state.records = [_record(info) for info in listing.images]
     state.records += [_broken(path, reason, cfg.input.on_error) for path, reason in listing.failed]
     state.extra.update(ignored=listing.ignored,
                        renamed=[{"path": p, "name": n} for p, n in listing.renamed])
     _add_notes(state, listing.notes)
+    for path, reason in listing.failed:
+        log.info("%s: %s", path, reason)
     try:
         if listing.failed and cfg.input.on_error == "fail":
             raise ImageReadError(_unreadable_message(listing.failed, listing.images))
@@ -129,8 +137,10 @@ def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
         state.status = "done"
     except (PipelineError, KeyboardInterrupt, Exception) as exc:
         state.status = "failed"
-        state.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        state.error = str(exc) or type(exc).__name__
         _mark_unfinished(state)
+        if isinstance(exc, OutputError):
+            _mark_lost(state)
         raise
     finally:
         state.timings["total"] = time.perf_counter() - clock
@@ -141,8 +151,17 @@ def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
 def _save_quietly(state: _State) -> None:
     try:
         state.save()
-    except OSError as exc:  # the output folder itself is gone: the CLI reports the first error
-        log.error("could not write %s: %s", REPORT, exc)
+    except OutputError as exc:  # the disk is still full: the CLI reports the first error
+        log.error("%s", exc)
+
+
+def _mark_lost(state: _State) -> None:
+    """After an output failure, say which finished images no longer have all their files."""
+    for record in state.records:
+        if record["status"] == "ok" and not write.outputs_complete(state.out_dir,
+                                                                   record["outputs"]):
+            record.update(status="failed", error="its outputs were removed during the run; "
+                                                 "rerun to write them again")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,6 +235,10 @@ def _add_notes(state: _State, notes: list[tuple[str, str]]) -> None:
 
 
 def _unreadable_message(failed: list[tuple[str, str]], images: list) -> str:
+    if len(failed) == 1:
+        path, reason = failed[0]
+        return (f"cannot read {path}: {reason}; no cluster work was started "
+                "(input.on_error: fail)")
     total = len(failed) + len(images)
     lines = [f"cannot read {len(failed)} of {total} images; no cluster work was started "
              "(input.on_error: fail):"]
@@ -245,8 +268,10 @@ def _run_collection(state: _State, images: list[read.ImageInfo], previous: dict 
         result = fit.FitResult(np.asarray(saved["centroids_working"]), steps,
                                bool(saved.get("converged")))
         good = [i for i in images if _status(state, i) != "skipped"]
+        _check_decodable(state, good, progress)
     elif km.max_iter == 0:
         result, good = fit.FitResult(init, [], True), images
+        _check_decodable(state, good, progress)
     else:
         sample, good = _sample(state, images, progress)
         state.timings["sample"] = time.perf_counter() - clock
@@ -280,14 +305,15 @@ def _find(state: _State, info: read.ImageInfo) -> dict:
 
 def _sample(state: _State, images: list[read.ImageInfo],
             progress: Progress) -> tuple[np.ndarray, list[read.ImageInfo]]:
-    """One pass: decode every image, keep a reproducible sample; finds undecodable images."""
+    """One pass: decode every image, keep a reproducible sample; finds undecodable images.
+
+    A skipped image must not change the palette: when one fails to decode and the images
+    were sampled (not taken whole), the others are sampled again with the shares they would
+    have had without it, so the result equals a run on the good images alone.
+    """
     km = state.cfg.kmeans
     sizes = _allocate([i.n_pixels for i in images], km.sample_pixels)
-    tasks = [dask.delayed(_sample_task, pure=True)(info, n, km.seed)
-             for info, n in zip(images, sizes)]
-    progress.phase("sample", len(images), sum(i.n_pixels for i in images))
-    results = cluster.compute_each(
-        tasks, lambda i, r: progress.advance(1, images[i].n_pixels))
+    results = _sample_pass(images, sizes, km.seed, progress, "sample")
     good, parts = [], []
     for info, (pixels, error) in zip(images, results):
         if error is not None:
@@ -297,7 +323,33 @@ def _sample(state: _State, images: list[read.ImageInfo],
             parts.append(pixels)
     if not good:
         raise ImageReadError("no image could be decoded; nothing to fit")
+    shares = _allocate([i.n_pixels for i in good], km.sample_pixels)
+    if len(good) < len(images) and shares != [len(p) for p in parts]:
+        results = _sample_pass(good, shares, km.seed, progress, "resample")
+        for info, (_, error) in zip(good, results):
+            if error is not None:  # the file changed since the first pass
+                raise ImageReadError(f"{info.path}: {error} (changed during the run; rerun)")
+        parts = [pixels for pixels, _ in results]
     return np.concatenate(parts), good
+
+
+def _sample_pass(images: list[read.ImageInfo], sizes: list[int], seed: int,
+                 progress: Progress, phase: str) -> list:
+    tasks = [dask.delayed(_sample_task, pure=True)(info, n, seed)
+             for info, n in zip(images, sizes)]
+    progress.phase(phase, len(images), sum(i.n_pixels for i in images))
+    return cluster.compute_each(tasks, lambda i, r: progress.advance(1, images[i].n_pixels))
+
+
+def _check_decodable(state: _State, images: list[read.ImageInfo], progress: Progress) -> None:
+    """With on_error: fail, decode every image before the first output is written."""
+    if state.cfg.input.on_error != "fail":
+        return
+    todo = [info for info in images if _status(state, info) == "pending"]
+    results = _sample_pass(todo, [0] * len(todo), 0, progress, "check")
+    for info, (_, error) in zip(todo, results):
+        if error is not None:
+            _image_failed(state, info, error)
 
 
 def _allocate(sizes: list[int], total: int) -> list[int]:
@@ -317,7 +369,7 @@ def _allocate(sizes: list[int], total: int) -> list[int]:
 def _image_failed(state: _State, info: read.ImageInfo, error: str) -> None:
     on_error = state.cfg.input.on_error
     _find(state, info).update(status="skipped" if on_error == "skip" else "failed", error=error)
-    log.warning("%s: %s", info.path, error)
+    log.info("%s: %s", info.path, error)  # the CLI lists skipped images when the run ends
     if on_error == "fail":
         raise ImageReadError(f"{info.path}: {error} (input.on_error: fail; no image outputs "
                              "were written)")
@@ -348,7 +400,7 @@ def _save_model(state: _State, result: fit.FitResult, palette: np.ndarray,
                                for s in result.steps]
     doc = model.model_document(cfg.kmeans.k, cfg.preprocess.color_space, cfg.kmeans.scope,
                                cfg.kmeans.seed, cfg.to_dict(), cfg.job_hash(), palettes)
-    write.write_json(os.path.join(state.out_dir, MODEL), doc)
+    _write_json(os.path.join(state.out_dir, MODEL), doc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,15 +414,8 @@ def _run_per_image(state: _State, images: list[read.ImageInfo], previous: dict |
     init = model.load_palette(cfg.kmeans.init, cfg.kmeans.k, space) \
         if cfg.kmeans.init_is_model else None
     clock = time.perf_counter()
+    _check_decodable(state, images, progress)
     todo = [info for info in images if _status(state, info) == "pending"]
-    if cfg.input.on_error == "fail":
-        # Check every image decodes before the first output is written.
-        tasks = [dask.delayed(_sample_task, pure=True)(info, 0, 0) for info in todo]
-        progress.phase("check", len(todo), sum(i.n_pixels for i in todo))
-        results = cluster.compute_each(tasks, lambda i, r: progress.advance(1, todo[i].n_pixels))
-        for info, (_, error) in zip(todo, results):
-            if error is not None:
-                _image_failed(state, info, error)
     tasks = [dask.delayed(_fit_segment_task, pure=True)(info, cfg.kmeans, space, init,
                                                          cfg.output, state.out_dir)
              for info in todo]
@@ -437,7 +482,7 @@ def _fit_segment_task(info: read.ImageInfo, km: KMeansConfig, color_space: str,
         return {"error": _reason(exc, info)}
     rows = pixels.reshape(-1, 3)
     if km.algorithm == "minibatch" and len(rows) > km.sample_pixels:
-        rng = np.random.default_rng([km.seed, info.index])
+        rng = np.random.default_rng([km.seed, read.sample_key(info)])
         rows = rows[np.sort(rng.choice(len(rows), km.sample_pixels, replace=False))]
     result = fit.fit_sample(rows, km, color_space, init)
     palette = segment.palette_colours(result.centroids, color_space)
@@ -457,6 +502,10 @@ def _write_outputs(out_dir: str, info: read.ImageInfo, labels: np.ndarray, palet
     try:
         return write.write_image_outputs(out_dir, info.name, labels, palette, out)
     except OSError as exc:
+        if not os.path.isdir(out_dir):
+            raise OutputError(f"the output folder {out_dir!r} was removed during the run "
+                              f"(while writing the outputs of {info.path}); stopped; rerun "
+                              "to write them again") from exc
         raise OutputError(f"cannot write the outputs of {info.path} to {out_dir!r} "
                           f"({exc.strerror or exc}); free space or fix the folder, then "
                           "rerun with output.if_exists: resume") from exc

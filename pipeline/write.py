@@ -7,6 +7,7 @@ no image extension, so the format is always named explicitly (imageio would pick
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -23,8 +24,11 @@ TEMP_PREFIX = ".tmp-"
 SUBDIRS = ("segmented", "labels", "masks")
 
 
-def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> int:
+def atomic_write(path: str, write: Callable[[io.BufferedWriter], None],
+                 make_folder: bool = True) -> int:
     """Write a file through ``write(handle)`` under a hidden temporary name, then rename it.
+
+    ``make_folder=False``: the folder must exist (it is not created again if it was removed).
 
     Returns
     -------
@@ -32,7 +36,8 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> int:
         The size of the written file in bytes.
     """
     folder, base = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
+    if make_folder:
+        os.makedirs(folder, exist_ok=True)
     temp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{base}")
     try:
         with open(temp, "wb") as handle:
@@ -66,10 +71,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in JSON")
 
 
-def write_png(path: str, image: Image.Image, compress_level: int) -> int:
+def write_png(path: str, image: Image.Image, compress_level: int,
+              make_folder: bool = True) -> int:
     """Encode one PNG atomically; returns its size in bytes."""
     return atomic_write(path, lambda handle: image.save(handle, format="PNG",
-                                                        compress_level=compress_level))
+                                                        compress_level=compress_level),
+                        make_folder)
 
 
 def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np.ndarray,
@@ -90,23 +97,55 @@ def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np
     -------
     dict
         Output kind -> list of ``[relative path, size in bytes]``.
+
+    Raises
+    ------
+    OSError
+        A file could not be written (disk full, the output folder was removed...).  The files
+        of this image written so far are deleted first: an image has all its outputs or none.
+        The output folder itself is never created again here.
     """
     files: dict[str, list] = {}
-    level = cfg.png_compression
-    if cfg.segmented:
-        rel = f"segmented/{name}.png"
-        files["segmented"] = [[rel, write_png(_join(out_dir, rel),
-                                              _segmented_image(labels, palette), level)]]
-    if cfg.labels:
-        rel = f"labels/{name}.png"
-        files["labels"] = [[rel, write_png(_join(out_dir, rel), _label_image(labels), level)]]
-    if cfg.masks:
-        files["masks"] = []
-        for j in range(len(palette)):
-            rel = f"masks/{name}/{j}.png"
-            image = Image.fromarray(segment.mask(labels, j), mode="L")
-            files["masks"].append([rel, write_png(_join(out_dir, rel), image, level)])
+    written: list[str] = []
+
+    def put(kind: str, rel: str, image: Image.Image) -> None:
+        path = _join(out_dir, rel)
+        _make_folders(out_dir, os.path.dirname(rel))
+        files.setdefault(kind, []).append([rel, write_png(path, image, cfg.png_compression,
+                                                          make_folder=False)])
+        written.append(path)
+
+    try:
+        if cfg.segmented:
+            put("segmented", f"segmented/{name}.png", _segmented_image(labels, palette))
+        if cfg.labels:
+            put("labels", f"labels/{name}.png", _label_image(labels))
+        if cfg.masks:
+            files["masks"] = []
+            for j in range(len(palette)):
+                put("masks", f"masks/{name}/{j}.png",
+                    Image.fromarray(segment.mask(labels, j), mode="L"))
+    except BaseException:
+        for path in written:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        raise
     return files
+
+
+def _make_folders(out_dir: str, rel_folder: str) -> None:
+    """Create ``rel_folder`` below ``out_dir``, which must still exist."""
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(errno.ENOENT, "the output folder was removed", out_dir)
+    folder = out_dir
+    for part in rel_folder.split("/"):
+        folder = os.path.join(folder, part)
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            pass
 
 
 def _segmented_image(labels: np.ndarray, palette: np.ndarray) -> Image.Image:
