@@ -121,11 +121,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
             report = run(cfg, show)
     totals = report["totals"]
     code = EXIT_SKIPPED if totals["skipped"] or totals["failed"] else EXIT_OK
+    skipped = [{"path": r["path"], "error": r["error"]} for r in report["images"]
+               if r["status"] != "ok" and r["error"]]
     summary = {"status": report["status"], "exit_code": code, "output_dir": cfg.output.dir,
                "images": totals["images"], "ok": totals["ok"], "skipped": totals["skipped"],
                "failed": totals["failed"], "pixels": totals["pixels"],
                "seconds": round(time.perf_counter() - started, 3),
-               "scheduler": connection.scheduler}
+               "scheduler": connection.scheduler, "problems": skipped}
+    if not args.quiet:
+        for entry in skipped:
+            print(f"skipped: {entry['path']}: {entry['error']}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:

@@ -425,6 +425,21 @@ def _check_across(sections: dict, problems: list[str]) -> None:
     if not (out.segmented or out.labels or out.masks):
         problems.append("output: segmented, labels and masks are all false; "
                         "enable at least one output")
+    if "://" not in out.dir:
+        _check_output_dir(out.dir, problems)
+
+
+def _check_output_dir(path: str, problems: list[str]) -> None:
+    """The output folder must be creatable and writable (checked without creating it)."""
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        problems.append(f"output.dir: cannot create {path!r}: {existing!r} is a file, not a "
+                        "folder; choose another output.dir")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problems.append(f"output.dir: cannot write to {existing!r} (permission denied); "
+                        "choose a writable folder")
 
 
 def example_keys() -> dict[str, list[str]]:
