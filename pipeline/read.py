@@ -350,6 +350,10 @@ def decode(info: ImageInfo) -> np.ndarray:
         raise ImageReadError(f"{info.path}: {exc}") from None
     except OSError as exc:
         raise ImageReadError(f"{info.path}: {_os_reason(exc)}") from exc
+    except MemoryError:
+        raise ImageReadError(f"{info.path}: not enough memory to decode it ({info.width}x"
+                             f"{info.height} pixels); lower input.max_pixels to refuse such "
+                             "files, or use a machine with more memory") from None
     except Exception as exc:  # Pillow raises many types for damaged data
         raise ImageReadError(f"{info.path}: cannot decode image ({exc}); fix or remove it") \
             from exc

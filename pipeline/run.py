@@ -70,16 +70,21 @@ class _State:
                 "images": self.records, "job": self.cfg.to_dict(),
                 "versions": model.versions()}
 
-    def save(self, force: bool = True) -> None:
+    def save(self, force: bool = True, final: bool = False) -> None:
         now = time.monotonic()
         if force or now - self.last_saved >= _REPORT_EVERY:
-            _write_json(os.path.join(self.out_dir, REPORT), self.report())
+            # Mid-run, a missing output folder is an error, not something to re-create; the
+            # final report is written even then, so that it says what happened.
+            _write_json(os.path.join(self.out_dir, REPORT), self.report(), make_folder=final)
             self.last_saved = now
 
 
-def _write_json(path: str, doc: dict) -> None:
+def _write_json(path: str, doc: dict, make_folder: bool = False) -> None:
     try:
-        write.write_json(path, doc)
+        write.write_json(path, doc, make_folder)
+    except FileNotFoundError as exc:
+        raise OutputError(f"the output folder {os.path.dirname(path)!r} was removed during the "
+                          "run; stopped; rerun to write the outputs again") from exc
     except OSError as exc:
         raise OutputError(f"cannot write {path} ({exc.strerror or exc}); free space or fix the "
                           "output folder, then rerun with output.if_exists: resume") from exc
@@ -150,7 +155,7 @@ def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
 
 def _save_quietly(state: _State) -> None:
     try:
-        state.save()
+        state.save(final=True)
     except OutputError as exc:  # the disk is still full: the CLI reports the first error
         log.error("%s", exc)
 
@@ -436,6 +441,9 @@ def _compute_images(state: _State, todo: list[read.ImageInfo], tasks: list,
     def done(i: int, result: dict) -> None:
         info = todo[i]
         error = result.pop("error", None)
+        if result.pop("output_error", False):  # disk full, folder removed: stop the run
+            _find(state, info).update(status="failed", error=error)
+            raise OutputError(error)
         if error is not None:
             _image_failed(state, info, error)
         else:
@@ -468,7 +476,10 @@ def _segment_task(info: read.ImageInfo, centroids: np.ndarray, color_space: str,
     except ImageReadError as exc:
         return {"error": _reason(exc, info)}
     labels, counts, inertia = segment.label_image(pixels, centroids, color_space)
-    files = _write_outputs(out_dir, info, labels, palette, out)
+    try:
+        files = _write_outputs(out_dir, info, labels, palette, out)
+    except OutputError as exc:
+        return {"error": str(exc), "output_error": True}
     return {"outputs": files, "counts": counts.tolist(), "inertia": inertia,
             "seconds": round(time.perf_counter() - started, 4)}
 
@@ -488,7 +499,10 @@ def _fit_segment_task(info: read.ImageInfo, km: KMeansConfig, color_space: str,
     palette = segment.palette_colours(result.centroids, color_space)
     labels, counts, inertia = segment.label_image(pixels, result.centroids, color_space,
                                                   cache=False)
-    files = _write_outputs(out_dir, info, labels, palette, out)
+    try:
+        files = _write_outputs(out_dir, info, labels, palette, out)
+    except OutputError as exc:
+        return {"error": str(exc), "output_error": True}
     rgb = kmeans.centroids_to_rgb(result.centroids, color_space)
     entry = model.palette_entry(result.centroids, rgb, counts, inertia, result.n_iter,
                                 result.converged)

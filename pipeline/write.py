@@ -53,10 +53,10 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None],
     return size
 
 
-def write_json(path: str, data: Any) -> int:
+def write_json(path: str, data: Any, make_folder: bool = True) -> int:
     """Write ``data`` as indented JSON, atomically."""
     text = json.dumps(data, indent=2, sort_keys=False, default=_json_default).encode()
-    return atomic_write(path, lambda handle: handle.write(text + b"\n"))
+    return atomic_write(path, lambda handle: handle.write(text + b"\n"), make_folder)
 
 
 def _json_default(value: Any) -> Any:
