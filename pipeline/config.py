@@ -381,7 +381,8 @@ def _build(raw: dict, path: str, problems: list[str]) -> JobConfig:
                 continue
             values[key] = _normalise(section_name, key, value, base_dir)
         sections[section_name] = cls(**values)
-    if "paths" not in (raw.get("input") or {}) and not problems:
+    given_input = raw.get("input")
+    if not (isinstance(given_input, dict) and "paths" in given_input) and not problems:
         problems.append("input.paths: required: list the images, folders or globs to segment")
     _check_across(sections, problems)
     return JobConfig(**sections, source=path, base_dir=base_dir)
