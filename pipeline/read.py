@@ -285,6 +285,10 @@ def read_header(path: str, name: str, index: int, scale: float,
     if orientation in _ROTATED:
         width, height = height, width
     width, height = scaled_size(width, height, scale)
+    if width * height > max_pixels:
+        raise ImageReadError(f"{width}x{height} = {width * height} pixels after "
+                             f"preprocess.scale ({scale:g}) is over input.max_pixels "
+                             f"({max_pixels}); lower the scale or raise max_pixels")
     info = ImageInfo(index, path, name, width, height, fmt, mode, n_frames,
                      stat.st_size, stat.st_mtime_ns)
     note = f"first frame of {n_frames} used" if n_frames > 1 else None
