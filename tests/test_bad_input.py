@@ -496,3 +496,133 @@ def test_output_folder_removed_mid_run_is_exit_1_and_reported(tmp_path, capsys, 
     assert all(r["status"] in ("failed", "skipped") for r in report["images"])
     assert report["status"] == "failed" and "was removed during the run" in report["error"]
     assert sorted(os.listdir(out)) == ["report.json"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Job files and arguments: exit 2, one line each, nothing started
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """model.json files written by real runs: k=3 in RGB, and k=4 in CIELAB."""
+    folder = tmp_path_factory.mktemp("models")
+    badfiles.good_png(folder / "images" / "a.png")
+    paths = {}
+    for name, k, space in (("rgb3", 3, "rgb"), ("lab4", 4, "lab")):
+        job = _job(folder, kmeans={"k": k}, preprocess={"color_space": space},
+                   output={"dir": name, "masks": False})
+        assert main(["run", job, "-q"]) == 0
+        paths[name] = str(folder / name / "model.json")
+    return paths
+
+
+SCHEDULERS = ("must be one of 'threads', 'processes', 'synchronous', 'local' or an address "
+              "like 'tcp://127.0.0.1:8786'")
+CONFIG_CASES = {
+    # name: (job file text, extra arguments, the one line after "error: "; {job} {dir} {m})
+    "unknown key": ("input: {paths: [images]}\nkmeans: {kk: 3}\n", [],
+                    "{job}: kmeans.kk: unknown key (did you mean 'k'?)"),
+    "unknown section": ("input: {paths: [images]}\nkmean: {k: 3}\n", [],
+                        "{job}: kmean: unknown section (did you mean 'kmeans'?)"),
+    "wrong type": ("input: {paths: [images]}\nkmeans: {k: [3]}\n", [],
+                   "{job}: kmeans.k: must be an integer from 1 to 65535, got [3] (list)"),
+    "k below 1": ("input: {paths: [images]}\nkmeans: {k: 0}\n", [],
+                  "{job}: kmeans.k: must be an integer from 1 to 65535, got 0 (int)"),
+    "k above 65535": ("input: {paths: [images]}\nkmeans: {k: 65536}\n", [],
+                      "{job}: kmeans.k: must be an integer from 1 to 65535, got 65536 (int)"),
+    "scale not positive": ("input: {paths: [images]}\npreprocess: {scale: 0}\n", [],
+                           "{job}: preprocess.scale: must be a number > 0.0, got 0 (int)"),
+    "tol negative": ("input: {paths: [images]}\nkmeans: {tol: -0.5}\n", [],
+                     "{job}: kmeans.tol: must be a number >= 0.0, got -0.5 (float)"),
+    "max_iter negative": ("input: {paths: [images]}\nkmeans: {max_iter: -1}\n", [],
+                          "{job}: kmeans.max_iter: must be an integer >= 0, got -1 (int)"),
+    "batch below k": ("input: {paths: [images]}\nkmeans: {k: 8, batch_pixels: 4}\n", [],
+                      "{job}: kmeans.batch_pixels: must be >= kmeans.k (8), got 4"),
+    "enum": ("input: {paths: [images]}\npreprocess: {color_space: hsv}\n", [],
+             "{job}: preprocess.color_space: must be one of 'rgb', 'lab', got 'hsv' (str)"),
+    "enum on_error": ("input: {paths: [images], on_error: ignore}\n", [],
+                      "{job}: input.on_error: must be one of 'skip', 'fail', got 'ignore' (str)"),
+    "yaml syntax": ("input: {paths: [images]\nkmeans: {k: 3}\n", [],
+                    "{job}: YAML syntax error at line 2, column 1: expected ',' or '}', but got "
+                    "'<scalar>'"),
+    "empty file": ("", [], "{job}: job file is empty; start from configs/example.yaml"),
+    "not a mapping": ("- images\n- k: 3\n", [], "{job}: job file must be a mapping of sections "
+                                                 "(input, kmeans, ...), got list"),
+    "no matching input": ("input: {paths: ['images/*.tif']}\n", [],
+                          "input.paths: no image files found in '{dir}/images/*.tif'; check the "
+                          "paths, globs and input.exclude"),
+    "missing input": ("input: {paths: [images, nothere]}\n", [],
+                      "input.paths: '{dir}/nothere' does not exist; check the path (relative "
+                      "paths are relative to the job file)"),
+    "output not creatable": ("input: {paths: [images]}\noutput: {dir: afile/out}\n", [],
+                             "{job}: output.dir: cannot create '{dir}/afile/out': '{dir}/afile' "
+                             "is a file, not a folder; choose another output.dir"),
+    "init missing": ("input: {paths: [images]}\nkmeans: {init: nope.json}\n", [],
+                     "{job}: kmeans.init: model file '{dir}/nope.json' not found; give "
+                     "'k-means++', 'random' or the path of a model.json written by an earlier "
+                     "run"),
+    "init wrong k": ("input: {paths: [images]}\nkmeans: {k: 4, init: '{m[rgb3]}'}\n", [],
+                     "kmeans.init: {m[rgb3]}: model has k=3, the job has k=4; set kmeans.k: 3 "
+                     "to reuse this palette"),
+    "init wrong colour space": ("input: {paths: [images]}\nkmeans: {k: 4, init: '{m[lab4]}'}\n",
+                                [], "kmeans.init: {m[lab4]}: model colour space is 'lab', the "
+                                    "job's is 'rgb'; set preprocess.color_space to match"),
+    "--set bad key": ("input: {paths: [images]}\n", ["--set", "kmeans.kk=3"],
+                      "{job}: --set kmeans.kk: unknown key (did you mean 'k'?)"),
+    "--set bad value": ("input: {paths: [images]}\n", ["--set", "kmeans.k=many"],
+                        "{job}: kmeans.k: must be an integer from 1 to 65535, got 'many' (str)"),
+    "--set no value": ("input: {paths: [images]}\n", ["--set", "kmeans"],
+                       "{job}: --set 'kmeans': expected section.key=value, e.g. kmeans.k=8"),
+    "--scheduler invalid": ("input: {paths: [images]}\n", ["--scheduler", "tcp://nowhere"],
+                            "{job}: dask.scheduler: " + SCHEDULERS + ", got 'tcp://nowhere' "
+                                                                     "(str)"),
+}
+
+
+def _fill(text: str, job: str, folder, models: dict) -> str:
+    for name, value in {"{job}": job, "{dir}": str(folder), "{m[rgb3]}": models["rgb3"],
+                        "{m[lab4]}": models["lab4"]}.items():
+        text = text.replace(name, value)
+    return text
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_job_file_mistakes_are_exit_2_with_one_line(tmp_path, capsys, saved_models, case,
+                                                    command):
+    text, extra, expected = CONFIG_CASES[case]
+    badfiles.good_png(tmp_path / "images" / "a.png")
+    (tmp_path / "afile").write_text("not a folder")
+    job = str(tmp_path / "job.yaml")
+    with open(job, "w") as handle:
+        handle.write(_fill(text, job, tmp_path, saved_models))
+    assert main([command, job, *extra, "-q"]) == 2
+    assert _lines(capsys) == ["error: " + _fill(expected, job, tmp_path, saved_models)]
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_validate_lists_every_problem_at_once_one_line_each(tmp_path, capsys):
+    badfiles.good_png(tmp_path / "images" / "a.png")
+    job = str(tmp_path / "job.yaml")
+    with open(job, "w") as handle:
+        handle.write("input: {paths: [images], on_error: ignore}\nkmeans: {kk: 3, k: x}\n"
+                     "preprocess: {scale: -1}\noutput: {dir: job.yaml/out}\n")
+    assert main(["validate", job, "--set", "dask.timeoutt=3", "--scheduler", "nowhere"]) == 2
+    assert _lines(capsys) == [f"error: {job}: {line}" for line in [
+        "--set dask.timeoutt: unknown key (did you mean 'timeout'?)",
+        "input.on_error: must be one of 'skip', 'fail', got 'ignore' (str)",
+        "preprocess.scale: must be a number > 0.0, got -1 (int)",
+        "kmeans.kk: unknown key (did you mean 'k'?)",
+        "kmeans.k: must be an integer from 1 to 65535, got 'x' (str)",
+        f"dask.scheduler: {SCHEDULERS}, got 'nowhere' (str)",
+        f"output.dir: cannot create '{tmp_path}/job.yaml/out': '{job}' is a file, not a folder; "
+        "choose another output.dir"]]
+
+
+def test_validate_lists_every_unreadable_image_at_once(tmp_path, capsys):
+    _good_images(tmp_path / "images")
+    empty = badfiles.zero_bytes(tmp_path / "images" / "empty.jpg")
+    bomb = badfiles.bomb_png(tmp_path / "images" / "bomb.png")
+    assert main(["validate", _job(tmp_path), "-q"]) == 2
+    assert _lines(capsys) == [f"error: {bomb}: {REASONS['bomb_png']}",
+                              f"error: {empty}: {REASONS['zero_bytes']}"]
