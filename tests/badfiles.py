@@ -277,6 +277,33 @@ def single_colour(path, colour=(0, 0, 0), fmt: str = "PNG") -> str:
     return _write(path, _encode(Image.fromarray(pixels), fmt))
 
 
+def assert_outputs_complete(out_dir: str) -> None:
+    """What any run, however it ended, may leave: no temporary file, every PNG decodes in
+    full, every JSON file parses, and the report's ok images have each output at the size it
+    recorded."""
+    import json
+
+    for root, _, names in os.walk(out_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            assert not name.startswith(".tmp-"), path
+            if name.endswith(".png"):
+                with Image.open(path) as image:
+                    image.load()
+            elif name.endswith(".json"):
+                with open(path) as handle:
+                    json.load(handle)
+    report_path = os.path.join(out_dir, "report.json")
+    if not os.path.exists(report_path):
+        return
+    with open(report_path) as handle:
+        report = json.load(handle)
+    for record in report["images"]:
+        for rel, size in [f for files in (record["outputs"] or {}).values() for f in files]:
+            if record["status"] == "ok":
+                assert os.path.getsize(os.path.join(out_dir, *rel.split("/"))) == size, rel
+
+
 BROKEN = {
     # name: (builder, file name, found from the header?)
     "zero_bytes": (zero_bytes, "empty.jpg", True),

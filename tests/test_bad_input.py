@@ -18,10 +18,10 @@ import sys
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 import badfiles
+from conftest import write_job
 from pipeline import cli
 from pipeline.cli import main
 from pipeline.config import InputConfig, PreprocessConfig
@@ -42,15 +42,8 @@ def _good_images(folder) -> None:
 def _job(folder, **sections) -> str:
     """A job in ``folder`` over ``folder/images``; the sample is smaller than the collection,
     so a bad image that took part in sampling would change the palette."""
-    job = {"input": {"paths": ["images/"]},
-           "kmeans": {"k": 3, "seed": 1, "sample_pixels": 1500, "n_init": 1},
-           "output": {"dir": "out"}}
-    for name, values in sections.items():
-        job.setdefault(name, {}).update(values)
-    path = os.path.join(str(folder), "job.yaml")
-    with open(path, "w") as handle:
-        yaml.safe_dump(job, handle)
-    return path
+    kmeans = {"k": 3, "seed": 1, "sample_pixels": 1500, "n_init": 1, **sections.pop("kmeans", {})}
+    return write_job(folder, kmeans=kmeans, **sections)
 
 
 def _report(folder) -> dict:
@@ -73,20 +66,6 @@ def _outputs(folder) -> dict[str, bytes]:
 def _palette(folder) -> list:
     with open(os.path.join(str(folder), "out", "model.json")) as handle:
         return json.load(handle)["palette"]
-
-
-def _assert_complete(out_dir: str) -> None:
-    """No temporary file is left and every PNG and JSON file in the folder is whole."""
-    for root, _, names in os.walk(out_dir):
-        for name in names:
-            path = os.path.join(root, name)
-            assert not name.startswith(".tmp-"), path
-            if name.endswith(".png"):
-                with Image.open(path) as image:
-                    image.load()
-            elif name.endswith(".json"):
-                with open(path) as handle:
-                    json.load(handle)
 
 
 @pytest.fixture(scope="module")
@@ -455,7 +434,7 @@ def test_disk_full_stops_with_exit_1_and_leaves_only_complete_files(tmp_path, ca
         assert lines[-1] == (f"error: cannot write the outputs of {big} to {out!r} ({error}); "
                              "free space or fix the folder, then rerun with output.if_exists: "
                              "resume")
-        _assert_complete(out)
+        badfiles.assert_outputs_complete(out)
         with open(os.path.join(out, "report.json")) as handle:
             report = json.load(handle)
         status = {os.path.basename(r["path"]): r["status"] for r in report["images"]}

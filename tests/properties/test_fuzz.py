@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import tempfile
 
@@ -65,32 +64,6 @@ def _assert_no_crash(code: int, err: str) -> None:
                for line in err.splitlines() if line), err
 
 
-def _assert_complete(out_dir: str) -> None:
-    """No temporary file; every PNG decodes in full; every JSON parses; the report's ok
-    images have every output at the size it recorded."""
-    from PIL import Image
-
-    for root, _, names in os.walk(out_dir):
-        for name in names:
-            path = os.path.join(root, name)
-            assert not name.startswith(".tmp-"), path
-            if name.endswith(".png"):
-                with Image.open(path) as image:
-                    image.load()
-            elif name.endswith(".json"):
-                with open(path) as handle:
-                    json.load(handle)
-    report_path = os.path.join(out_dir, "report.json")
-    if os.path.exists(report_path):
-        with open(report_path) as handle:
-            report = json.load(handle)
-        for record in report["images"]:
-            if record["status"] == "ok":
-                for files in record["outputs"].values():
-                    for rel, size in files:
-                        assert os.path.getsize(os.path.join(out_dir, rel)) == size
-
-
 @pytest.mark.timeout(120)
 @settings(max_examples=150)
 @given(damaged_image())
@@ -127,7 +100,7 @@ def test_damaged_bytes_through_the_cli_never_crash_or_leave_partial_files(case, 
         event(f"on_error {on_error}: exit {code}")
         _assert_no_crash(code, err)
         assert code in ((0, 3) if on_error == "skip" else (0, 1))
-        _assert_complete(os.path.join(folder, "out"))
+        badfiles.assert_outputs_complete(os.path.join(folder, "out"))
 
 
 KEYS = example_keys()
@@ -188,4 +161,4 @@ def test_random_job_files_never_crash_hang_or_leave_partial_files(text, command)
         for root, dirs, _ in os.walk(folder):
             for name in dirs:
                 if os.path.exists(os.path.join(root, name, "report.json")):
-                    _assert_complete(os.path.join(root, name))
+                    badfiles.assert_outputs_complete(os.path.join(root, name))
