@@ -28,6 +28,7 @@ THUMB_SIDE = 160  # px, longest side of the before / after thumbnails
 MASK_SIDE = 38  # px, longest side of one cluster's mask in the strip
 MASKS_PER_ROW = 8  # the strip wraps after this many masks (k = 64: 8 rows)
 PAGE_SIZE = 50  # image cards per page
+_GAP_GREY = 200  # grey level between the masks of the strip
 _SWATCH = 32  # px, one colour of palette.png
 
 
@@ -91,12 +92,13 @@ def _nearest(labels: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def _mask_strip(labels: np.ndarray, n_clusters: int, gap: int = 2) -> np.ndarray:
     """Every cluster's mask, small, in index order, left to right, `MASKS_PER_ROW` to a row
-    (255 in the cluster, 0 outside, grey gaps)."""
+    (255 in the cluster, 0 outside, light grey between and after the masks)."""
     tile_w, tile_h = _fit_size(labels.shape[1], labels.shape[0], MASK_SIDE, MASK_SIDE)
     small = _nearest(labels, tile_w, tile_h)
     columns = min(n_clusters, MASKS_PER_ROW)
     rows = -(-n_clusters // columns)
-    strip = np.full((rows * (tile_h + gap) - gap, columns * (tile_w + gap) - gap), 96, np.uint8)
+    strip = np.full((rows * (tile_h + gap) - gap, columns * (tile_w + gap) - gap), _GAP_GREY,
+                    np.uint8)
     for j in range(n_clusters):
         y, x = (j // columns) * (tile_h + gap), (j % columns) * (tile_w + gap)
         strip[y:y + tile_h, x:x + tile_w] = (small == j).view(np.uint8) * np.uint8(255)
@@ -233,7 +235,7 @@ def _facts(report: dict) -> str:
     dask_cfg = job.get("dask", {})
     scheduler = dask_cfg.get("scheduler_file") or dask_cfg.get("scheduler")
     rows = [("job file", report.get("job_file")), ("status", report.get("status")),
-            ("error", report.get("error")), ("output folder", report.get("output_dir")),
+            ("error", report.get("error")),
             ("started", report.get("started")), ("updated", report.get("updated")),
             ("scheduler", scheduler),
             ("images", f"{totals.get('ok', 0)} ok, {totals.get('skipped', 0)} skipped, "
@@ -264,7 +266,7 @@ def _convergence(history: list[dict]) -> str:
     note = ("<p class=note>Mini-batch steps show the inertia of their batch; Lloyd steps that "
             "of the whole sample. Log scale.</p>")
     return ('<div class="charts">' + _chart("inertia per step", inertia, log=True)
-            + _chart("centroid shift per step (sum of squares)", shift, log=True)
+            + _chart("centroid shift (sum of squares)", shift, log=True)
             + "</div>" + note)
 
 
@@ -349,7 +351,7 @@ svg.chart .title{font-weight:600}.note{font-size:12px;color:#666}
 .card{border:1px solid #ddd;border-radius:6px;padding:8px;background:#fff}
 .card h3{font-size:13px;margin:0 0 4px;word-break:break-all}
 .card .pair{display:flex;gap:6px}.card .pair img{max-width:160px;height:auto;background:#eee}
-.card img.masks{max-width:100%;height:auto;margin-top:4px;display:block;background:#606060}
+.card img.masks{max-width:100%;height:auto;margin-top:4px;display:block}
 .card.skipped,.card.failed{background:#fff4f4}.card .error{color:#a11}
 .card .swatches{margin-top:4px}.card .swatch{width:16px;height:16px}.card .share{font-size:11px}
 """
