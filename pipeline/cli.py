@@ -46,9 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="command")
     for name, func, text in (("run", _cmd_run, "run a job and write every output"),
                              ("validate", _cmd_validate,
-                              "check a job and list its inputs; computes nothing")):
+                              "check a job and list its inputs; computes nothing"),
+                             ("apply", _cmd_apply, "segment a job's images with the palette "
+                              "of a saved model.json, without fitting")):
         sub = commands.add_parser(name, help=text, description=text)
         sub.set_defaults(command=func)
+        if name == "apply":
+            sub.add_argument("model", help="a model.json written by an earlier run "
+                                           "(kmeans.scope: collection)")
         sub.add_argument("job", help="the YAML job file")
         sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                          help="override a job-file key (repeatable); paths are relative to "
@@ -70,6 +75,14 @@ def _load(args: argparse.Namespace):
     from pipeline.config import load_config
 
     overrides = list(args.set)
+    if getattr(args, "model", None):
+        # `apply`: the model's palette (and so its k) wins over the job's kmeans keys.
+        if not os.path.isfile(args.model):
+            raise ConfigError(f"{args.model}: model file not found; give the model.json "
+                              "written by an earlier run")
+        model_path = json.dumps(os.path.abspath(args.model))  # a YAML scalar, quoted
+        overrides += [f"kmeans.init={model_path}", "kmeans.max_iter=0",
+                      "kmeans.scope=collection"]
     if args.scheduler_file:
         overrides.append(f"dask.scheduler_file={args.scheduler_file}")
     return load_config(args.job, overrides, args.scheduler)
@@ -83,7 +96,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     problems = [f"{path}: {reason}" for path, reason in listing.failed]
     if cfg.kmeans.init_is_model:
         try:
-            model.load_palette(cfg.kmeans.init, cfg.kmeans.k, cfg.preprocess.color_space)
+            model.load_palette(cfg.kmeans.init, cfg.preprocess.color_space,
+                               cfg.preprocess.spatial_weight)
         except ConfigError as exc:
             problems.append(str(exc))
     summary = {"job": args.job, "valid": not problems, "problems": problems,
@@ -104,6 +118,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     for problem in problems:
         _print_error(problem)
     return EXIT_USAGE if problems else EXIT_OK
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    """``apply MODEL.json job.yaml``: ``run`` with ``kmeans.init: MODEL.json, max_iter: 0``."""
+    return _cmd_run(args)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

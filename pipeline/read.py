@@ -614,9 +614,16 @@ def sample_image(info: ImageInfo, n_sample: int, seed: int) -> np.ndarray:
     pixels = read_pixels(info)
     if n_sample >= len(pixels):
         return pixels
+    return pixels[sample_positions(info, n_sample, seed)]
+
+
+def sample_positions(info: ImageInfo, n_sample: int, seed: int) -> np.ndarray:
+    """Flat positions (increasing) of `sample_image`'s pixels: all of them when the image
+    has at most ``n_sample``; ndarray of shape (min(n_sample, n_pixels),), int64."""
+    if n_sample >= info.n_pixels:
+        return np.arange(info.n_pixels)
     rng = np.random.default_rng([seed, sample_key(info)])
-    where = np.sort(rng.choice(len(pixels), size=n_sample, replace=False))
-    return pixels[where]
+    return np.sort(rng.choice(info.n_pixels, size=n_sample, replace=False))
 
 
 def sample_key(info: ImageInfo) -> int:

@@ -6,6 +6,7 @@ scheduler is active (see `pipeline.cluster.compute_each`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -16,7 +17,7 @@ from typing import Any, Callable, Protocol
 import dask
 import numpy as np
 
-from pipeline import cluster, fit, kmeans, model, read, segment, write
+from pipeline import cluster, fit, kmeans, model, read, report, segment, write
 from pipeline.config import JobConfig, KMeansConfig, OutputConfig
 from pipeline.errors import ConfigError, ImageReadError, OutputError, PipelineError
 
@@ -50,6 +51,7 @@ class _State:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    init: np.ndarray | None = None  # centroids of the model named by kmeans.init
     status: str = "running"
     error: str | None = None
     started: str = field(default_factory=lambda: _now())
@@ -118,11 +120,11 @@ def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
     progress = progress or _Silent()
     out_dir = cfg.output.dir
     clock = time.perf_counter()
-    if cfg.kmeans.init_is_model:  # a wrong model is a job-file mistake: refuse before anything
-        model.load_palette(cfg.kmeans.init, cfg.kmeans.k, cfg.preprocess.color_space)
+    cfg, init, notes = _resolve_init(cfg)  # a wrong model is refused before anything
     listing = read.list_inputs(cfg.input, cfg.preprocess, out_dir)
     previous = _prepare_output(cfg)
-    state = _State(cfg, out_dir)
+    state = _State(cfg, out_dir, init=init)
+    state.warnings += notes
     state.timings["list"] = time.perf_counter() - clock
     state.records = [_record(info) for info in listing.images]
     state.records += [_broken(path, reason, cfg.input.on_error) for path, reason in listing.failed]
@@ -149,8 +151,37 @@ def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
         raise
     finally:
         state.timings["total"] = time.perf_counter() - clock
+        _save_quietly(state)  # first: on a full disk report.json matters more than the page
+        _write_html(state)
         _save_quietly(state)
     return state.report()
+
+
+def _resolve_init(cfg: JobConfig) -> tuple[JobConfig, np.ndarray | None, list[str]]:
+    """A model named by kmeans.init fixes k: its palette wins over the job's kmeans.k."""
+    km = cfg.kmeans
+    if not km.init_is_model:
+        return cfg, None, []
+    init = model.load_palette(km.init, cfg.preprocess.color_space, cfg.preprocess.spatial_weight)
+    notes = []
+    if "kmeans.k" in cfg.given and km.k != len(init):
+        notes.append(f"kmeans.k: the job has {km.k}, the model {km.init} has k={len(init)}; "
+                     "using the model's palette")
+        log.warning(notes[-1])
+    if km.k == len(init):
+        return cfg, init, notes
+    return dataclasses.replace(cfg, kmeans=dataclasses.replace(km, k=len(init))), init, notes
+
+
+def _write_html(state: _State) -> None:
+    """report.html next to report.json; a failure here never hides the run's own outcome."""
+    clock = time.perf_counter()
+    try:
+        doc = write.read_json(os.path.join(state.out_dir, MODEL))
+        report.write_html(state.out_dir, state.report(), doc if isinstance(doc, dict) else None)
+    except Exception as exc:  # noqa: BLE001 - the page is a view; the run's result stands
+        log.error("could not write %s: %s", report.HTML, exc)
+    state.timings["report"] = time.perf_counter() - clock
 
 
 def _save_quietly(state: _State) -> None:
@@ -265,15 +296,18 @@ def _run_collection(state: _State, images: list[read.ImageInfo], previous: dict 
                     progress: Progress) -> None:
     cfg = state.cfg
     km, space = cfg.kmeans, cfg.preprocess.color_space
+    weight = cfg.preprocess.spatial_weight
     clock = time.perf_counter()
     saved = write.read_json(os.path.join(state.out_dir, MODEL)) if previous else None
-    init = model.load_palette(km.init, km.k, space) if km.init_is_model else None
+    init = state.init
     if saved and saved.get("job_hash") == cfg.job_hash() and "centroids_working" in saved:
         steps = [kmeans.Step(**step) for step in saved.get("history", [])]
         result = fit.FitResult(np.asarray(saved["centroids_working"]), steps,
                                bool(saved.get("converged")))
         good = [i for i in images if _status(state, i) != "skipped"]
         _check_decodable(state, good, progress)
+        if saved.get("auto_k"):
+            state.extra["auto_k"] = saved["auto_k"]
     elif km.max_iter == 0:
         result, good = fit.FitResult(init, [], True), images
         _check_decodable(state, good, progress)
@@ -281,23 +315,46 @@ def _run_collection(state: _State, images: list[read.ImageInfo], previous: dict 
         sample, good = _sample(state, images, progress)
         state.timings["sample"] = time.perf_counter() - clock
         clock = time.perf_counter()
+        km = _choose_k(state, sample)
+        clock = time.perf_counter()
         pixels = read.pixel_array(good, cfg.dask.chunk_pixels) if km.algorithm == "lloyd" else None
-        result = fit.fit_collection(sample, pixels, km, space, init,
-                                    _persist(cfg, good))
+        result = fit.fit_features(sample, km, init) if weight > 0 else \
+            fit.fit_collection(sample, pixels, km, space, init, _persist(cfg, good))
+        if km.k != cfg.kmeans.k:  # chosen by k: auto: how the final palette does
+            state.extra["auto_k"]["error"] = fit.sample_error(sample, result.centroids, space)
         state.timings["fit"] = time.perf_counter() - clock
     state.warnings += result.warnings
     for message in result.warnings:
         log.warning(message)
-    palette = segment.palette_colours(result.centroids, space)
+    palette = segment.palette_colours(result.centroids[:, :3], space)
     _save_model(state, result, palette, None)
     clock = time.perf_counter()
     todo = [info for info in good if _status(state, info) == "pending"]
     tasks = [dask.delayed(_segment_task, pure=True)(info, result.centroids, space, palette,
-                                                     cfg.output, state.out_dir)
+                                                     cfg.output, state.out_dir, weight)
              for info in todo]
     _compute_images(state, todo, tasks, progress, "segment")
     state.timings["segment"] = time.perf_counter() - clock
-    _save_model(state, result, palette, None)
+    doc = _save_model(state, result, palette, None)
+    report.write_palette_files(state.out_dir, palette, doc["counts"], cfg.source)
+
+
+def _choose_k(state: _State, sample: np.ndarray) -> KMeansConfig:
+    """``kmeans.k: auto``: the smallest k meeting ``kmeans.max_error`` on the sample."""
+    km, space = state.cfg.kmeans, state.cfg.preprocess.color_space
+    if not km.auto_k:
+        return km
+    clock = time.perf_counter()
+    auto = fit.choose_k(sample, km, space)
+    state.timings["choose_k"] = time.perf_counter() - clock
+    state.extra["auto_k"] = auto.as_dict()
+    if not auto.met:
+        message = (f"k: auto: no k <= kmeans.max_k ({km.max_k}) meets kmeans.max_error "
+                   f"({km.max_error}); using k={km.max_k}; raise max_k or max_error")
+        state.warnings.append(message)
+        log.warning(message)
+    log.info("k: auto chose k=%d after %d fits", auto.k, len(auto.tried))
+    return dataclasses.replace(km, k=auto.k)
 
 
 def _status(state: _State, info: read.ImageInfo) -> str:
@@ -317,8 +374,10 @@ def _sample(state: _State, images: list[read.ImageInfo],
     have had without it, so the result equals a run on the good images alone.
     """
     km = state.cfg.kmeans
+    pre = state.cfg.preprocess
+    features = (pre.color_space, pre.spatial_weight) if pre.spatial_weight > 0 else None
     sizes = _allocate([i.n_pixels for i in images], km.sample_pixels)
-    results = _sample_pass(images, sizes, km.seed, progress, "sample")
+    results = _sample_pass(images, sizes, km.seed, progress, "sample", features)
     good, parts = [], []
     for info, (pixels, error) in zip(images, results):
         if error is not None:
@@ -330,7 +389,7 @@ def _sample(state: _State, images: list[read.ImageInfo],
         raise ImageReadError("no image could be decoded; nothing to fit")
     shares = _allocate([i.n_pixels for i in good], km.sample_pixels)
     if len(good) < len(images) and shares != [len(p) for p in parts]:
-        results = _sample_pass(good, shares, km.seed, progress, "resample")
+        results = _sample_pass(good, shares, km.seed, progress, "resample", features)
         for info, (_, error) in zip(good, results):
             if error is not None:  # the file changed since the first pass
                 raise ImageReadError(f"{info.path}: {error} (changed during the run; rerun)")
@@ -339,8 +398,9 @@ def _sample(state: _State, images: list[read.ImageInfo],
 
 
 def _sample_pass(images: list[read.ImageInfo], sizes: list[int], seed: int,
-                 progress: Progress, phase: str) -> list:
-    tasks = [dask.delayed(_sample_task, pure=True)(info, n, seed)
+                 progress: Progress, phase: str,
+                 features: tuple[str, float] | None = None) -> list:
+    tasks = [dask.delayed(_sample_task, pure=True)(info, n, seed, features)
              for info, n in zip(images, sizes)]
     progress.phase(phase, len(images), sum(i.n_pixels for i in images))
     return cluster.compute_each(tasks, lambda i, r: progress.advance(1, images[i].n_pixels))
@@ -388,24 +448,30 @@ def _persist(cfg: JobConfig, images: list[read.ImageInfo]) -> bool:
 
 
 def _save_model(state: _State, result: fit.FitResult, palette: np.ndarray,
-                palettes: dict | None) -> None:
+                palettes: dict | None) -> dict:
     cfg = state.cfg
+    k = cfg.kmeans.k
     if palettes is None:
-        counts = np.zeros(cfg.kmeans.k, np.int64)
+        k = len(result.centroids)
+        counts = np.zeros(k, np.int64)
         inertia = 0.0
         for record in state.records:
             if record["status"] == "ok":
                 counts += np.asarray(record["counts"], np.int64)
                 inertia += record["inertia"]
-        rgb = kmeans.centroids_to_rgb(result.centroids, cfg.preprocess.color_space)
+        rgb = kmeans.centroids_to_rgb(result.centroids[:, :3], cfg.preprocess.color_space)
         palettes = model.palette_entry(result.centroids, rgb, counts, inertia, result.n_iter,
                                        result.converged)
         palettes["palette"] = palette.tolist()
         palettes["history"] = [{"kind": s.kind, "shift": s.shift, "inertia": s.inertia}
                                for s in result.steps]
-    doc = model.model_document(cfg.kmeans.k, cfg.preprocess.color_space, cfg.kmeans.scope,
-                               cfg.kmeans.seed, cfg.to_dict(), cfg.job_hash(), palettes)
+    doc = model.model_document(k, cfg.preprocess.color_space, cfg.kmeans.scope,
+                               cfg.kmeans.seed, cfg.to_dict(), cfg.job_hash(), palettes,
+                               cfg.preprocess.spatial_weight)
+    if state.extra.get("auto_k"):
+        doc["auto_k"] = state.extra["auto_k"]
     _write_json(os.path.join(state.out_dir, MODEL), doc)
+    return doc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,18 +482,18 @@ def _run_per_image(state: _State, images: list[read.ImageInfo], previous: dict |
                    progress: Progress) -> None:
     cfg = state.cfg
     space = cfg.preprocess.color_space
-    init = model.load_palette(cfg.kmeans.init, cfg.kmeans.k, space) \
-        if cfg.kmeans.init_is_model else None
+    init = state.init
     clock = time.perf_counter()
     _check_decodable(state, images, progress)
     todo = [info for info in images if _status(state, info) == "pending"]
     tasks = [dask.delayed(_fit_segment_task, pure=True)(info, cfg.kmeans, space, init,
-                                                         cfg.output, state.out_dir)
+                                                         cfg.output, state.out_dir,
+                                                         cfg.preprocess.spatial_weight)
              for info in todo]
     _compute_images(state, todo, tasks, progress, "fit+segment")
     state.timings["fit+segment"] = time.perf_counter() - clock
     palettes = {r["name"]: r["palette"] for r in state.records if r["status"] == "ok"}
-    _save_model(state, fit.FitResult(np.zeros((cfg.kmeans.k, 3))), np.zeros(0), palettes)
+    _save_model(state, fit.FitResult(np.zeros((0, 3))), np.zeros(0), palettes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,10 +520,16 @@ def _compute_images(state: _State, todo: list[read.ImageInfo], tasks: list,
     cluster.compute_each(tasks, done)
 
 
-def _sample_task(info: read.ImageInfo, n_sample: int,
-                 seed: int) -> tuple[np.ndarray | None, str | None]:
+def _sample_task(info: read.ImageInfo, n_sample: int, seed: int,
+                 features: tuple[str, float] | None = None) -> tuple[np.ndarray | None, str | None]:
+    """The image's sample: uint8 pixels, or with ``features=(color_space, spatial_weight)``
+    float64 colour + position features (the positions only exist here, in the task)."""
     try:
-        return read.sample_image(info, n_sample, seed), None
+        if features is None:
+            return read.sample_image(info, n_sample, seed), None
+        where = read.sample_positions(info, n_sample, seed)
+        rows = read.read_pixels(info)[where]
+        return kmeans.spatial_features(rows, where, info.width, info.height, *features), None
     except ImageReadError as exc:
         return None, _reason(exc, info)
 
@@ -469,46 +541,94 @@ def _reason(exc: Exception, info: read.ImageInfo) -> str:
 
 
 def _segment_task(info: read.ImageInfo, centroids: np.ndarray, color_space: str,
-                  palette: np.ndarray, out: OutputConfig, out_dir: str) -> dict:
+                  palette: np.ndarray, out: OutputConfig, out_dir: str,
+                  spatial_weight: float = 0.0) -> dict:
     started = time.perf_counter()
     try:
         pixels = read.decode(info)
     except ImageReadError as exc:
         return {"error": _reason(exc, info)}
-    labels, counts, inertia = segment.label_image(pixels, centroids, color_space)
+    labels, counts, inertia = _label(pixels, centroids, color_space, spatial_weight, True)
     try:
         files = _write_outputs(out_dir, info, labels, palette, out)
+        files["thumbs"], thumb_seconds = _write_thumbs(out_dir, info, pixels, labels, palette,
+                                                       out)
     except OutputError as exc:
         return {"error": str(exc), "output_error": True}
     return {"outputs": files, "counts": counts.tolist(), "inertia": inertia,
-            "seconds": round(time.perf_counter() - started, 4)}
+            "seconds": round(time.perf_counter() - started, 4), "thumb_seconds": thumb_seconds}
 
 
 def _fit_segment_task(info: read.ImageInfo, km: KMeansConfig, color_space: str,
-                      init: np.ndarray | None, out: OutputConfig, out_dir: str) -> dict:
+                      init: np.ndarray | None, out: OutputConfig, out_dir: str,
+                      spatial_weight: float = 0.0) -> dict:
     started = time.perf_counter()
     try:
         pixels = read.decode(info)
     except ImageReadError as exc:
         return {"error": _reason(exc, info)}
-    rows = pixels.reshape(-1, 3)
-    if km.algorithm == "minibatch" and len(rows) > km.sample_pixels:
-        rng = np.random.default_rng([km.seed, read.sample_key(info)])
-        rows = rows[np.sort(rng.choice(len(rows), km.sample_pixels, replace=False))]
-    result = fit.fit_sample(rows, km, color_space, init)
-    palette = segment.palette_colours(result.centroids, color_space)
-    labels, counts, inertia = segment.label_image(pixels, result.centroids, color_space,
-                                                  cache=False)
+    result, auto = _fit_image(pixels, info, km, color_space, init, spatial_weight)
+    palette = segment.palette_colours(result.centroids[:, :3], color_space)
+    labels, counts, inertia = _label(pixels, result.centroids, color_space, spatial_weight,
+                                     False)
     try:
         files = _write_outputs(out_dir, info, labels, palette, out)
+        files["thumbs"], thumb_seconds = _write_thumbs(out_dir, info, pixels, labels, palette,
+                                                       out)
     except OutputError as exc:
         return {"error": str(exc), "output_error": True}
-    rgb = kmeans.centroids_to_rgb(result.centroids, color_space)
+    rgb = kmeans.centroids_to_rgb(result.centroids[:, :3], color_space)
     entry = model.palette_entry(result.centroids, rgb, counts, inertia, result.n_iter,
                                 result.converged)
     entry["warnings"] = result.warnings
+    if auto is not None:
+        entry["auto_k"] = auto.as_dict()
     return {"outputs": files, "counts": counts.tolist(), "inertia": inertia, "palette": entry,
-            "seconds": round(time.perf_counter() - started, 4)}
+            "seconds": round(time.perf_counter() - started, 4), "thumb_seconds": thumb_seconds}
+
+
+def _fit_image(pixels: np.ndarray, info: read.ImageInfo, km: KMeansConfig, color_space: str,
+               init: np.ndarray | None,
+               spatial_weight: float) -> tuple[fit.FitResult, fit.AutoK | None]:
+    """Image scope: fit one image's palette on its sample (k chosen first for k: auto)."""
+    rows = pixels.reshape(-1, 3)
+    where = np.arange(len(rows))
+    if km.algorithm == "minibatch" and len(rows) > km.sample_pixels:
+        where = read.sample_positions(info, km.sample_pixels, km.seed)
+        rows = rows[where]
+    sample = rows if spatial_weight == 0 else kmeans.spatial_features(
+        rows, where, info.width, info.height, color_space, spatial_weight)
+    auto = fit.choose_k(sample, km, color_space) if km.auto_k else None
+    if auto is not None:
+        km = dataclasses.replace(km, k=auto.k)
+    if spatial_weight > 0:
+        return fit.fit_features(sample, km, init), auto
+    return fit.fit_sample(rows, km, color_space, init), auto
+
+
+def _label(pixels: np.ndarray, centroids: np.ndarray, color_space: str, spatial_weight: float,
+           cache: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    if spatial_weight > 0:
+        return segment.label_image_spatial(pixels, centroids, color_space, spatial_weight)
+    return segment.label_image(pixels, centroids, color_space, cache=cache)
+
+
+def _write_thumbs(out_dir: str, info: read.ImageInfo, pixels: np.ndarray, labels: np.ndarray,
+                  palette: np.ndarray, out: OutputConfig) -> tuple[list, float]:
+    """The report's thumbnails, made from the pixels this task already holds."""
+    started = time.perf_counter()
+    if not os.path.isdir(out_dir):  # write_thumbnails would create it again
+        raise OutputError(f"the output folder {out_dir!r} was removed during the run (while "
+                          f"writing the outputs of {info.path}); stopped; rerun to write them "
+                          "again")
+    try:
+        files = report.write_thumbnails(out_dir, info.name, pixels, labels, palette,
+                                        out.png_compression)
+    except OSError as exc:
+        raise OutputError(f"cannot write the thumbnails of {info.path} to {out_dir!r} "
+                          f"({exc.strerror or exc}); free space or fix the folder, then "
+                          "rerun with output.if_exists: resume") from exc
+    return files, round(time.perf_counter() - started, 4)
 
 
 def _write_outputs(out_dir: str, info: read.ImageInfo, labels: np.ndarray, palette: np.ndarray,

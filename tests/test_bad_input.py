@@ -54,7 +54,7 @@ def _report(folder) -> dict:
 def _outputs(folder) -> dict[str, bytes]:
     """Every image output file of a run: relative path -> bytes."""
     out, files = os.path.join(str(folder), "out"), {}
-    for sub in ("segmented", "labels", "masks"):
+    for sub in ("segmented", "labels", "masks", "thumbs"):
         for root, _, names in os.walk(os.path.join(out, sub)):
             for name in names:
                 path = os.path.join(root, name)
@@ -474,7 +474,7 @@ def test_output_folder_removed_mid_run_is_exit_1_and_reported(tmp_path, capsys, 
     assert len(lost) == 1 and lost[0]["status"] == "failed"  # the image finished before
     assert all(r["status"] in ("failed", "skipped") for r in report["images"])
     assert report["status"] == "failed" and "was removed during the run" in report["error"]
-    assert sorted(os.listdir(out)) == ["report.json"]
+    assert set(os.listdir(out)) == {"report.json", "report.html"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,12 +483,12 @@ def test_output_folder_removed_mid_run_is_exit_1_and_reported(tmp_path, capsys, 
 
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory):
-    """model.json files written by real runs: k=3 in RGB, and k=4 in CIELAB."""
+    """model.json files written by real runs: k=4 in CIELAB, and one palette per image."""
     folder = tmp_path_factory.mktemp("models")
     badfiles.good_png(folder / "images" / "a.png")
     paths = {}
-    for name, k, space in (("rgb3", 3, "rgb"), ("lab4", 4, "lab")):
-        job = _job(folder, kmeans={"k": k}, preprocess={"color_space": space},
+    for name, scope, space in (("image", "image", "rgb"), ("lab4", "collection", "lab")):
+        job = _job(folder, kmeans={"k": 4, "scope": scope}, preprocess={"color_space": space},
                    output={"dir": name, "masks": False})
         assert main(["run", job, "-q"]) == 0
         paths[name] = str(folder / name / "model.json")
@@ -504,11 +504,11 @@ CONFIG_CASES = {
     "unknown section": ("input: {paths: [images]}\nkmean: {k: 3}\n", [],
                         "{job}: kmean: unknown section (did you mean 'kmeans'?)"),
     "wrong type": ("input: {paths: [images]}\nkmeans: {k: [3]}\n", [],
-                   "{job}: kmeans.k: must be an integer from 1 to 65535, got [3] (list)"),
+                   "{job}: kmeans.k: must be an integer from 1 to 65535 or 'auto', got [3] (list)"),
     "k below 1": ("input: {paths: [images]}\nkmeans: {k: 0}\n", [],
-                  "{job}: kmeans.k: must be an integer from 1 to 65535, got 0 (int)"),
+                  "{job}: kmeans.k: must be an integer from 1 to 65535 or 'auto', got 0 (int)"),
     "k above 65535": ("input: {paths: [images]}\nkmeans: {k: 65536}\n", [],
-                      "{job}: kmeans.k: must be an integer from 1 to 65535, got 65536 (int)"),
+                      "{job}: kmeans.k: must be an integer from 1 to 65535 or 'auto', got 65536 (int)"),
     "scale not positive": ("input: {paths: [images]}\npreprocess: {scale: 0}\n", [],
                            "{job}: preprocess.scale: must be a number > 0.0, got 0 (int)"),
     "tol negative": ("input: {paths: [images]}\nkmeans: {tol: -0.5}\n", [],
@@ -540,16 +540,16 @@ CONFIG_CASES = {
                      "{job}: kmeans.init: model file '{dir}/nope.json' not found; give "
                      "'k-means++', 'random' or the path of a model.json written by an earlier "
                      "run"),
-    "init wrong k": ("input: {paths: [images]}\nkmeans: {k: 4, init: '{m[rgb3]}'}\n", [],
-                     "kmeans.init: {m[rgb3]}: model has k=3, the job has k=4; set kmeans.k: 3 "
-                     "to reuse this palette"),
+    "init per-image model": ("input: {paths: [images]}\nkmeans: {init: '{m[image]}'}\n", [],
+                             "kmeans.init: {m[image]}: holds one palette per image; reuse needs "
+                             "a model fitted with kmeans.scope: collection"),
     "init wrong colour space": ("input: {paths: [images]}\nkmeans: {k: 4, init: '{m[lab4]}'}\n",
                                 [], "kmeans.init: {m[lab4]}: model colour space is 'lab', the "
                                     "job's is 'rgb'; set preprocess.color_space to match"),
     "--set bad key": ("input: {paths: [images]}\n", ["--set", "kmeans.kk=3"],
                       "{job}: --set kmeans.kk: unknown key (did you mean 'k'?)"),
     "--set bad value": ("input: {paths: [images]}\n", ["--set", "kmeans.k=many"],
-                        "{job}: kmeans.k: must be an integer from 1 to 65535, got 'many' (str)"),
+                        "{job}: kmeans.k: must be an integer from 1 to 65535 or 'auto', got 'many' (str)"),
     "--set no value": ("input: {paths: [images]}\n", ["--set", "kmeans"],
                        "{job}: --set 'kmeans': expected section.key=value, e.g. kmeans.k=8"),
     "--scheduler invalid": ("input: {paths: [images]}\n", ["--scheduler", "tcp://nowhere"],
@@ -559,7 +559,7 @@ CONFIG_CASES = {
 
 
 def _fill(text: str, job: str, folder, models: dict) -> str:
-    for name, value in {"{job}": job, "{dir}": str(folder), "{m[rgb3]}": models["rgb3"],
+    for name, value in {"{job}": job, "{dir}": str(folder), "{m[image]}": models["image"],
                         "{m[lab4]}": models["lab4"]}.items():
         text = text.replace(name, value)
     return text
@@ -592,7 +592,7 @@ def test_validate_lists_every_problem_at_once_one_line_each(tmp_path, capsys):
         "input.on_error: must be one of 'skip', 'fail', got 'ignore' (str)",
         "preprocess.scale: must be a number > 0.0, got -1 (int)",
         "kmeans.kk: unknown key (did you mean 'k'?)",
-        "kmeans.k: must be an integer from 1 to 65535, got 'x' (str)",
+        "kmeans.k: must be an integer from 1 to 65535 or 'auto', got 'x' (str)",
         f"dask.scheduler: {SCHEDULERS}, got 'nowhere' (str)",
         f"output.dir: cannot create '{tmp_path}/job.yaml/out': '{job}' is a file, not a folder; "
         "choose another output.dir"]]
