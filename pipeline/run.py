@@ -550,10 +550,8 @@ def _segment_task(info: read.ImageInfo, centroids: np.ndarray, color_space: str,
         return {"error": _reason(exc, info)}
     labels, counts, inertia = _label(pixels, centroids, color_space, spatial_weight, True)
     try:
-        files = _write_outputs(out_dir, info, labels, palette, out)
-        files["thumbs"], thumb_seconds = _write_thumbs(out_dir, info, pixels, labels, palette,
-                                                       out)
-    except OutputError as exc:
+        files, thumb_seconds = _write_image(out_dir, info, pixels, labels, palette, out)
+    except OutputError as exc:  # the run stops: see _compute_images
         return {"error": str(exc), "output_error": True}
     return {"outputs": files, "counts": counts.tolist(), "inertia": inertia,
             "seconds": round(time.perf_counter() - started, 4), "thumb_seconds": thumb_seconds}
@@ -572,10 +570,8 @@ def _fit_segment_task(info: read.ImageInfo, km: KMeansConfig, color_space: str,
     labels, counts, inertia = _label(pixels, result.centroids, color_space, spatial_weight,
                                      False)
     try:
-        files = _write_outputs(out_dir, info, labels, palette, out)
-        files["thumbs"], thumb_seconds = _write_thumbs(out_dir, info, pixels, labels, palette,
-                                                       out)
-    except OutputError as exc:
+        files, thumb_seconds = _write_image(out_dir, info, pixels, labels, palette, out)
+    except OutputError as exc:  # the run stops: see _compute_images
         return {"error": str(exc), "output_error": True}
     rgb = kmeans.centroids_to_rgb(result.centroids[:, :3], color_space)
     entry = model.palette_entry(result.centroids, rgb, counts, inertia, result.n_iter,
@@ -611,6 +607,14 @@ def _label(pixels: np.ndarray, centroids: np.ndarray, color_space: str, spatial_
     if spatial_weight > 0:
         return segment.label_image_spatial(pixels, centroids, color_space, spatial_weight)
     return segment.label_image(pixels, centroids, color_space, cache=cache)
+
+
+def _write_image(out_dir: str, info: read.ImageInfo, pixels: np.ndarray, labels: np.ndarray,
+                 palette: np.ndarray, out: OutputConfig) -> tuple[dict, float]:
+    """Every file of one image: its outputs, then the report's thumbnails."""
+    files = _write_outputs(out_dir, info, labels, palette, out)
+    files["thumbs"], thumb_seconds = _write_thumbs(out_dir, info, pixels, labels, palette, out)
+    return files, thumb_seconds
 
 
 def _write_thumbs(out_dir: str, info: read.ImageInfo, pixels: np.ndarray, labels: np.ndarray,
