@@ -89,15 +89,15 @@ def _load(args: argparse.Namespace):
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from pipeline import model, read
+    from pipeline import read
+    from pipeline.run import resolve_init
 
     cfg = _load(args)
     listing = read.list_inputs(cfg.input, cfg.preprocess, cfg.output.dir)
     problems = [f"{path}: {reason}" for path, reason in listing.failed]
     if cfg.kmeans.init_is_model:
         try:
-            model.load_palette(cfg.kmeans.init, cfg.preprocess.color_space,
-                               cfg.preprocess.spatial_weight)
+            resolve_init(cfg)
         except ConfigError as exc:
             problems.append(str(exc))
     summary = {"job": args.job, "valid": not problems, "problems": problems,

@@ -120,7 +120,7 @@ def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
     progress = progress or _Silent()
     out_dir = cfg.output.dir
     clock = time.perf_counter()
-    cfg, init, notes = _resolve_init(cfg)  # a wrong model is refused before anything
+    cfg, init, notes = resolve_init(cfg)  # a wrong model is refused before anything
     listing = read.list_inputs(cfg.input, cfg.preprocess, out_dir)
     previous = _prepare_output(cfg)
     state = _State(cfg, out_dir, init=init)
@@ -157,13 +157,18 @@ def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
     return state.report()
 
 
-def _resolve_init(cfg: JobConfig) -> tuple[JobConfig, np.ndarray | None, list[str]]:
+def resolve_init(cfg: JobConfig) -> tuple[JobConfig, np.ndarray | None, list[str]]:
     """A model named by kmeans.init fixes k: its palette wins over the job's kmeans.k."""
     km = cfg.kmeans
     if not km.init_is_model:
         return cfg, None, []
     init = model.load_palette(km.init, cfg.preprocess.color_space, cfg.preprocess.spatial_weight)
     notes = []
+    if "kmeans.k" in cfg.given and km.k != len(init) and km.max_iter > 0:
+        # Fitting from a palette: a k the user wrote that the model cannot start is a mistake.
+        raise ConfigError(f"kmeans.init: {km.init}: model has k={len(init)}, the job has "
+                          f"kmeans.k: {km.k}; set kmeans.k: {len(init)}, or kmeans.max_iter: 0 "
+                          "to apply the model's palette as it is")
     if "kmeans.k" in cfg.given and km.k != len(init):
         notes.append(f"kmeans.k: the job has {km.k}, the model {km.init} has k={len(init)}; "
                      "using the model's palette")

@@ -546,6 +546,10 @@ CONFIG_CASES = {
     "init wrong colour space": ("input: {paths: [images]}\nkmeans: {k: 4, init: '{m[lab4]}'}\n",
                                 [], "kmeans.init: {m[lab4]}: model colour space is 'lab', the "
                                     "job's is 'rgb'; set preprocess.color_space to match"),
+    "init wrong k": ("input: {paths: [images]}\npreprocess: {color_space: lab}\n"
+                     "kmeans: {k: 3, init: '{m[lab4]}'}\n", [],
+                     "kmeans.init: {m[lab4]}: model has k=4, the job has kmeans.k: 3; set "
+                     "kmeans.k: 4, or kmeans.max_iter: 0 to apply the model's palette as it is"),
     "--set bad key": ("input: {paths: [images]}\n", ["--set", "kmeans.kk=3"],
                       "{job}: --set kmeans.kk: unknown key (did you mean 'k'?)"),
     "--set bad value": ("input: {paths: [images]}\n", ["--set", "kmeans.k=many"],
