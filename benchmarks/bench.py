@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,6 +107,7 @@ def child_peer(method: str, folder: str, k: int, out: str) -> None:
     images = load_pixels(folder)
     pixels = np.concatenate([p.reshape(-1, 3) for p in images]).astype(np.float32) / 255
     if method == "ours":
+        _ours_in_memory.files = image_files(folder)
         seconds, centroids = _ours_in_memory(images, k)
     else:
         fit = _PEER_FITS[method]
@@ -177,9 +179,10 @@ def _ours_in_memory(images: list[np.ndarray], k: int) -> tuple[float, np.ndarray
     started = time.perf_counter()
     sizes = _allocate([p.shape[0] * p.shape[1] for p in images], km.sample_pixels)
     parts = []
-    for index, (pixels, n) in enumerate(zip(images, sizes)):
+    names = [os.path.splitext(os.path.basename(p))[0] for p in _ours_in_memory.files]
+    for name, pixels, n in zip(names, images, sizes):
         rows = pixels.reshape(-1, 3)
-        rng = np.random.default_rng([km.seed, index])
+        rng = np.random.default_rng([km.seed, zlib.crc32(name.encode("utf-8"))])  # sample_key
         parts.append(rows[np.sort(rng.choice(len(rows), size=n, replace=False))])
     result = fit.fit_collection(np.concatenate(parts), None, km, "rgb", None, False)
     whole = segment.whole_table_pays(sum(p.size // 3 for p in images), k, "rgb")

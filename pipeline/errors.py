@@ -17,6 +17,10 @@ class ImageReadError(PipelineError):
     """An input image cannot be opened or decoded."""
 
 
+class OutputError(PipelineError):
+    """An output file could not be written (disk full, output folder removed): exit 1."""
+
+
 class ClusterError(PipelineError):
     """The dask scheduler cannot be reached or was lost."""
 

@@ -2,7 +2,8 @@
 
 A reader (or a rerun) therefore sees either a complete file or none.
 
-PNGs are encoded here, not by Pillow (issue 5: writing was the largest cost of a run).  The
+Image outputs are encoded here, not by Pillow (issue 5: writing was the largest cost of a
+run); `write_png` (Pillow) remains for the report's thumbnails.  The
 segmented image (indexed, k <= 256) and the label map hold the same bytes, one label per pixel,
 so their image data is compressed once and written twice, with and without a palette.  Every
 row uses PNG's "Up" filter (a byte minus the one above: cheap in numpy, and turns the runs of a
@@ -12,6 +13,7 @@ than level 6 on label maps.  zlib releases the GIL while it compresses, so threa
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -21,6 +23,7 @@ import zlib
 from typing import Any, Callable
 
 import numpy as np
+from PIL import Image
 
 from pipeline import segment
 from pipeline.config import OutputConfig
@@ -33,8 +36,11 @@ _IDAT_MAX = 1 << 30  # bytes per IDAT chunk (the format allows 2**31 - 1)
 _BAND_BYTES = 1 << 20  # rows are filtered and compressed about this many bytes at a time
 
 
-def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> int:
+def atomic_write(path: str, write: Callable[[io.BufferedWriter], None],
+                 make_folder: bool = True) -> int:
     """Write a file through ``write(handle)`` under a hidden temporary name, then rename it.
+
+    ``make_folder=False``: the folder must exist (it is not created again if it was removed).
 
     Returns
     -------
@@ -42,7 +48,8 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> int:
         The size of the written file in bytes.
     """
     folder, base = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
+    if make_folder:
+        os.makedirs(folder, exist_ok=True)
     temp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{base}")
     try:
         with open(temp, "wb") as handle:
@@ -58,10 +65,10 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> int:
     return size
 
 
-def write_json(path: str, data: Any) -> int:
+def write_json(path: str, data: Any, make_folder: bool = True) -> int:
     """Write ``data`` as indented JSON, atomically."""
     text = json.dumps(data, indent=2, sort_keys=False, default=_json_default).encode()
-    return atomic_write(path, lambda handle: handle.write(text + b"\n"))
+    return atomic_write(path, lambda handle: handle.write(text + b"\n"), make_folder)
 
 
 def _json_default(value: Any) -> Any:
@@ -74,6 +81,14 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     raise TypeError(f"cannot store {type(value).__name__} in JSON")
+
+
+def write_png(path: str, image: Image.Image, compress_level: int,
+              make_folder: bool = True) -> int:
+    """Encode one PNG atomically; returns its size in bytes."""
+    return atomic_write(path, lambda handle: image.save(handle, format="PNG",
+                                                        compress_level=compress_level),
+                        make_folder)
 
 
 def deflate_rows(rows: np.ndarray, level: int) -> bytes:
@@ -106,8 +121,9 @@ def deflate_rows(rows: np.ndarray, level: int) -> bytes:
     return b"".join(parts)
 
 
-def write_png(path: str, width: int, height: int, bit_depth: int, colour_type: int,
-              data: bytes, palette: np.ndarray | None = None) -> int:
+def write_png_data(path: str, width: int, height: int, bit_depth: int, colour_type: int,
+                   data: bytes, palette: np.ndarray | None = None,
+                   make_folder: bool = True) -> int:
     """Write a PNG from image data made by `deflate_rows`, atomically; returns its size.
 
     ``palette`` (n, 3) uint8 is required for colour type 3 (indexed).
@@ -124,7 +140,7 @@ def write_png(path: str, width: int, height: int, bit_depth: int, colour_type: i
             _write_chunk(handle, b"IDAT", view[start:start + _IDAT_MAX])
         _write_chunk(handle, b"IEND", b"")
 
-    return atomic_write(path, write)
+    return atomic_write(path, write, make_folder)
 
 
 def _write_chunk(handle: io.BufferedWriter, kind: bytes, data: bytes | memoryview) -> None:
@@ -151,6 +167,13 @@ def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np
     -------
     dict
         Output kind -> list of ``[relative path, size in bytes]``.
+
+    Raises
+    ------
+    OSError
+        A file could not be written (disk full, the output folder was removed...).  The files
+        of this image written so far are deleted first: an image has all its outputs or none.
+        The output folder itself is never created again here.
     """
     files: dict[str, list] = {}
     level = cfg.png_compression
@@ -158,34 +181,58 @@ def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np
     indexed = len(palette) <= 256
     shared = deflate_rows(labels.astype(np.uint8, copy=False), level) \
         if indexed and (cfg.segmented or cfg.labels) else b""
+    written: list[str] = []
 
     def put(kind: str, rel: str, depth: int, colour_type: int, data: bytes,
             colours: np.ndarray | None = None) -> None:
-        size = write_png(_join(out_dir, rel), width, height, depth, colour_type, data, colours)
+        path = _join(out_dir, rel)
+        _make_folders(out_dir, os.path.dirname(rel))
+        size = write_png_data(path, width, height, depth, colour_type, data, colours,
+                              make_folder=False)
         files.setdefault(kind, []).append([rel, size])
+        written.append(path)
 
-    if cfg.segmented:
-        rel = f"segmented/{name}.png"
-        if indexed:  # one byte per pixel, exact colours; readers expand it to RGB
-            put("segmented", rel, 8, _INDEXED, shared, palette)
-        else:
-            rgb = segment.segmented(labels, palette).reshape(height, width * 3)
-            put("segmented", rel, 8, _RGB, deflate_rows(rgb, level))
-    if cfg.labels:
-        rel = f"labels/{name}.png"
-        if indexed:
-            put("labels", rel, 8, _GREY, shared)
-        else:
-            wide = labels.astype(">u2").view(np.uint8).reshape(height, width * 2)
-            put("labels", rel, 16, _GREY, deflate_rows(wide, level))
-    if cfg.masks:
-        files["masks"] = []
-        for j in range(len(palette)):
-            put("masks", f"masks/{name}/{j}.png", 8, _GREY,
-                deflate_rows(segment.mask(labels, j), level))
+    try:
+        if cfg.segmented:
+            rel = f"segmented/{name}.png"
+            if indexed:  # one byte per pixel, exact colours; readers expand it to RGB
+                put("segmented", rel, 8, _INDEXED, shared, palette)
+            else:
+                rgb = segment.segmented(labels, palette).reshape(height, width * 3)
+                put("segmented", rel, 8, _RGB, deflate_rows(rgb, level))
+        if cfg.labels:
+            rel = f"labels/{name}.png"
+            if indexed:
+                put("labels", rel, 8, _GREY, shared)
+            else:
+                wide = labels.astype(">u2").view(np.uint8).reshape(height, width * 2)
+                put("labels", rel, 16, _GREY, deflate_rows(wide, level))
+        if cfg.masks:
+            files["masks"] = []
+            for j in range(len(palette)):
+                put("masks", f"masks/{name}/{j}.png", 8, _GREY,
+                    deflate_rows(segment.mask(labels, j), level))
+    except BaseException:
+        for path in written:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        raise
     return files
 
 
+def _make_folders(out_dir: str, rel_folder: str) -> None:
+    """Create ``rel_folder`` below ``out_dir``, which must still exist."""
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(errno.ENOENT, "the output folder was removed", out_dir)
+    folder = out_dir
+    for part in rel_folder.split("/"):
+        folder = os.path.join(folder, part)
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            pass
 def _join(out_dir: str, rel: str) -> str:
     return os.path.join(out_dir, *rel.split("/"))
 

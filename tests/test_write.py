@@ -35,5 +35,5 @@ def test_image_data_is_compressed_in_bands_that_join_up(tmp_path, monkeypatch):
     monkeypatch.setattr(write, "_BAND_BYTES", 64)  # many bands for a small image
     rows = np.random.default_rng(0).integers(0, 4, (50, 40)).astype(np.uint8)
     data = write.deflate_rows(rows, 1)
-    write.write_png(str(tmp_path / "x.png"), 40, 50, 8, 0, data)
+    write.write_png_data(str(tmp_path / "x.png"), 40, 50, 8, 0, data)
     assert (iio.imread(tmp_path / "x.png") == rows).all()
