@@ -233,45 +233,54 @@ class Measured:
 
 def run_child(argv: list[str], timeout: float, env: dict | None = None,
               tree: bool = False) -> Measured:
-    """Run a process, time it (wall) and take its peak RSS; ``tree``: poll the whole process
-    tree (cluster runs), else the kernel's own figure for the process."""
+    """Run a process, time it (wall) and take its peak RSS; ``tree``: also poll the RSS of the
+    whole process tree (cluster runs), else the kernel's own figure for the process."""
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out: list[bytes] = []
+    err: list[bytes] = []
+    readers = [_drain(proc.stdout, out), _drain(proc.stderr, err)]  # a full pipe would block it
     peak = 0
-    if tree:
-        import psutil
-
-        ps = psutil.Process(proc.pid)
-        while proc.poll() is None and time.perf_counter() - started < timeout:
-            try:
-                procs = [ps, *ps.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in procs))
-            except psutil.Error:
-                pass
-            time.sleep(0.1)
-    try:
-        _, status, usage = _wait(proc, started + timeout)
-    except TimeoutError:
-        _kill(proc)
-        return Measured(None, note=f"> {timeout:.0f} s")
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() - started > timeout:
+            _kill(proc)
+            return Measured(None, note=f"> {timeout:.0f} s")
+        if tree:
+            peak = max(peak, _tree_rss(proc.pid))
+        time.sleep(0.1 if tree else 0.005)
     seconds = time.perf_counter() - started
-    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
-    if status != 0:
-        return Measured(None, note=f"failed ({status}): {err.strip().splitlines()[-1:]}")
-    lines = [line for line in out.splitlines() if line.startswith("{")]
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    for reader in readers:
+        reader.join()
+    text, errors = b"".join(out).decode(), b"".join(err).decode()
+    if proc.returncode != 0:
+        return Measured(None, note=f"failed ({proc.returncode}): "
+                                  f"{errors.strip().splitlines()[-1:]}")
+    lines = [line for line in text.splitlines() if line.startswith("{")]
     data = json.loads(lines[-1]) if lines else {}
     return Measured(seconds, max(peak, usage.ru_maxrss * 1024), data)
 
 
-def _wait(proc: subprocess.Popen, deadline: float):
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return pid, proc.returncode, usage
-        if time.perf_counter() > deadline:
-            raise TimeoutError
-        time.sleep(0.005)
+def _drain(stream, into: list):
+    import threading
+
+    reader = threading.Thread(target=lambda: into.extend(iter(lambda: stream.read(65536), b"")),
+                              daemon=True)
+    reader.start()
+    return reader
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+    except psutil.Error:
+        return 0
 
 
 def _kill(proc: subprocess.Popen) -> None:
