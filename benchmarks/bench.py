@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -171,7 +170,9 @@ def _ours_in_memory(images: list[np.ndarray], k: int) -> tuple[float, np.ndarray
     same sampling, fit and colour-table code the CLI runs (two threads for the labelling)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline import fit, segment
+    from types import SimpleNamespace
+
+    from pipeline import fit, read, segment
     from pipeline.config import KMeansConfig
     from pipeline.run import _allocate
 
@@ -182,8 +183,8 @@ def _ours_in_memory(images: list[np.ndarray], k: int) -> tuple[float, np.ndarray
     names = [os.path.splitext(os.path.basename(p))[0] for p in _ours_in_memory.files]
     for name, pixels, n in zip(names, images, sizes):
         rows = pixels.reshape(-1, 3)
-        rng = np.random.default_rng([km.seed, zlib.crc32(name.encode("utf-8"))])  # sample_key
-        parts.append(rows[np.sort(rng.choice(len(rows), size=n, replace=False))])
+        image = SimpleNamespace(name=name, n_pixels=len(rows))  # what sample_positions reads
+        parts.append(rows[read.sample_positions(image, n, km.seed)])
     result = fit.fit_collection(np.concatenate(parts), None, km, "rgb", None, False)
     whole = segment.whole_table_pays(sum(p.size // 3 for p in images), k, "rgb")
     with ThreadPoolExecutor(2) as pool:
@@ -248,9 +249,8 @@ def run_child(argv: list[str], timeout: float, env: dict | None = None,
         if time.perf_counter() - started > timeout:
             _kill(proc)
             return Measured(None, note=f"> {timeout:.0f} s")
-        if tree:
-            peak = max(peak, _tree_rss(proc.pid))
-        time.sleep(0.1 if tree else 0.005)
+        peak = max(peak, _tree_rss(proc.pid) if tree else _peak_rss(proc.pid))
+        time.sleep(0.1 if tree else 0.01)
     seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     for reader in readers:
@@ -261,7 +261,9 @@ def run_child(argv: list[str], timeout: float, env: dict | None = None,
                                   f"{errors.strip().splitlines()[-1:]}")
     lines = [line for line in text.splitlines() if line.startswith("{")]
     data = json.loads(lines[-1]) if lines else {}
-    return Measured(seconds, max(peak, usage.ru_maxrss * 1024), data)
+    # Not ru_maxrss: Linux carries the parent's peak into a child across fork and exec, so it
+    # reported this (large) benchmark process instead of the child.
+    return Measured(seconds, peak, data)
 
 
 def _drain(stream, into: list):
@@ -271,6 +273,18 @@ def _drain(stream, into: list):
                               daemon=True)
     reader.start()
     return reader
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's own peak RSS so far (VmHWM: since its exec), bytes; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _tree_rss(pid: int) -> int:

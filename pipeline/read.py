@@ -634,7 +634,11 @@ def sample_positions(info: ImageInfo, n_sample: int, seed: int) -> np.ndarray:
     if n_sample >= info.n_pixels:
         return np.arange(info.n_pixels)
     rng = np.random.default_rng([seed, sample_key(info)])
-    return np.sort(rng.choice(info.n_pixels, size=n_sample, replace=False))
+    # One position in each of n_sample equal strata of the raster order: without repeats and
+    # already sorted, in O(n_sample).  rng.choice(replace=False) permutes every pixel once the
+    # share is over 2 % (0.4 s of the small benchmark collection's 2 s, issue 5).
+    edges = np.arange(n_sample + 1, dtype=np.int64) * info.n_pixels // n_sample
+    return edges[:-1] + (rng.random(n_sample) * np.diff(edges)).astype(np.int64)
 
 
 def sample_key(info: ImageInfo) -> int:
