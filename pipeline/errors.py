@@ -27,5 +27,11 @@ class ClusterUnreachable(ClusterError):
     exit_code = 2
 
 
+class JobCancelled(PipelineError):
+    """A submitted job was cancelled (``kmeans-pipeline cancel``); completed images stay valid."""
+
+    exit_code = 130
+
+
 class PipelineWarning(UserWarning):
     """A valid but degenerate result (fewer colours than k, an empty cluster...)."""

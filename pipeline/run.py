@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
@@ -18,12 +19,13 @@ import numpy as np
 
 from pipeline import cluster, fit, kmeans, model, read, segment, write
 from pipeline.config import JobConfig, KMeansConfig, OutputConfig
-from pipeline.errors import ConfigError, ImageReadError, PipelineError
+from pipeline.errors import ConfigError, ImageReadError, JobCancelled, PipelineError
 
 log = logging.getLogger(__name__)
 REPORT = "report.json"
 MODEL = "model.json"
 _REPORT_EVERY = 2.0  # seconds between rewrites of report.json while images finish
+_CHECK_INPUTS = 8  # inputs, spread over the listing, that every worker must be able to read
 
 
 class Progress(Protocol):
@@ -85,14 +87,16 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
+def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = None) -> dict:
     """Run a job on the active scheduler and write every output.
 
     Parameters
     ----------
     cfg : JobConfig
     progress : Progress, optional
-        Told about each phase and each finished image.
+        Told about each phase and each finished image; may raise to stop the run.
+    job_id : str, optional
+        The id of a submitted job (see `pipeline.batch`), recorded in report.json.
 
     Returns
     -------
@@ -106,11 +110,13 @@ def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
     PipelineError
         The run failed; report.json says how far it got.
     """
-    progress = progress or _Silent()
     out_dir = cfg.output.dir
     clock = time.perf_counter()
     previous = _prepare_output(cfg)
     state = _State(cfg, out_dir)
+    progress = _Tracked(progress or _Silent(), state)
+    if job_id:
+        state.extra["job_id"] = job_id
     listing = read.list_inputs(cfg.input, cfg.preprocess, out_dir)
     state.timings["list"] = time.perf_counter() - clock
     state.records = [_record(info) for info in listing.images]
@@ -119,6 +125,8 @@ def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
                        renamed=[{"path": p, "name": n} for p, n in listing.renamed])
     _add_notes(state, listing.notes)
     try:
+        state.save()
+        _check_workers(out_dir, listing.images)
         if listing.failed and cfg.input.on_error == "fail":
             raise ImageReadError(_unreadable_message(listing.failed, listing.images))
         _resume(state, previous, listing.images)
@@ -126,16 +134,47 @@ def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
             _run_collection(state, listing.images, previous, progress)
         else:
             _run_per_image(state, listing.images, previous, progress)
+        write.remove_temp_files(out_dir)  # left by workers killed while writing
         state.status = "done"
     except (PipelineError, KeyboardInterrupt, Exception) as exc:
-        state.status = "failed"
-        state.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        explained = cluster.explain(exc)
+        state.status = "cancelled" if isinstance(exc, JobCancelled) else "failed"
+        state.error = str(explained or exc).splitlines()[0] if str(exc) else type(exc).__name__
         _mark_unfinished(state)
+        if explained is not None:
+            raise explained from exc
         raise
     finally:
         state.timings["total"] = time.perf_counter() - clock
         _save_quietly(state)
     return state.report()
+
+
+class _Tracked:
+    """Passes progress on and keeps report.json's ``progress`` (phase, images done) current."""
+
+    def __init__(self, inner: Progress, state: _State):
+        self.inner, self.state = inner, state
+
+    def phase(self, name: str, images: int, pixels: int) -> None:
+        self.state.extra["progress"] = {"phase": name, "done": 0, "total": images,
+                                        "pixels_done": 0, "pixels": pixels}
+        self.state.save()
+        self.inner.phase(name, images, pixels)
+
+    def advance(self, images: int, pixels: int) -> None:
+        now = self.state.extra["progress"]
+        now.update(done=now["done"] + images, pixels_done=now["pixels_done"] + pixels)
+        # Every 2 s, and every 5 % of the phase's images: a killed run redoes little on resume.
+        self.state.save(force=now["done"] % max(1, now["total"] // 20) == 0)
+        self.inner.advance(images, pixels)
+
+
+def _check_workers(out_dir: str, images: list[read.ImageInfo]) -> None:
+    """Fail early, in one line per problem, when cluster workers cannot see the job's files."""
+    spread = images[::max(1, len(images) // _CHECK_INPUTS)][:_CHECK_INPUTS] + images[-1:]
+    cluster.check_workers_see(sorted({i.path for i in spread}), out_dir,
+                              f"{write.TEMP_PREFIX}probe-{uuid.uuid4().hex[:12]}")
 
 
 def _save_quietly(state: _State) -> None:
@@ -252,6 +291,7 @@ def _run_collection(state: _State, images: list[read.ImageInfo], previous: dict 
         state.timings["sample"] = time.perf_counter() - clock
         clock = time.perf_counter()
         pixels = read.pixel_array(good, cfg.dask.chunk_pixels) if km.algorithm == "lloyd" else None
+        progress.phase("fit", len(good), sum(i.n_pixels for i in good))
         result = fit.fit_collection(sample, pixels, km, space, init,
                                     _persist(cfg, good))
         state.timings["fit"] = time.perf_counter() - clock
