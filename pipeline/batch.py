@@ -193,15 +193,26 @@ def follow(submission: dict, out_dir: str, progress: Progress | None,
     -------
     dict
         What `drive` returned.
+
+    Raises
+    ------
+    ClusterError
+        The scheduler was lost while following.
     """
     shown = {"phase": None, "done": 0, "pixels_done": 0}
     finished = False
-    while not finished:
-        finished = cluster.wait_driver(submission["future"], poll)
-        report = write.read_json(os.path.join(out_dir, REPORT))
-        if isinstance(report, dict) and report.get("job_id") == submission["job_id"]:
-            _show(report.get("progress") or {}, shown, progress)
-    return submission["future"].result()
+    try:
+        while not finished:
+            finished = cluster.wait_driver(submission["future"], poll)
+            report = write.read_json(os.path.join(out_dir, REPORT))
+            if isinstance(report, dict) and report.get("job_id") == submission["job_id"]:
+                _show(report.get("progress") or {}, shown, progress)
+        return submission["future"].result()
+    except Exception as exc:  # the scheduler lost while following: one line, not a traceback
+        error = cluster.explain(exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def _show(now: dict, shown: dict, progress: Progress | None) -> None:
@@ -222,7 +233,8 @@ def cancel(out_dir: str, timeout: float) -> dict:
     Returns
     -------
     dict
-        The job's `status` afterwards (``state`` is ``cancelling`` if it has not stopped yet).
+        The job's `status` afterwards (``state`` is ``cancelling`` if it has not stopped yet),
+        and ``requested``: False when the job had finished before, so nothing was asked.
 
     Raises
     ------
@@ -237,7 +249,7 @@ def cancel(out_dir: str, timeout: float) -> dict:
                           "`kmeans-pipeline submit` can be cancelled (stop `run` with Ctrl-C)")
     before = status(out_dir)
     if before["state"] in FINAL:
-        return before
+        return {**before, "requested": False}
     with cluster.connect(DaskConfig(scheduler=entry["scheduler"], timeout=timeout),
                          need_workers=False):
         cluster.request_cancel(entry["job_id"], entry["key"])
@@ -247,4 +259,4 @@ def cancel(out_dir: str, timeout: float) -> dict:
     while after["state"] not in FINAL and time.monotonic() < deadline:
         time.sleep(0.1)
         after = status(out_dir)
-    return after
+    return {**after, "requested": True}

@@ -209,17 +209,22 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
         print(json.dumps(state))
         return EXIT_OK
     print(_describe(state))
-    if state["state"] == "cancelled":
-        print(f"completed images stay valid: submit the job again with output.if_exists: "
+    if not state["requested"] or state["state"] in ("done", "failed"):
+        print("nothing to cancel: the job had already finished", file=sys.stderr)
+    elif state["state"] == "cancelled":
+        print("completed images stay valid: submit the job again with output.if_exists: "
               "resume to finish it", file=sys.stderr)
+    else:
+        print(f"the job has not stopped yet; see `kmeans-pipeline status {args.out}`",
+              file=sys.stderr)
     return EXIT_OK
 
 
 def _describe(state: dict) -> str:
     text = f"{state['state']}: job {state['job_id'] or '(run)'}"
     if state["images"] is not None:
-        text += (f", {state['done']} of {state['images']} images done ({state['ok']} ok, "
-                 f"{state['skipped']} skipped, {state['failed']} failed)")
+        text += (f", {state['ok']} of {state['images']} images ok ({state['skipped']} skipped, "
+                 f"{state['failed']} failed)")
     if state["state"] in ("running", "cancelling") and state["phase"]:
         text += f", {state['phase']} {state['phase_done']}/{state['phase_total']}"
     if state["updated"]:

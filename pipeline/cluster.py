@@ -190,7 +190,7 @@ def explain(exc: BaseException) -> PipelineError | None:
 
     resume = "rerun with output.if_exists: resume to finish the job"
     if isinstance(exc, KilledWorker):
-        return ClusterError(f"dask workers died {exc.args[2] + 1} times running task "
+        return ClusterError(f"dask workers died {exc.args[2] + 1} time(s) running task "
                             f"{exc.task!r} (out of memory? see the worker logs); raise the "
                             f"workers' memory limit or lower dask.chunk_pixels, then {resume}")
     client = _client()

@@ -26,7 +26,7 @@ from pipeline.cli import main
 
 DEADLINE = 60.0  # seconds: a bound on every wait, so a broken run fails instead of hanging
 N_IMAGES = 16
-N_BLOCKS = 48
+N_BLOCKS = 64
 
 
 class DaskProcesses:
@@ -36,12 +36,15 @@ class DaskProcesses:
     """
 
     def __init__(self, folder, n_workers: int, memory_limit: str = "600MiB",
-                 worker_cwd: str | None = None):
+                 worker_cwd: str | None = None, config: dict[str, str] | None = None):
         self.folder = str(folder)
         os.makedirs(self.folder, exist_ok=True)
         self.file = os.path.join(self.folder, "scheduler.json")
         self.procs: list[subprocess.Popen] = []
         self.memory_limit, self.worker_cwd = memory_limit, worker_cwd
+        # dask settings for the scheduler and workers, as DASK_* environment variables
+        self.env = {**os.environ, **{"DASK_" + key.upper().replace(".", "__").replace("-", "_"):
+                                     value for key, value in (config or {}).items()}}
         self.scheduler = self._spawn("scheduler", "--host", "127.0.0.1", "--port", "0",
                                      "--dashboard-address", "127.0.0.1:0", "--no-show",
                                      "--scheduler-file", self.file)
@@ -54,7 +57,8 @@ class DaskProcesses:
         log = open(os.path.join(self.folder, f"{args[0]}-{len(self.procs)}.log"), "w")
         # `python -m dask` is the `dask` command of the interpreter running the tests.
         proc = subprocess.Popen([sys.executable, "-m", "dask", *args], cwd=cwd or self.folder,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=self.env)
         log.close()
         self.procs.append(proc)
         return proc
@@ -191,7 +195,7 @@ def job(tmp_path, gradients):
 
 @pytest.fixture(scope="module")
 def blocks(tmp_path_factory):
-    """48 images of colour blocks, with masks: a segment phase long enough to act in."""
+    """64 images of colour blocks, with masks: a segment phase long enough to act in."""
     folder = tmp_path_factory.mktemp("blocks")
     for i in range(N_BLOCKS):
         save(folder / f"b{i:02d}.png", blocks_image(layout(64, 64, 4, i), seed=i))
@@ -375,6 +379,27 @@ def test_scheduler_lost_mid_run_exits_1_and_resume_finishes_identically(
     _assert_same(_out(job), reference)
 
 
+@pytest.mark.cluster
+def test_workers_dying_on_a_task_stop_the_run_with_one_line(tmp_path, blocks_job, capsys):
+    job = blocks_job
+    fragile = DaskProcesses(tmp_path / "fragile", n_workers=1,
+                            config={"distributed.scheduler.allowed-failures": "0"})
+    try:
+        victim = min(fragile.worker_pids().items())
+        thread, result = _run_in_thread(["run", job, "-q", "--scheduler", fragile.address])
+        # Mid-segment the worker always holds a task: killing it counts against that task.
+        wait_until(lambda: _some_done(job, N_BLOCKS), "some images done")
+        fragile.kill_worker(*victim)
+        thread.join(DEADLINE)
+    finally:
+        fragile.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert result == [1], err
+    assert len(err) == 1 and err[0].startswith("error: dask workers died 1 time(s) running task")
+    assert "memory limit" in err[0] and err[0].endswith("output.if_exists: resume to finish the job")
+    assert _report(job)["status"] == "failed"
+
+
 def _assert_only_complete_files(out: str) -> None:
     for folder, _, names in os.walk(out):
         for name in names:
@@ -464,6 +489,12 @@ def _submit(job: str, *extra: str) -> str:
     return job_id
 
 
+def _submit_here(job: str, capsys, *extra: str) -> str:
+    """`kmeans-pipeline submit` in this process, so that watching starts at once."""
+    assert main(["submit", job, "-q", *extra]) == 0
+    return capsys.readouterr().out.strip()
+
+
 @pytest.mark.cluster
 def test_submit_returns_and_the_job_completes_on_the_cluster(blocks_job, blocks_reference,
                                                              healthy, capsys):
@@ -474,8 +505,7 @@ def test_submit_returns_and_the_job_completes_on_the_cluster(blocks_job, blocks_
     assert state["job_id"] == job_id and state["ok"] == N_BLOCKS and state["done"] == N_BLOCKS
     assert main(["status", out]) == 0
     assert capsys.readouterr().out.startswith(f"done: job {job_id}, {N_BLOCKS} of {N_BLOCKS} "
-                                              f"images done ({N_BLOCKS} ok, 0 skipped, 0 "
-                                              "failed)")
+                                              "images ok (0 skipped, 0 failed); updated ")
     _assert_same(out, blocks_reference)
 
 
@@ -483,7 +513,7 @@ def test_submit_returns_and_the_job_completes_on_the_cluster(blocks_job, blocks_
 def test_cancel_stops_a_submitted_job_and_submit_wait_finishes_it(blocks_job, blocks_reference,
                                                                   healthy, capsys):
     out = _out(blocks_job)
-    job_id = _submit(blocks_job, "--scheduler-file", healthy.file)
+    job_id = _submit_here(blocks_job, capsys, "--scheduler-file", healthy.file)
     wait_until(lambda: _some_done(blocks_job, N_BLOCKS, job_id), "some images done")
     assert main(["cancel", out]) == 0
     said = capsys.readouterr()
@@ -493,6 +523,7 @@ def test_cancel_stops_a_submitted_job_and_submit_wait_finishes_it(blocks_job, bl
     assert state["state"] == "cancelled" and 0 < state["ok"] < N_BLOCKS
     cancelled = _report(blocks_job)
     assert cancelled["status"] == "cancelled"
+    healthy.wait_idle()  # tasks already running when the job stopped finish their image
     _assert_only_complete_files(out)
     assert main(["submit", blocks_job, "-q", "--wait", "--scheduler", healthy.address]) == 0
     final = _report(blocks_job)
@@ -512,7 +543,7 @@ def _driver_worker(cluster: DaskProcesses, key: str) -> str | None:
 @pytest.mark.cluster
 def test_driver_whose_worker_dies_is_rescheduled_and_resumes(blocks_job, blocks_reference,
                                                              healthy, capsys):
-    job_id = _submit(blocks_job, "--scheduler", healthy.address)
+    job_id = _submit_here(blocks_job, capsys, "--scheduler", healthy.address)
     key = _json(os.path.join(_out(blocks_job), "submission.json"))["key"]
     worker = wait_until(lambda: _driver_worker(healthy, key), "the driver to start")
     pid = healthy.worker_pids()[worker]
@@ -524,3 +555,29 @@ def test_driver_whose_worker_dies_is_rescheduled_and_resumes(blocks_job, blocks_
     resumed = [r["name"] for r in _report(blocks_job)["images"] if r["resumed"]]
     assert 0 < len(resumed) < N_BLOCKS  # finished by resuming, not by starting over
     _assert_same(_out(blocks_job), blocks_reference)
+
+
+def test_status_cancel_and_submit_say_what_is_wrong_in_one_line(tmp_path, job, capsys):
+    for argv, expected in (
+            (["status", str(tmp_path)], f"error: {tmp_path}: no report.json or submission.json; "
+                                        "not the output folder of a kmeans-pipeline job"),
+            (["cancel", str(tmp_path)], f"error: {tmp_path}: no submission.json; only a job "
+                                        "started with `kmeans-pipeline submit` can be cancelled"),
+            (["submit", job, "--scheduler", "threads"], "error: dask.scheduler: submit needs a "
+                                                        "running dask scheduler, got 'threads'")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(expected), err
+
+
+@pytest.mark.cluster
+def test_submitted_job_that_cannot_start_says_so_in_status(blocks_job, healthy, capsys):
+    out = _out(blocks_job)
+    os.makedirs(out)
+    open(os.path.join(out, "model.json"), "w").close()  # outputs of some earlier run
+    job_id = _submit(blocks_job, "--scheduler", healthy.address, "--set",
+                     "output.if_exists=fail")
+    state = wait_until(lambda: (lambda s: s if s["state"] == "failed" else None)(
+        _status(out, capsys)), "the driver to fail")
+    assert state["job_id"] == job_id
+    assert state["error"].startswith(f"output.dir: {out!r} already holds outputs")
