@@ -581,3 +581,15 @@ def test_submitted_job_that_cannot_start_says_so_in_status(blocks_job, healthy, 
         _status(out, capsys)), "the driver to fail")
     assert state["job_id"] == job_id
     assert state["error"].startswith(f"output.dir: {out!r} already holds outputs")
+
+
+def test_dask_config_mapping_is_in_force_while_connected(job):
+    from pipeline import cluster
+    from pipeline.config import load_config
+
+    import dask
+
+    cfg = load_config(job, ["dask.config={array.chunk-size: 7MiB}"], "threads")
+    with cluster.connect(cfg.dask):
+        assert dask.config.get("array.chunk-size") == "7MiB"
+    assert dask.config.get("array.chunk-size") != "7MiB"
