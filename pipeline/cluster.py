@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 import threading
-import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -206,12 +205,15 @@ def explain(exc: BaseException) -> PipelineError | None:
     return None
 
 
-def check_workers_see(paths: list[str], out_dir: str, probe_name: str) -> None:
-    """Check that every worker can read ``paths`` and write into the client's ``out_dir``.
+def on_cluster() -> bool:
+    """Whether tasks go to distributed workers (which may see other files than this process)."""
+    return _client() is not None
 
-    Tasks carry paths, so a worker must see the files the client listed at the same paths (a
-    shared filesystem).  The client drops a marker file named ``probe_name`` into ``out_dir``;
-    a worker that does not find it is looking at another folder of the same name.
+
+def check_on_workers(check: Callable[..., list[str]], *args: Any) -> None:
+    """Run ``check(*args)`` on every worker; it returns the problems that worker has.
+
+    Tasks carry paths, so a worker must see the files the client listed, at the same paths.
 
     Raises
     ------
@@ -221,13 +223,7 @@ def check_workers_see(paths: list[str], out_dir: str, probe_name: str) -> None:
     client = _client()
     if client is None:
         return
-    probe = os.path.join(out_dir, probe_name)
-    with open(probe, "wb"):
-        pass
-    try:
-        seen = client.run(_worker_sees, paths, out_dir, probe)
-    finally:
-        os.unlink(probe)
+    seen = client.run(check, *args)
     problems = [f"  {worker}: {problem}" for worker, found in sorted(seen.items())
                 for problem in found]
     if problems:
@@ -236,28 +232,6 @@ def check_workers_see(paths: list[str], out_dir: str, probe_name: str) -> None:
         raise ConfigError(f"{bad} of {len(seen)} dask worker(s) cannot see this job's files; "
                           "input.paths and output.dir must be on a filesystem every worker "
                           "mounts at the same path:\n" + "\n".join(problems[:10] + more))
-
-
-def _worker_sees(paths: list[str], out_dir: str, probe: str) -> list[str]:
-    problems = []
-    for path in paths:
-        try:
-            with open(path, "rb") as handle:
-                handle.read(1)
-        except OSError as exc:
-            problems.append(f"cannot read input {path} ({exc.strerror or exc})")
-    if not os.path.exists(probe):
-        problems.append(f"output.dir {out_dir}: not the folder the client made (no "
-                        f"{os.path.basename(probe)} in it)")
-        return problems
-    mine = f"{probe}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(mine, "wb"):
-            pass
-        os.unlink(mine)
-    except OSError as exc:
-        problems.append(f"cannot write to output.dir {out_dir} ({exc.strerror or exc})")
-    return problems
 
 
 # ---------------------------------------------------------------------------------------------

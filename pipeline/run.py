@@ -171,10 +171,42 @@ class _Tracked:
 
 
 def _check_workers(out_dir: str, images: list[read.ImageInfo]) -> None:
-    """Fail early, in one line per problem, when cluster workers cannot see the job's files."""
+    """Fail early, one line per problem, when cluster workers cannot see the job's files.
+
+    Each worker reads a spread of the inputs, and looks in the output folder for a marker
+    file put there by this process: not finding it means it sees another folder of that name.
+    """
+    if not cluster.on_cluster():
+        return
     spread = images[::max(1, len(images) // _CHECK_INPUTS)][:_CHECK_INPUTS] + images[-1:]
-    cluster.check_workers_see(sorted({i.path for i in spread}), out_dir,
-                              f"{write.TEMP_PREFIX}probe-{uuid.uuid4().hex[:12]}")
+    probe = os.path.join(out_dir, f"{write.TEMP_PREFIX}probe-{uuid.uuid4().hex[:12]}")
+    with open(probe, "wb"):
+        pass
+    try:
+        cluster.check_on_workers(_worker_sees, sorted({i.path for i in spread}), out_dir, probe)
+    finally:
+        os.unlink(probe)
+
+
+def _worker_sees(paths: list[str], out_dir: str, probe: str) -> list[str]:
+    problems = []
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            problems.append(f"cannot read input {path} ({exc.strerror or exc})")
+    if not os.path.exists(probe):
+        return problems + [f"output.dir {out_dir}: not the folder the client made (no "
+                           f"{os.path.basename(probe)} in it)"]
+    mine = f"{probe}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(mine, "wb"):
+            pass
+        os.unlink(mine)
+    except OSError as exc:
+        problems.append(f"cannot write to output.dir {out_dir} ({exc.strerror or exc})")
+    return problems
 
 
 def _save_quietly(state: _State) -> None:
