@@ -29,3 +29,8 @@ class ClusterUnreachable(ClusterError):
 
 class PipelineWarning(UserWarning):
     """A valid but degenerate result (fewer colours than k, an empty cluster...)."""
+
+
+class StorageError(PipelineError, OSError):
+    """An object store stayed unreachable (connection lost, 5xx, throttling) through every
+    retry.  An OSError too, so that code handling a failed write or read handles this one."""
