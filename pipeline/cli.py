@@ -83,7 +83,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     problems = [f"{path}: {reason}" for path, reason in listing.failed]
     if cfg.kmeans.init_is_model:
         try:
-            model.load_palette(cfg.kmeans.init, cfg.kmeans.k, cfg.preprocess.color_space)
+            model.load_palette(cfg.kmeans.init, cfg.kmeans.k, cfg.preprocess.color_space,
+                               cfg.input.storage_options)
         except ConfigError as exc:
             problems.append(str(exc))
     summary = {"job": args.job, "valid": not problems, "problems": problems,
@@ -184,6 +185,9 @@ def _setup_logging(level: int) -> None:
     logging.getLogger("pipeline").setLevel(ours if level <= 2 else logging.DEBUG)
     for noisy in ("distributed", "bokeh", "tornado"):
         logging.getLogger(noisy).setLevel(logging.ERROR if level < 2 else logging.INFO)
+    # A cut connection leaves aiohttp (fsspec's S3 and HTTP backends) logging "Task exception
+    # was never retrieved" with a traceback; pipeline.storage reports the failure itself.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL if level < 2 else logging.DEBUG)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 

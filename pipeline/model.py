@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import __version__
+from pipeline import __version__, storage
 from pipeline.errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -47,7 +47,8 @@ def model_document(k: int, color_space: str, scope: str, seed: int, job: dict, j
     return doc
 
 
-def load_palette(path: str, k: int, color_space: str) -> np.ndarray:
+def load_palette(path: str, k: int, color_space: str,
+                 storage_options: dict | None = None) -> np.ndarray:
     """The working-space centroids of a saved collection model, checked against the job.
 
     Returns
@@ -62,8 +63,11 @@ def load_palette(path: str, k: int, color_space: str) -> np.ndarray:
     """
     where = f"kmeans.init: {path}"
     try:
-        with open(path, encoding="utf-8") as handle:
-            doc = json.load(handle)
+        if storage.is_url(path):
+            doc = json.loads(storage.read_bytes(path, storage_options))
+        else:
+            with open(path, encoding="utf-8") as handle:
+                doc = json.load(handle)
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read model ({exc.strerror or exc})") from exc
     except ValueError as exc:

@@ -2,25 +2,30 @@
 
 Listing and header reading happen on the client and touch only metadata (Pillow reads the
 header on ``Image.open``; pixels are decoded by ``load``).  Decoding happens in tasks that carry
-the file path and return ``uint8`` RGB pixels, so no pixels travel from the client.
+the file path and return ``uint8`` RGB pixels, so no pixels travel from the client.  A path may
+be a URL (s3://, gs://, az://, http(s)://; see `pipeline.storage`): its header comes from range
+reads of the object's first bytes, and the task that decodes it fetches the object itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
 import logging
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dask
 import dask.array as da
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
+from pipeline import storage
 from pipeline.config import InputConfig, PreprocessConfig
-from pipeline.errors import ConfigError, ImageReadError
+from pipeline.errors import ConfigError, ImageReadError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,8 @@ class ImageInfo:
     n_frames: int = 1
     size_bytes: int = 0
     mtime_ns: int = 0
+    # input.storage_options, carried by the tasks that fetch the object (``path`` is a URL)
+    storage_options: dict | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_pixels(self) -> int:
@@ -103,17 +110,19 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig, output_dir: str)
         An input path does not exist, or the inputs match no file.
     """
     extensions = readable_extensions()
-    skip_root = os.path.realpath(output_dir) if "://" not in output_dir else None
+    skip_root = storage.canonical(output_dir)
     found: dict[str, str] = {}  # realpath -> name (first entry wins)
     paths: dict[str, str] = {}
     ignored: list[str] = []
     problems: list[str] = []
     for entry in cfg.paths:
-        for path, name in _expand(entry, extensions, ignored, problems):
-            real = os.path.realpath(path)
+        expanded = storage.expand(entry, cfg.storage_options, extensions, ignored, problems) \
+            if storage.is_url(entry) else _expand(entry, extensions, ignored, problems)
+        for path, name in expanded:
+            real = storage.canonical(path)
             if real in found or _excluded(path, cfg.exclude):
                 continue
-            if skip_root and (real == skip_root or real.startswith(skip_root + os.sep)):
+            if real == skip_root or real.startswith(skip_root + _separator(skip_root)):
                 continue
             found[real] = name
             paths[real] = path
@@ -127,7 +136,8 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig, output_dir: str)
     images, failed, notes = [], [], []
     for path, name, renamed in named:
         try:
-            info, note = read_header(path, name, len(images), preprocess.scale, cfg.max_pixels)
+            info, note = read_header(path, name, len(images), preprocess.scale, cfg.max_pixels,
+                                     cfg.storage_options)
         except ImageReadError as exc:
             failed.append((path, str(exc)))
             continue
@@ -136,6 +146,10 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig, output_dir: str)
             notes.append((path, note))
     renamed = [(path, name) for path, name, was_renamed in named if was_renamed]
     return Listing(images, failed, sorted(set(ignored)), renamed, notes)
+
+
+def _separator(path: str) -> str:
+    return "/" if storage.is_url(path) else os.sep
 
 
 def _expand(entry: str, extensions: frozenset[str], ignored: list[str],
@@ -235,9 +249,9 @@ def _unique_names(items: list[tuple[str, str]]) -> list[tuple[str, str, bool]]:
 # Headers
 
 
-def read_header(path: str, name: str, index: int, scale: float,
-                max_pixels: int) -> tuple[ImageInfo, str | None]:
-    """Read one file's header (no pixel decoding).
+def read_header(path: str, name: str, index: int, scale: float, max_pixels: int,
+                storage_options: dict | None = None) -> tuple[ImageInfo, str | None]:
+    """Read one file's header (no pixel decoding); of an object, from its first bytes.
 
     Returns
     -------
@@ -249,21 +263,30 @@ def read_header(path: str, name: str, index: int, scale: float,
     ------
     ImageReadError
         The file is missing, empty, not an image Pillow can open, or over ``max_pixels``.
+    StorageError
+        An object store could not be reached through every retry.
     """
     try:
-        stat = os.stat(path)
+        size, mtime_ns = storage.stat(path, storage_options)
+    except StorageError:
+        raise
     except OSError as exc:
         raise ImageReadError(f"cannot open file ({exc.strerror or exc})") from exc
-    if stat.st_size == 0:
+    if size == 0:
         raise ImageReadError("file is empty (0 bytes)")
+    remote = storage.is_url(path)
     try:
-        with Image.open(path) as im:
+        with (storage.open_read(path, storage_options, size) if remote
+              else contextlib.nullcontext(path)) as source, Image.open(source) as im:
             width, height = im.size
             fmt, mode = im.format or "?", im.mode
             n_frames = int(getattr(im, "n_frames", 1) or 1)
-            orientation = _orientation(im)
+            orientation = _orientation(im, remote)
     except Image.UnidentifiedImageError:
-        raise ImageReadError(f"not an image file (starts with {_first_bytes(path)})") from None
+        raise ImageReadError(f"not an image file (starts with "
+                             f"{_first_bytes(path, storage_options)})") from None
+    except StorageError:
+        raise
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"cannot read image header ({exc})") from exc
     if width * height > max_pixels:
@@ -274,8 +297,8 @@ def read_header(path: str, name: str, index: int, scale: float,
     if orientation in _ROTATED:
         width, height = height, width
     width, height = scaled_size(width, height, scale)
-    info = ImageInfo(index, path, name, width, height, fmt, mode, n_frames,
-                     stat.st_size, stat.st_mtime_ns)
+    info = ImageInfo(index, path, name, width, height, fmt, mode, n_frames, size, mtime_ns,
+                     storage_options if remote else None)
     note = f"first frame of {n_frames} used" if n_frames > 1 else None
     return info, note
 
@@ -287,16 +310,21 @@ def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _orientation(im: Image.Image) -> int:
+def _orientation(im: Image.Image, remote: bool = False) -> int:
+    if remote and im.format == "PNG" and "exif" not in im.info:
+        # Pillow would fetch and decode the whole object looking for an eXIf chunk after the
+        # pixels; one before them (where writers put it) is already in im.info.
+        return 1
     try:
         return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     except Exception:  # a broken EXIF block must not make a readable image unreadable
         return 1
 
 
-def _first_bytes(path: str) -> str:
+def _first_bytes(path: str, storage_options: dict | None = None) -> str:
     try:
-        with open(path, "rb") as handle:
+        with (storage.open_read(path, storage_options) if storage.is_url(path)
+              else open(path, "rb")) as handle:
             head = handle.read(16)
     except OSError:
         return "unreadable bytes"
@@ -322,12 +350,14 @@ def decode(info: ImageInfo) -> np.ndarray:
         The file changed since listing or its data is damaged.
     """
     try:
-        with Image.open(info.path) as im, warnings.catch_warnings():
+        source = io.BytesIO(storage.read_bytes(info.path, info.storage_options)) \
+            if storage.is_url(info.path) else info.path
+        with Image.open(source) as im, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's EXIF/ICC chatter is not the user's problem
             im.seek(0)
             im.load()
             rgb = _to_rgb(ImageOps.exif_transpose(im))
-    except ImageReadError:
+    except (ImageReadError, StorageError):
         raise
     except FileNotFoundError:
         raise ImageReadError(f"{info.path}: file disappeared after listing") from None

@@ -16,9 +16,9 @@ from typing import Any, Callable, Protocol
 import dask
 import numpy as np
 
-from pipeline import cluster, fit, kmeans, model, read, segment, write
+from pipeline import cluster, fit, kmeans, model, read, segment, storage, write
 from pipeline.config import JobConfig, KMeansConfig, OutputConfig
-from pipeline.errors import ConfigError, ImageReadError, PipelineError
+from pipeline.errors import ConfigError, ImageReadError, PipelineError, StorageError
 
 log = logging.getLogger(__name__)
 REPORT = "report.json"
@@ -77,7 +77,8 @@ class _State:
     def save(self, force: bool = True) -> None:
         now = time.monotonic()
         if force or now - self.last_saved >= _REPORT_EVERY:
-            write.write_json(os.path.join(self.out_dir, REPORT), self.report())
+            write.write_json(os.path.join(self.out_dir, REPORT), self.report(),
+                             self.cfg.output.storage_options)
             self.last_saved = now
 
 
@@ -151,20 +152,23 @@ def _save_quietly(state: _State) -> None:
 
 def _prepare_output(cfg: JobConfig) -> dict | None:
     """Create the output folder, apply ``if_exists``; returns the previous report, if reusable."""
-    out_dir = cfg.output.dir
+    out_dir, options = cfg.output.dir, cfg.output.storage_options
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, f"{write.TEMP_PREFIX}probe")
-        with open(probe, "wb"):
-            pass
-        os.unlink(probe)
+        if storage.is_url(out_dir):
+            storage.check_writable(out_dir, options, f"{write.TEMP_PREFIX}probe")
+        else:
+            os.makedirs(out_dir, exist_ok=True)
+            probe = os.path.join(out_dir, f"{write.TEMP_PREFIX}probe")
+            with open(probe, "wb"):
+                pass
+            os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"output.dir: cannot write to {out_dir!r} "
                           f"({exc.strerror or exc}); choose a writable folder") from exc
     write.remove_temp_files(out_dir)
-    previous = write.read_json(os.path.join(out_dir, REPORT))
+    previous = write.read_json(os.path.join(out_dir, REPORT), options)
     has_outputs = previous is not None or any(
-        os.path.exists(os.path.join(out_dir, d)) for d in (*write.SUBDIRS, MODEL))
+        storage.exists(os.path.join(out_dir, d), options) for d in (*write.SUBDIRS, MODEL))
     policy = cfg.output.if_exists
     if policy == "fail" and has_outputs:
         raise ConfigError(f"output.dir: {out_dir!r} already holds outputs; set "
@@ -183,10 +187,12 @@ def _resume(state: _State, previous: dict | None, images: list[read.ImageInfo]) 
         return
     done = {r.get("path"): r for r in previous.get("images", [])
             if r.get("status") == "ok" and r.get("outputs") is not None}
+    # On object storage, the sizes of every object from one listing.
+    sizes = write.output_sizes(state.out_dir, state.cfg.output.storage_options) if done else None
     for record, info in zip(state.records, images):
         old = done.get(info.path)
         if (old and old.get("name") == info.name
-                and write.outputs_complete(state.out_dir, old["outputs"])):
+                and write.outputs_complete(state.out_dir, old["outputs"], sizes)):
             record.update({k: old.get(k) for k in ("outputs", "counts", "inertia", "palette",
                                                    "finished", "seconds")})
             record.update(status="ok", resumed=True)
@@ -238,8 +244,10 @@ def _run_collection(state: _State, images: list[read.ImageInfo], previous: dict 
     cfg = state.cfg
     km, space = cfg.kmeans, cfg.preprocess.color_space
     clock = time.perf_counter()
-    saved = write.read_json(os.path.join(state.out_dir, MODEL)) if previous else None
-    init = model.load_palette(km.init, km.k, space) if km.init_is_model else None
+    saved = write.read_json(os.path.join(state.out_dir, MODEL),
+                            cfg.output.storage_options) if previous else None
+    init = model.load_palette(km.init, km.k, space, cfg.input.storage_options) \
+        if km.init_is_model else None
     if saved and saved.get("job_hash") == cfg.job_hash() and "centroids_working" in saved:
         steps = [kmeans.Step(**step) for step in saved.get("history", [])]
         result = fit.FitResult(np.asarray(saved["centroids_working"]), steps,
@@ -348,7 +356,7 @@ def _save_model(state: _State, result: fit.FitResult, palette: np.ndarray,
                                for s in result.steps]
     doc = model.model_document(cfg.kmeans.k, cfg.preprocess.color_space, cfg.kmeans.scope,
                                cfg.kmeans.seed, cfg.to_dict(), cfg.job_hash(), palettes)
-    write.write_json(os.path.join(state.out_dir, MODEL), doc)
+    write.write_json(os.path.join(state.out_dir, MODEL), doc, cfg.output.storage_options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +367,8 @@ def _run_per_image(state: _State, images: list[read.ImageInfo], previous: dict |
                    progress: Progress) -> None:
     cfg = state.cfg
     space = cfg.preprocess.color_space
-    init = model.load_palette(cfg.kmeans.init, cfg.kmeans.k, space) \
+    init = model.load_palette(cfg.kmeans.init, cfg.kmeans.k, space,
+                              cfg.input.storage_options) \
         if cfg.kmeans.init_is_model else None
     clock = time.perf_counter()
     todo = [info for info in images if _status(state, info) == "pending"]
@@ -456,6 +465,8 @@ def _write_outputs(out_dir: str, info: read.ImageInfo, labels: np.ndarray, palet
                    out: OutputConfig) -> dict:
     try:
         return write.write_image_outputs(out_dir, info.name, labels, palette, out)
+    except StorageError:
+        raise  # its message already names the object and says what to do
     except OSError as exc:
         raise OutputError(f"cannot write the outputs of {info.path} to {out_dir!r} "
                           f"({exc.strerror or exc}); free space or fix the folder, then "
