@@ -231,9 +231,15 @@ def open_read(url: str, options: dict | None, size: int | None = None) -> io.Buf
 
 
 class _RangeReader(io.RawIOBase):
+    """Reads aligned blocks of `HEADER_BLOCK` bytes, one range GET each, and keeps the last
+    few: Pillow seeks back and forth in a header (TIFF IFDs, the end of the file)."""
+
+    _KEEP = 8
+
     def __init__(self, fs: Any, inner: str, url: str, size: int):
         self.fs, self.inner, self.url, self.size, self.pos = fs, inner, url, size, 0
         self.name = url
+        self.blocks: dict[int, bytes] = {}
 
     def readable(self) -> bool:
         return True
@@ -250,22 +256,32 @@ class _RangeReader(io.RawIOBase):
         return self.pos
 
     def readinto(self, buffer: Any) -> int:
-        data = self._fetch(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
+        if self.pos >= self.size:
+            return 0
+        index, offset = divmod(self.pos, HEADER_BLOCK)
+        chunk = self._block(index)[offset:offset + len(buffer)]  # a short read ends a block
+        buffer[:len(chunk)] = chunk
+        self.pos += len(chunk)
+        return len(chunk)
 
     def readall(self) -> bytes:
-        return self._fetch(self.size - self.pos)
+        # Pillow reads WebP (and GIF frames) whole: the rest of the object in one GET.
+        start, self.pos = self.pos, max(self.pos, self.size)
+        return self._get(start, self.size) if start < self.size else b""
 
-    def _fetch(self, n: int) -> bytes:
-        start, end = self.pos, min(self.pos + n, self.size)
-        if end <= start:
-            return b""
+    def _block(self, index: int) -> bytes:
+        if index not in self.blocks:
+            if len(self.blocks) >= self._KEEP:
+                self.blocks.pop(next(iter(self.blocks)))
+            start = index * HEADER_BLOCK
+            self.blocks[index] = self._get(start, min(start + HEADER_BLOCK, self.size))
+        return self.blocks[index]
+
+    def _get(self, start: int, end: int) -> bytes:
         data = retry(lambda: self.fs.cat_file(self.inner, start=start, end=end), self.url,
                      "read")
         if len(data) > end - start:  # an HTTP server that ignores Range sends the whole object
             data = data[start:end]
-        self.pos += len(data)
         return data
 
 

@@ -168,8 +168,11 @@ class FileServer:
     """An HTTP/1.1 server (a thread) serving ``files`` (URL path -> bytes) with Range support.
 
     ``fail[path]`` lists statuses answered (one per request, HEAD included) before the file is
-    served; ``sent[path]`` counts body bytes sent.
+    served; ``sent[path]`` counts body bytes sent; with ``ranges`` false, Range is ignored
+    (the whole file is sent, as by python's own http.server).
     """
+
+    ranges = True
 
     def __init__(self, files: dict[str, bytes]) -> None:
         self.files = files
@@ -181,7 +184,8 @@ class FileServer:
         self.httpd.daemon_threads = True
         self.httpd.owner = self
         self.url = f"http://{HOST}:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                       daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
@@ -215,7 +219,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
             return
         start, end, code = 0, len(data), 200
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-        if match:
+        if match and owner.ranges:
             start = int(match[1])
             end = min(len(data), int(match[2]) + 1) if match[2] else len(data)
             code = 206
