@@ -10,6 +10,7 @@ includes start-up, listing, sampling, fitting, segmenting and writing every outp
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -66,13 +67,17 @@ def main() -> None:
             for _ in range(args.repeat):  # interleaved, so that load drifts hit both alike
                 for name, job in jobs.items():
                     times[name].append(_time(job, env))
+            with open(os.path.join(folder, "out", "report.json")) as handle:
+                phases = {"local disk -> local disk": json.load(handle)["timings"]}
+            body = client.get_object(Bucket="bench", Key="out/report.json")["Body"].read()
+            phases["s3 (moto) -> s3 (moto)"] = json.loads(body)["timings"]
     finally:
         server.stop()
     print(f"{len(files)} images from {args.collection}, k={args.k}, "
-          f"{args.repeat} runs each (median, min, max in s):")
+          f"{args.repeat} runs each (median, min, max in s; phases of the last run):")
     for name, values in times.items():
         print(f"  {name:26} {statistics.median(values):6.2f} {min(values):6.2f} "
-              f"{max(values):6.2f}")
+              f"{max(values):6.2f}   {phases[name]}")
 
 
 if __name__ == "__main__":
