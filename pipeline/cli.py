@@ -46,9 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="command")
     for name, func, text in (("run", _cmd_run, "run a job and write every output"),
                              ("validate", _cmd_validate,
-                              "check a job and list its inputs; computes nothing")):
+                              "check a job and list its inputs; computes nothing"),
+                             ("apply", _cmd_apply, "segment a job's images with the palette "
+                              "of a saved model.json, without fitting")):
         sub = commands.add_parser(name, help=text, description=text)
         sub.set_defaults(command=func)
+        if name == "apply":
+            sub.add_argument("model", help="a model.json written by an earlier run "
+                                           "(kmeans.scope: collection)")
         sub.add_argument("job", help="the YAML job file")
         sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                          help="override a job-file key (repeatable); paths are relative to "
@@ -70,21 +75,30 @@ def _load(args: argparse.Namespace):
     from pipeline.config import load_config
 
     overrides = list(args.set)
+    if getattr(args, "model", None):
+        # `apply`: the model's palette (and so its k) wins over the job's kmeans keys.
+        remote = "://" in args.model  # a URL: read through pipeline.storage
+        if not remote and not os.path.isfile(args.model):
+            raise ConfigError(f"{args.model}: model file not found; give the model.json "
+                              "written by an earlier run")
+        model_path = json.dumps(args.model if remote else os.path.abspath(args.model))
+        overrides += [f"kmeans.init={model_path}", "kmeans.max_iter=0",
+                      "kmeans.scope=collection"]
     if args.scheduler_file:
         overrides.append(f"dask.scheduler_file={args.scheduler_file}")
     return load_config(args.job, overrides, args.scheduler)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from pipeline import model, read
+    from pipeline import read
+    from pipeline.run import resolve_init
 
     cfg = _load(args)
     listing = read.list_inputs(cfg.input, cfg.preprocess, cfg.output.dir)
     problems = [f"{path}: {reason}" for path, reason in listing.failed]
     if cfg.kmeans.init_is_model:
         try:
-            model.load_palette(cfg.kmeans.init, cfg.kmeans.k, cfg.preprocess.color_space,
-                               cfg.input.storage_options)
+            resolve_init(cfg)
         except ConfigError as exc:
             problems.append(str(exc))
     summary = {"job": args.job, "valid": not problems, "problems": problems,
@@ -107,6 +121,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_USAGE if problems else EXIT_OK
 
 
+def _cmd_apply(args: argparse.Namespace) -> int:
+    """``apply MODEL.json job.yaml``: ``run`` with ``kmeans.init: MODEL.json, max_iter: 0``."""
+    return _cmd_run(args)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline import cluster
     from pipeline.run import run
@@ -122,11 +141,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
             report = run(cfg, show)
     totals = report["totals"]
     code = EXIT_SKIPPED if totals["skipped"] or totals["failed"] else EXIT_OK
+    skipped = [{"path": r["path"], "error": r["error"]} for r in report["images"]
+               if r["status"] != "ok" and r["error"]]
     summary = {"status": report["status"], "exit_code": code, "output_dir": cfg.output.dir,
                "images": totals["images"], "ok": totals["ok"], "skipped": totals["skipped"],
                "failed": totals["failed"], "pixels": totals["pixels"],
                "seconds": round(time.perf_counter() - started, 3),
-               "scheduler": connection.scheduler}
+               "scheduler": connection.scheduler, "problems": skipped}
+    if not args.quiet:
+        for entry in skipped:
+            print(f"skipped: {entry['path']}: {entry['error']}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:

@@ -17,6 +17,10 @@ class ImageReadError(PipelineError):
     """An input image cannot be opened or decoded."""
 
 
+class OutputError(PipelineError):
+    """An output file could not be written (disk full, output folder removed): exit 1."""
+
+
 class ClusterError(PipelineError):
     """The dask scheduler cannot be reached or was lost."""
 
@@ -31,6 +35,7 @@ class PipelineWarning(UserWarning):
     """A valid but degenerate result (fewer colours than k, an empty cluster...)."""
 
 
-class StorageError(PipelineError, OSError):
+class StorageError(PipelineError):
     """An object store stayed unreachable (connection lost, 5xx, throttling) through every
-    retry.  An OSError too, so that code handling a failed write or read handles this one."""
+    retry.  Deliberately no OSError: it must not pass for a broken image, a full disk or a
+    lost scheduler (cluster.py reads an OSError from a task as one)."""

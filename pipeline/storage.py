@@ -121,8 +121,9 @@ def canonical(path: str) -> str:
 # Retries
 
 
-def retry(call: Callable[[], T], url: str, what: str = "access") -> T:
-    """``call()``, retried with backoff while it fails transiently.
+def retry(call: Callable[[], T], url: str, what: str = "access", attempts: int = 0) -> T:
+    """``call()``, retried with backoff while it fails transiently (`ATTEMPTS` tries in all,
+    or ``attempts``).
 
     Raises
     ------
@@ -132,7 +133,8 @@ def retry(call: Callable[[], T], url: str, what: str = "access") -> T:
         A permanent failure, at once (FileNotFoundError, PermissionError...); an exception
         of a backend that is no OSError is raised as an OSError carrying its message.
     """
-    for attempt in range(1, ATTEMPTS + 1):
+    attempts = attempts or ATTEMPTS
+    for attempt in range(1, attempts + 1):
         try:
             return call()
         except StorageError:
@@ -143,14 +145,14 @@ def retry(call: Callable[[], T], url: str, what: str = "access") -> T:
                 if permanent is exc:
                     raise
                 raise permanent from exc
-            if attempt == ATTEMPTS:
+            if attempt == attempts:
                 raise StorageError(f"{url}: object store unreachable: {what} failed after "
-                                   f"{ATTEMPTS} attempts ({describe(exc)}); check the network "
+                                   f"{attempts} attempts ({describe(exc)}); check the network "
                                    "and the endpoint, then rerun with output.if_exists: resume"
                                    ) from exc
             delay = FIRST_DELAY * 2 ** (attempt - 1)
             log.warning("%s: %s failed (%s); retry %d of %d in %.1f s", url, what,
-                        describe(exc), attempt, ATTEMPTS - 1, delay)
+                        describe(exc), attempt, attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -344,7 +346,7 @@ def expand(entry: str, options: dict | None, extensions: frozenset[str], ignored
     except PermissionError as exc:
         problems.append(f"input.paths: {entry!r}: access denied ({describe(exc)}); check the "
                         "credentials (input.storage_options or the usual environment variables)")
-    except OSError as exc:  # StorageError included: the store cannot be reached
+    except (OSError, StorageError) as exc:  # the store refuses, or cannot be reached
         problems.append(f"input.paths: {entry!r}: cannot list ({describe(exc)})")
     return []
 
@@ -410,10 +412,10 @@ def put_bytes(url: str, data: bytes, options: dict | None) -> None:
     retry(lambda: fs.pipe_file(inner, data), url, "write")
 
 
-def remove(url: str, options: dict | None) -> None:
+def remove(url: str, options: dict | None, attempts: int = 0) -> None:
     fs, inner = filesystem(url, options)
     try:
-        retry(lambda: fs.rm_file(inner), url, "delete")
+        retry(lambda: fs.rm_file(inner), url, "delete", attempts)
     except FileNotFoundError:
         pass
 

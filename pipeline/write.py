@@ -1,14 +1,13 @@
 """Write outputs into the output folder: every file under a hidden temporary name, then renamed.
 
-A reader (or a rerun) therefore sees either a complete file or none.  On object storage
-(``output.dir`` is a URL) each file is encoded in memory and stored with one PUT: an object
-appears only when complete.  The temporary name keeps
+A reader (or a rerun) therefore sees either a complete file or none.  The temporary name keeps
 no image extension, so the format is always named explicitly (imageio would pick TIFF for
 ``x.png.tmp``); we encode PNGs with Pillow directly to choose zlib level and palette mode.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -27,9 +26,12 @@ SUBDIRS = ("segmented", "labels", "masks")
 
 
 def atomic_write(path: str, write: Callable[[io.BufferedWriter], None],
-                 storage_options: dict | None = None) -> int:
+                 make_folder: bool = True, storage_options: dict | None = None) -> int:
     """Write a file through ``write(handle)`` under a hidden temporary name, then rename it;
-    an object (``path`` is a URL) is written to memory, then stored with one PUT.
+    an object (``path`` is a URL) is written to memory, then stored with one PUT, so it
+    appears only when complete.
+
+    ``make_folder=False``: the folder must exist (it is not created again if it was removed).
 
     Returns
     -------
@@ -43,7 +45,8 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None],
         storage.put_bytes(path, data, storage_options)
         return len(data)
     folder, base = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
+    if make_folder:
+        os.makedirs(folder, exist_ok=True)
     temp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{base}")
     try:
         with open(temp, "wb") as handle:
@@ -59,10 +62,12 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None],
     return size
 
 
-def write_json(path: str, data: Any, storage_options: dict | None = None) -> int:
+def write_json(path: str, data: Any, make_folder: bool = True,
+               storage_options: dict | None = None) -> int:
     """Write ``data`` as indented JSON, atomically."""
     text = json.dumps(data, indent=2, sort_keys=False, default=_json_default).encode()
-    return atomic_write(path, lambda handle: handle.write(text + b"\n"), storage_options)
+    return atomic_write(path, lambda handle: handle.write(text + b"\n"), make_folder,
+                        storage_options)
 
 
 def _json_default(value: Any) -> Any:
@@ -78,11 +83,11 @@ def _json_default(value: Any) -> Any:
 
 
 def write_png(path: str, image: Image.Image, compress_level: int,
-              storage_options: dict | None = None) -> int:
+              make_folder: bool = True, storage_options: dict | None = None) -> int:
     """Encode one PNG atomically; returns its size in bytes."""
     return atomic_write(path, lambda handle: image.save(handle, format="PNG",
                                                         compress_level=compress_level),
-                        storage_options)
+                        make_folder, storage_options)
 
 
 def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np.ndarray,
@@ -103,25 +108,61 @@ def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np
     -------
     dict
         Output kind -> list of ``[relative path, size in bytes]``.
+
+    Raises
+    ------
+    OSError
+        A file could not be written (disk full, the output folder was removed...).  The files
+        of this image written so far are deleted first: an image has all its outputs or none.
+        The output folder itself is never created again here.
     """
     files: dict[str, list] = {}
-    level, options = cfg.png_compression, cfg.storage_options
-    if cfg.segmented:
-        rel = f"segmented/{name}.png"
-        files["segmented"] = [[rel, write_png(_join(out_dir, rel),
-                                              _segmented_image(labels, palette), level,
-                                              options)]]
-    if cfg.labels:
-        rel = f"labels/{name}.png"
-        files["labels"] = [[rel, write_png(_join(out_dir, rel), _label_image(labels), level,
-                                           options)]]
-    if cfg.masks:
-        files["masks"] = []
-        for j in range(len(palette)):
-            rel = f"masks/{name}/{j}.png"
-            image = Image.fromarray(segment.mask(labels, j), mode="L")
-            files["masks"].append([rel, write_png(_join(out_dir, rel), image, level, options)])
+    written: list[str] = []
+
+    def put(kind: str, rel: str, image: Image.Image) -> None:
+        path = _join(out_dir, rel)
+        _make_folders(out_dir, os.path.dirname(rel))
+        files.setdefault(kind, []).append([rel, write_png(path, image, cfg.png_compression,
+                                                          False, cfg.storage_options)])
+        written.append(path)
+
+    try:
+        if cfg.segmented:
+            put("segmented", f"segmented/{name}.png", _segmented_image(labels, palette))
+        if cfg.labels:
+            put("labels", f"labels/{name}.png", _label_image(labels))
+        if cfg.masks:
+            files["masks"] = []
+            for j in range(len(palette)):
+                put("masks", f"masks/{name}/{j}.png",
+                    Image.fromarray(segment.mask(labels, j), mode="L"))
+    except BaseException:
+        for path in written:
+            try:
+                if storage.is_url(path):
+                    storage.remove(path, cfg.storage_options, attempts=1)
+                else:
+                    os.unlink(path)
+            except (OSError, StorageError):
+                pass
+        raise
     return files
+
+
+def _make_folders(out_dir: str, rel_folder: str) -> None:
+    """Create ``rel_folder`` below ``out_dir``, which must still exist (object storage has
+    no folders)."""
+    if storage.is_url(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(errno.ENOENT, "the output folder was removed", out_dir)
+    folder = out_dir
+    for part in rel_folder.split("/"):
+        folder = os.path.join(folder, part)
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            pass
 
 
 def _segmented_image(labels: np.ndarray, palette: np.ndarray) -> Image.Image:
