@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 import uuid
 from datetime import datetime, timezone
@@ -24,7 +23,7 @@ from typing import Any, Callable
 
 import dask
 
-from pipeline import cluster, write
+from pipeline import cluster, storage, write
 from pipeline.config import LOCAL_SCHEDULERS, DaskConfig, JobConfig
 from pipeline.errors import ConfigError, JobCancelled, PipelineError
 from pipeline.run import REPORT, Progress, run
@@ -63,7 +62,8 @@ def submit(cfg: JobConfig, scheduler: str) -> dict:
         The output folder cannot be written, or a job submitted there is still running.
     """
     out_dir = cfg.output.dir
-    old = write.read_json(os.path.join(out_dir, SUBMISSION))
+    options = cfg.output.storage_options
+    old = write.read_json(storage.join(out_dir, SUBMISSION), options)
     if isinstance(old, dict) and old.get("key") and cluster.task_exists(old["key"]):
         raise ConfigError(f"output.dir: job {old.get('job_id')} submitted to {out_dir!r} is "
                           f"still running; wait for it, or `kmeans-pipeline cancel {out_dir}`")
@@ -72,7 +72,7 @@ def submit(cfg: JobConfig, scheduler: str) -> dict:
              "scheduler": scheduler, "submitted": _now(), "job_file": cfg.source,
              "status": "submitted", "error": None}
     try:
-        write.write_json(os.path.join(out_dir, SUBMISSION), entry)
+        write.write_json(storage.join(out_dir, SUBMISSION), entry, storage_options=options)
     except OSError as exc:
         raise ConfigError(f"output.dir: cannot write to {out_dir!r} ({exc.strerror or exc}); "
                           "choose a folder the client and the workers share") from exc
@@ -88,7 +88,8 @@ def drive(cfg: JobConfig, job_id: str) -> dict:
     dict
         ``status``, ``exit_code``, ``error`` and the report's ``totals``.
     """
-    previous = write.read_json(os.path.join(cfg.output.dir, REPORT))
+    options = cfg.output.storage_options
+    previous = write.read_json(storage.join(cfg.output.dir, REPORT), options)
     if isinstance(previous, dict) and previous.get("job_id") == job_id:
         # This driver ran before, on a worker that died: finish the job, do not start over.
         log.info("job %s: driver restarted; resuming", job_id)
@@ -99,14 +100,17 @@ def drive(cfg: JobConfig, job_id: str) -> dict:
     except PipelineError as exc:
         status = "cancelled" if isinstance(exc, JobCancelled) else "failed"
         error = str(exc).splitlines()[0]
-        report = write.read_json(os.path.join(cfg.output.dir, REPORT))
+        report = write.read_json(storage.join(cfg.output.dir, REPORT), options)
         if not isinstance(report, dict) or report.get("job_id") != job_id:
             # It failed before its report.json was written (e.g. output.if_exists: fail).
-            _update_submission(cfg.output.dir, job_id, status=status, error=error)
-        return {"status": status, "exit_code": exc.exit_code, "error": error, "totals": None}
+            _update_submission(cfg.output.dir, job_id, options, status=status, error=error)
+        return {"status": status, "exit_code": exc.exit_code, "error": error, "totals": None,
+                "problems": []}
     totals = report["totals"]
     return {"status": "done", "exit_code": 3 if totals["skipped"] or totals["failed"] else 0,
-            "error": None, "totals": totals}
+            "error": None, "totals": totals,
+            "problems": [{"path": r["path"], "error": r["error"]} for r in report["images"]
+                         if r["status"] != "ok" and r["error"]]}
 
 
 class _CancelWatch:
@@ -127,14 +131,15 @@ class _CancelWatch:
                                "valid: run or submit it again with output.if_exists: resume")
 
 
-def _update_submission(out_dir: str, job_id: str, **changes: Any) -> None:
-    path = os.path.join(out_dir, SUBMISSION)
-    entry = write.read_json(path)
+def _update_submission(out_dir: str, job_id: str, options: dict | None,
+                       **changes: Any) -> None:
+    path = storage.join(out_dir, SUBMISSION)
+    entry = write.read_json(path, options)
     if not isinstance(entry, dict) or entry.get("job_id") != job_id:
         return  # another job was submitted to this folder since
     entry.update(changes, updated=_now())
     try:
-        write.write_json(path, entry)
+        write.write_json(path, entry, storage_options=options)
     except OSError as exc:
         log.error("could not write %s: %s", path, exc)
 
@@ -158,8 +163,8 @@ def status(out_dir: str) -> dict:
     ConfigError
         The folder holds neither report.json nor submission.json.
     """
-    report = write.read_json(os.path.join(out_dir, REPORT))
-    entry = write.read_json(os.path.join(out_dir, SUBMISSION))
+    report = write.read_json(storage.join(out_dir, REPORT))
+    entry = write.read_json(storage.join(out_dir, SUBMISSION))
     report = report if isinstance(report, dict) else None
     entry = entry if isinstance(entry, dict) else None
     if report is None and entry is None:
@@ -185,7 +190,7 @@ def status(out_dir: str) -> dict:
             "updated": report.get("updated"), "error": report.get("error")}
 
 
-def follow(submission: dict, out_dir: str, progress: Progress | None,
+def follow(submission: dict, out_dir: str, options: dict | None, progress: Progress | None,
            poll: float = 0.5) -> dict:
     """Follow a job just submitted, from its report.json, until its driver finishes.
 
@@ -204,7 +209,7 @@ def follow(submission: dict, out_dir: str, progress: Progress | None,
     try:
         while not finished:
             finished = cluster.wait_driver(submission["future"], poll)
-            report = write.read_json(os.path.join(out_dir, REPORT))
+            report = write.read_json(storage.join(out_dir, REPORT), options)
             if isinstance(report, dict) and report.get("job_id") == submission["job_id"]:
                 _show(report.get("progress") or {}, shown, progress)
         return submission["future"].result()
@@ -243,7 +248,7 @@ def cancel(out_dir: str, timeout: float) -> dict:
     ClusterUnreachable
         Its scheduler cannot be reached.
     """
-    entry = write.read_json(os.path.join(out_dir, SUBMISSION))
+    entry = write.read_json(storage.join(out_dir, SUBMISSION))
     if not isinstance(entry, dict) or not entry.get("key"):
         raise ConfigError(f"{out_dir}: no {SUBMISSION}; only a job started with "
                           "`kmeans-pipeline submit` can be cancelled (stop `run` with Ctrl-C)")
@@ -253,7 +258,7 @@ def cancel(out_dir: str, timeout: float) -> dict:
     with cluster.connect(DaskConfig(scheduler=entry["scheduler"], timeout=timeout),
                          need_workers=False):
         cluster.request_cancel(entry["job_id"], entry["key"])
-    _update_submission(out_dir, entry["job_id"], status="cancelled")
+    _update_submission(out_dir, entry["job_id"], None, status="cancelled")
     deadline = time.monotonic() + timeout
     after = status(out_dir)
     while after["state"] not in FINAL and time.monotonic() < deadline:

@@ -47,10 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     for name, func, text in (("run", _cmd_run, "run a job and write every output"),
                              ("validate", _cmd_validate,
                               "check a job and list its inputs; computes nothing"),
+                             ("apply", _cmd_apply, "segment a job's images with the palette "
+                              "of a saved model.json, without fitting"),
                              ("submit", _cmd_submit, "run a job on a dask cluster by itself; "
                                                      "prints its job id and returns")):
         sub = commands.add_parser(name, help=text, description=text)
         sub.set_defaults(command=func)
+        if name == "apply":
+            sub.add_argument("model", help="a model.json written by an earlier run "
+                                           "(kmeans.scope: collection)")
         sub.add_argument("job", help="the YAML job file")
         sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                          help="override a job-file key (repeatable); paths are relative to "
@@ -89,20 +94,30 @@ def _load(args: argparse.Namespace):
     from pipeline.config import load_config
 
     overrides = list(args.set)
+    if getattr(args, "model", None):
+        # `apply`: the model's palette (and so its k) wins over the job's kmeans keys.
+        remote = "://" in args.model  # a URL: read through pipeline.storage
+        if not remote and not os.path.isfile(args.model):
+            raise ConfigError(f"{args.model}: model file not found; give the model.json "
+                              "written by an earlier run")
+        model_path = json.dumps(args.model if remote else os.path.abspath(args.model))
+        overrides += [f"kmeans.init={model_path}", "kmeans.max_iter=0",
+                      "kmeans.scope=collection"]
     if args.scheduler_file:
         overrides.append(f"dask.scheduler_file={args.scheduler_file}")
     return load_config(args.job, overrides, args.scheduler)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from pipeline import model, read
+    from pipeline import read
+    from pipeline.run import resolve_init
 
     cfg = _load(args)
     listing = read.list_inputs(cfg.input, cfg.preprocess, cfg.output.dir)
     problems = [f"{path}: {reason}" for path, reason in listing.failed]
     if cfg.kmeans.init_is_model:
         try:
-            model.load_palette(cfg.kmeans.init, cfg.kmeans.k, cfg.preprocess.color_space)
+            resolve_init(cfg)
         except ConfigError as exc:
             problems.append(str(exc))
     summary = {"job": args.job, "valid": not problems, "problems": problems,
@@ -125,6 +140,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_USAGE if problems else EXIT_OK
 
 
+def _cmd_apply(args: argparse.Namespace) -> int:
+    """``apply MODEL.json job.yaml``: ``run`` with ``kmeans.init: MODEL.json, max_iter: 0``."""
+    return _cmd_run(args)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline import cluster
     from pipeline.run import run
@@ -140,16 +160,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
             report = run(cfg, show)
     totals = report["totals"]
     code = EXIT_SKIPPED if totals["skipped"] or totals["failed"] else EXIT_OK
+    skipped = [{"path": r["path"], "error": r["error"]} for r in report["images"]
+               if r["status"] != "ok" and r["error"]]
     return _summary(args, report["status"], code, totals, cfg.output.dir,
-                    time.perf_counter() - started, connection.scheduler)
+                    time.perf_counter() - started, connection.scheduler, skipped)
 
 
 def _summary(args: argparse.Namespace, status: str, code: int, totals: dict, out_dir: str,
-             seconds: float, scheduler: str) -> int:
+             seconds: float, scheduler: str, skipped: list[dict]) -> int:
     summary = {"status": status, "exit_code": code, "output_dir": out_dir,
                "images": totals["images"], "ok": totals["ok"], "skipped": totals["skipped"],
                "failed": totals["failed"], "pixels": totals["pixels"],
-               "seconds": round(seconds, 3), "scheduler": scheduler}
+               "seconds": round(seconds, 3), "scheduler": scheduler, "problems": skipped}
+    if not args.quiet:
+        for entry in skipped:
+            print(f"skipped: {entry['path']}: {entry['error']}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:
@@ -181,13 +206,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         if not (args.quiet or args.json):
             print(f"submitted job {job['job_id']}; following it (Ctrl-C stops following, "
                   "not the job)", file=sys.stderr)
-        result = batch.follow(job, out, None if (args.quiet or args.json) else
-                              _Progress(sys.stderr))
+        result = batch.follow(job, out, cfg.output.storage_options,
+                              None if (args.quiet or args.json) else _Progress(sys.stderr))
     if result["error"]:
         _print_error(result["error"])
         return result["exit_code"]
     return _summary(args, result["status"], result["exit_code"], result["totals"], out,
-                    time.perf_counter() - started, connection.scheduler)
+                    time.perf_counter() - started, connection.scheduler, result["problems"])
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -289,6 +314,9 @@ def _setup_logging(level: int) -> None:
     import dask  # distributed sets its loggers' levels from this when it is first imported
 
     dask.config.set({"logging": {name: logging.getLevelName(noisy).lower() for name in names}})
+    # A cut connection leaves aiohttp (fsspec's S3 and HTTP backends) logging "Task exception
+    # was never retrieved" with a traceback; pipeline.storage reports the failure itself.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL if level < 2 else logging.DEBUG)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 

@@ -29,6 +29,7 @@ IF_EXISTS = ("resume", "overwrite", "fail")
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "local")
 PERSIST = ("auto", "always", "never")
 MAX_K = 65535
+AUTO_K = "auto"  # kmeans.k: choose the smallest k meeting kmeans.max_error
 # Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS * 2 is its hard error).
 DEFAULT_MAX_PIXELS = 178956970
 
@@ -39,12 +40,14 @@ class InputConfig:
     exclude: tuple[str, ...] = ()
     on_error: str = "skip"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    storage_options: dict = field(default_factory=dict)  # fsspec options for URL inputs
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
     scale: float = 1.0
     color_space: str = "rgb"
+    spatial_weight: float = 0.0  # > 0: normalised (x, y) positions join the colour features
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class KMeansConfig:
     fitted pixels (in the working colour space), as in scikit-learn's KMeans.
     """
 
-    k: int = 5
+    k: int | str = 5  # or AUTO_K
     scope: str = "collection"
     algorithm: str = "minibatch"
     init: str = "k-means++"
@@ -67,6 +70,8 @@ class KMeansConfig:
     n_init: int = 3
     sample_pixels: int = 1 << 20
     refine: bool = True
+    max_error: float = 4.0  # k: auto: target mean CIELAB Delta-E 76 of the painted colours
+    max_k: int = 64  # k: auto: largest k tried
 
     @property
     def n_clusters(self) -> int:
@@ -75,6 +80,10 @@ class KMeansConfig:
     @property
     def init_is_model(self) -> bool:
         return self.init not in INITS
+
+    @property
+    def auto_k(self) -> bool:
+        return self.k == AUTO_K
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,7 @@ class OutputConfig:
     masks: bool = True
     if_exists: str = "resume"
     png_compression: int = 1
+    storage_options: dict = field(default_factory=dict)  # fsspec options for a URL output.dir
 
 
 @dataclass(frozen=True)
@@ -109,18 +119,38 @@ class JobConfig:
     dask: DaskConfig
     source: str = "<job>"  # the job file as the user named it, for messages
     base_dir: str = "."  # folder of the job file: every relative path is relative to it
+    given: frozenset[str] = frozenset()  # "section.key" the user set (job file or --set)
 
     def to_dict(self) -> dict:
-        """The resolved job as plain data (what model.json and report.json record)."""
-        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+        """The resolved job as plain data (what model.json and report.json record); secrets
+        in ``storage_options`` are masked."""
+        data = {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+        for section in ("input", "output"):
+            data[section]["storage_options"] = _masked(data[section]["storage_options"])
+        return data
 
     def job_hash(self) -> str:
         """Hash of everything that changes the outputs (not if_exists, not the scheduler)."""
         data = self.to_dict()
         data["output"].pop("if_exists")
+        data["input"].pop("storage_options")  # how to reach the data, not what it is
+        data["output"].pop("storage_options")
         data.pop("dask")
         text = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_SECRET = ("secret", "token", "password", "key", "credential", "connection_string", "sas")
+
+
+def _masked(value: Any) -> Any:
+    """``value`` with every entry whose key names a secret (password, token...) masked."""
+    if isinstance(value, dict):
+        return {k: "***" if any(s in str(k).lower() for s in _SECRET) and v is not None
+                else _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,6 +214,12 @@ def _str_list(value: Any) -> str | None:
     return None if ok else "must be a list of non-empty strings"
 
 
+def _k(value: Any) -> str | None:
+    if value == AUTO_K or _int(1, MAX_K)(value) is None:
+        return None
+    return f"must be an integer from 1 to {MAX_K} or {AUTO_K!r}"
+
+
 def _mapping(value: Any) -> str | None:
     return None if isinstance(value, dict) else "must be a mapping"
 
@@ -223,13 +259,15 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "exclude": _Key(_str_list),
         "on_error": _Key(_enum(*ON_ERROR)),
         "max_pixels": _Key(_int(1)),
+        "storage_options": _Key(_mapping),
     },
     "preprocess": {
         "scale": _Key(_float(0.0, inclusive=False)),
         "color_space": _Key(_enum(*COLOR_SPACES)),
+        "spatial_weight": _Key(_float(0.0)),
     },
     "kmeans": {
-        "k": _Key(_int(1, MAX_K)),
+        "k": _Key(_k),
         "scope": _Key(_enum(*SCOPES)),
         "algorithm": _Key(_enum(*ALGORITHMS)),
         "init": _Key(_str, is_path=True),
@@ -240,6 +278,8 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "n_init": _Key(_int(1, 100)),
         "sample_pixels": _Key(_int(1)),
         "refine": _Key(_bool),
+        "max_error": _Key(_float(0.0, inclusive=False)),
+        "max_k": _Key(_int(1, MAX_K)),
     },
     "output": {
         "dir": _Key(_str, is_path=True),
@@ -248,6 +288,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "masks": _Key(_bool),
         "if_exists": _Key(_enum(*IF_EXISTS)),
         "png_compression": _Key(_int(0, 9)),
+        "storage_options": _Key(_mapping),
     },
     "dask": {
         "scheduler": _Key(_scheduler),
@@ -360,6 +401,7 @@ def _describe(value: Any) -> str:
 def _build(raw: dict, path: str, problems: list[str]) -> JobConfig:
     base_dir = os.path.dirname(os.path.abspath(path))
     sections = {}
+    named: set[str] = set()
     for section_name in raw:
         if section_name not in _SCHEMA:
             problems.append(f"{section_name}: unknown section{_suggest(section_name, _SCHEMA)}")
@@ -380,11 +422,13 @@ def _build(raw: dict, path: str, problems: list[str]) -> JobConfig:
                 problems.append(f"{section_name}.{key}: {expected}, got {_describe(value)}")
                 continue
             values[key] = _normalise(section_name, key, value, base_dir)
+            named.add(f"{section_name}.{key}")
         sections[section_name] = cls(**values)
-    if "paths" not in (raw.get("input") or {}) and not problems:
+    given_input = raw.get("input")
+    if not (isinstance(given_input, dict) and "paths" in given_input) and not problems:
         problems.append("input.paths: required: list the images, folders or globs to segment")
     _check_across(sections, problems)
-    return JobConfig(**sections, source=path, base_dir=base_dir)
+    return JobConfig(**sections, source=path, base_dir=base_dir, given=frozenset(named))
 
 
 def _normalise(section: str, key: str, value: Any, base_dir: str) -> Any:
@@ -397,9 +441,9 @@ def _normalise(section: str, key: str, value: Any, base_dir: str) -> Any:
         return value if value in INITS else resolve_path(value, base_dir)
     if _SCHEMA[section][key].is_path and isinstance(value, str):
         return resolve_path(value, base_dir)
-    if section == "preprocess" and key == "scale":
+    if section == "preprocess" and key in ("scale", "spatial_weight"):
         return float(value)
-    if section == "kmeans" and key == "tol":
+    if section == "kmeans" and key in ("tol", "max_error"):
         return float(value)
     return value
 
@@ -413,8 +457,9 @@ def resolve_path(value: str, base_dir: str) -> str:
 
 def _check_across(sections: dict, problems: list[str]) -> None:
     km: KMeansConfig = sections["kmeans"]
-    if km.batch_pixels < km.k:
+    if not km.auto_k and km.batch_pixels < km.k:
         problems.append(f"kmeans.batch_pixels: must be >= kmeans.k ({km.k}), got {km.batch_pixels}")
+    _check_auto_and_spatial(km, sections["preprocess"], problems)
     if km.max_iter == 0 and not km.init_is_model:
         problems.append("kmeans.max_iter: 0 means no fitting, which needs kmeans.init to name a "
                         "model.json whose palette is applied")
@@ -425,6 +470,47 @@ def _check_across(sections: dict, problems: list[str]) -> None:
     if not (out.segmented or out.labels or out.masks):
         problems.append("output: segmented, labels and masks are all false; "
                         "enable at least one output")
+    if "://" not in out.dir:
+        _check_output_dir(out.dir, problems)
+    _check_urls(sections, problems)
+
+
+def _check_urls(sections: dict, problems: list[str]) -> None:
+    from pipeline import storage  # imports fsspec only for URLs
+
+    out: OutputConfig = sections["output"]
+    urls = [("input.paths", p) for p in sections["input"].paths]
+    urls += [("output.dir", out.dir), ("kmeans.init", sections["kmeans"].init)]
+    for key, url in urls:
+        problem = storage.backend_problem(url) if storage.is_url(url) else None
+        if problem:
+            problems.append(f"{key}: {problem}")
+    if storage.is_url(out.dir) and storage.is_read_only(out.dir):
+        problems.append(f"output.dir: {out.dir!r} is read-only (http); write to a folder or "
+                        "to s3://, gs://, az://")
+
+
+def _check_output_dir(path: str, problems: list[str]) -> None:
+    """The output folder must be creatable and writable (checked without creating it)."""
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        problems.append(f"output.dir: cannot create {path!r}: {existing!r} is a file, not a "
+                        "folder; choose another output.dir")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problems.append(f"output.dir: cannot write to {existing!r} (permission denied); "
+                        "choose a writable folder")
+
+
+def _check_auto_and_spatial(km: KMeansConfig, pre: PreprocessConfig,
+                            problems: list[str]) -> None:
+    if km.auto_k and km.batch_pixels < km.max_k:
+        problems.append(f"kmeans.batch_pixels: must be >= kmeans.max_k ({km.max_k}) with "
+                        f"k: auto, got {km.batch_pixels}")
+    if pre.spatial_weight > 0 and km.algorithm == "lloyd":
+        problems.append("preprocess.spatial_weight: > 0 needs kmeans.algorithm: minibatch (lloyd's "
+                        "full passes cluster colour histograms, which carry no positions)")
 
 
 def example_keys() -> dict[str, list[str]]:

@@ -17,6 +17,10 @@ class ImageReadError(PipelineError):
     """An input image cannot be opened or decoded."""
 
 
+class OutputError(PipelineError):
+    """An output file could not be written (disk full, output folder removed): exit 1."""
+
+
 class ClusterError(PipelineError):
     """The dask scheduler cannot be reached or was lost."""
 
@@ -35,3 +39,9 @@ class JobCancelled(PipelineError):
 
 class PipelineWarning(UserWarning):
     """A valid but degenerate result (fewer colours than k, an empty cluster...)."""
+
+
+class StorageError(PipelineError):
+    """An object store stayed unreachable (connection lost, 5xx, throttling) through every
+    retry.  Deliberately no OSError: it must not pass for a broken image, a full disk or a
+    lost scheduler (cluster.py reads an OSError from a task as one)."""

@@ -11,6 +11,7 @@ scheduler and for any chunking.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,13 @@ from pipeline.config import KMeansConfig
 
 log = logging.getLogger(__name__)
 _SPLIT_EVERY = 8  # fan-in of the tree reduction of partial sums
+# k: auto searches on at most this many sample rows (evenly strided, so every image keeps its
+# share): the mean error of 65,536 pixels is known to a few hundredths of a Delta-E unit, and
+# each trial fit costs a fraction of one on the full sample.
+_AUTO_ROWS = 1 << 16
+# Rows with positions have no colour histogram to shrink them: the spatial fit keeps at most
+# this many sample rows (evenly strided), which bounds a Lloyd step to ~0.05 s at k = 8.
+_SPATIAL_ROWS = 1 << 18
 
 
 @dataclass
@@ -203,3 +211,137 @@ def _chunk_partial(hist: tuple[np.ndarray, np.ndarray], centroids: np.ndarray,
     codes, counts = hist
     features = kmeans.to_features(kmeans.unpack(codes), color_space)
     return kmeans.partial_sums(features, counts, centroids)[0].pack()
+
+
+# ---------------------------------------------------------------------------------------------
+# Spatial features and k from a quality target (issue 6)
+
+
+def fit_features(features: np.ndarray, cfg: KMeansConfig,
+                 init: np.ndarray | None = None) -> FitResult:
+    """Fit centroids to feature rows that carry positions (``preprocess.spatial_weight > 0``).
+
+    Rows with positions are (almost) all distinct, so there is no colour histogram: every row
+    has weight 1, and at most 262,144 rows, evenly strided over the sample, are used.  Runs
+    in numpy here, like `fit_sample`, so the result is the same on any scheduler.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n, 5), float64
+        From `kmeans.spatial_features`.
+    cfg : KMeansConfig
+        ``algorithm: minibatch`` (the config refuses lloyd with positions).
+    init : ndarray of shape (n_clusters, 5), float64, optional
+
+    Returns
+    -------
+    FitResult
+    """
+    features = _strided(features, _SPATIAL_ROWS)
+    points = _Points(features, np.ones(len(features), np.int64))
+    result = _best_of_starts(points, cfg, init, iterate=True)
+    _warn_degenerate(result, len(features), cfg.n_clusters)
+    return result
+
+
+def _strided(rows: np.ndarray, n: int) -> np.ndarray:
+    """At most ``n`` rows, evenly spaced (the sample is in image order: every image keeps
+    its share)."""
+    if len(rows) <= n:
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, n).astype(np.int64)]
+
+
+@dataclass
+class AutoK:
+    """The outcome of `choose_k`: the k chosen and every (k, error) tried, in order."""
+
+    k: int
+    max_error: float
+    met: bool
+    tried: list[dict] = field(default_factory=list)  # {"k": int, "error": float}
+
+    def as_dict(self) -> dict:
+        return {"k": self.k, "max_error": self.max_error, "met": self.met,
+                "fits": len(self.tried), "tried": sorted(self.tried, key=lambda t: t["k"])}
+
+
+def choose_k(sample: np.ndarray, cfg: KMeansConfig, color_space: str) -> AutoK:
+    """The smallest k whose fitted palette paints the sample within ``cfg.max_error``.
+
+    The error of a palette is the mean CIELAB Delta-E 76 between each sample pixel and the
+    8-bit colour it is painted with.  It falls with k (not strictly), so the search doubles k
+    from 1 until the target is met (or ``max_k`` is reached), then bisects between the last k
+    that missed and the first that met it: about ``2 log2(k)`` fits (k = 6: 1, 2, 4, 8, 6, 5),
+    at most ``2 ceil(log2(max_k)) + 1``.  Each fit is the job's own fit (same settings and
+    seed) with one start, on an evenly strided subset of the sample of at most 65,536 rows.
+
+    Parameters
+    ----------
+    sample : ndarray of shape (n, 3), uint8 pixels, or (n, 5), float64 spatial features
+    cfg : KMeansConfig
+        ``max_error``, ``max_k`` and the fit settings.
+    color_space : str
+
+    Returns
+    -------
+    AutoK
+        ``met`` is False when even ``max_k`` misses the target (``k`` is then ``max_k``).
+    """
+    points = _auto_points(sample, color_space)
+    auto = AutoK(cfg.max_k, cfg.max_error, False)
+    errors: dict[int, float] = {}
+
+    def meets(k: int) -> bool:
+        if k not in errors:
+            trial = dataclasses.replace(cfg, k=k, n_init=1)
+            result = _best_of_starts(points, trial, None, iterate=True)
+            errors[k] = palette_error(points.features, points.weights, result.centroids,
+                                      color_space)
+            auto.tried.append({"k": k, "error": errors[k]})
+            log.info("k: auto: k=%d gives mean Delta-E %.3f (target %.3f)", k, errors[k],
+                     cfg.max_error)
+        return errors[k] <= cfg.max_error
+
+    missed, k = 0, 1
+    while not meets(k):
+        if k >= cfg.max_k:
+            return auto
+        missed, k = k, min(2 * k, cfg.max_k)
+    while k - missed > 1:
+        mid = (missed + k) // 2
+        missed, k = (missed, mid) if meets(mid) else (mid, k)
+    auto.k, auto.met = k, True
+    return auto
+
+
+def _auto_points(sample: np.ndarray, color_space: str) -> _Points:
+    sample = _strided(sample, _AUTO_ROWS)
+    if sample.dtype == np.uint8:
+        return _Points.from_pixels(sample, color_space)
+    return _Points(sample, np.ones(len(sample), np.int64))
+
+
+def sample_error(sample: np.ndarray, centroids: np.ndarray, color_space: str) -> float:
+    """`palette_error` of ``centroids`` on the rows `choose_k` searched on."""
+    points = _auto_points(sample, color_space)
+    return palette_error(points.features, points.weights, centroids, color_space)
+
+
+def palette_error(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray,
+                  color_space: str) -> float:
+    """Weighted mean CIELAB Delta-E 76 between rows and the 8-bit colour they are painted with.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n, n_features), float64, working space (colour first)
+    weights : ndarray of shape (n,)
+    centroids : ndarray of shape (n_clusters, n_features), float64
+    color_space : str
+    """
+    labels, _ = kmeans.assign(features, centroids)
+    painted = np.rint(kmeans.centroids_to_rgb(centroids[:, :3], color_space))
+    painted_lab = kmeans.rgb_to_lab(painted / 255.0)
+    errors = kmeans.delta_e76(kmeans.colour_lab(features, color_space), painted_lab[labels])
+    w = weights.astype(np.float64)
+    return float(np.dot(errors, w) / w.sum())

@@ -368,3 +368,42 @@ def minibatch(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray,
         if moved <= tol_abs:
             return centroids, steps, True
     return centroids, steps, False
+
+
+# ---------------------------------------------------------------------------------------------
+# Spatial features and perceptual error (issue 6)
+
+# One unit of preprocess.spatial_weight: crossing the image's longest side counts like crossing
+# the whole range of one colour channel.
+COLOUR_RANGE = {"rgb": 255.0, "lab": 100.0}
+
+
+def position_features(positions: np.ndarray, width: int, height: int, color_space: str,
+                      weight: float) -> np.ndarray:
+    """Scaled (x, y) of flat pixel positions: ndarray of shape (n, 2), float64.
+
+    Pixel centres are divided by the longest side (so distances keep the image's aspect) and
+    multiplied by ``weight`` times the colour range of the working space.  Elementwise, so a
+    pixel's features never depend on the block it is computed in.
+    """
+    scale = weight * COLOUR_RANGE[color_space] / max(width, height)
+    y, x = np.divmod(positions.astype(np.int64), width)
+    return np.stack([(x + 0.5) * scale, (y + 0.5) * scale], axis=1)
+
+
+def spatial_features(pixels: np.ndarray, positions: np.ndarray, width: int, height: int,
+                     color_space: str, weight: float) -> np.ndarray:
+    """Colour then position features of uint8 RGB rows: ndarray of shape (n, 5), float64."""
+    return np.column_stack([to_features(pixels, color_space),
+                            position_features(positions, width, height, color_space, weight)])
+
+
+def colour_lab(features: np.ndarray, color_space: str) -> np.ndarray:
+    """CIELAB of the colour part (first 3 columns) of working-space features, (n, 3) float64."""
+    colours = features[:, :3]
+    return colours if color_space == "lab" else rgb_to_lab(colours / 255.0)
+
+
+def delta_e76(lab: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """CIE 1976 colour difference of paired CIELAB rows: ndarray of shape (n,), float64."""
+    return np.sqrt(((lab - other) ** 2).sum(axis=1))

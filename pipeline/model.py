@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import __version__
-from pipeline.errors import ConfigError
+from pipeline import __version__, storage
+from pipeline.errors import ConfigError, StorageError
 
 SCHEMA_VERSION = 1
 
@@ -34,11 +34,15 @@ def palette_entry(centroids: np.ndarray, rgb: np.ndarray, counts: np.ndarray, in
             "inertia": float(inertia), "n_iter": int(n_iter), "converged": bool(converged)}
 
 
-def model_document(k: int, color_space: str, scope: str, seed: int, job: dict, job_hash: str,
-                   palettes: dict[str, dict] | dict) -> dict[str, Any]:
-    """model.json: ``palette`` (collection scope) or ``palettes`` by image name (image scope)."""
+def model_document(k: int | str, color_space: str, scope: str, seed: int, job: dict,
+                   job_hash: str, palettes: dict[str, dict] | dict,
+                   spatial_weight: float = 0.0) -> dict[str, Any]:
+    """model.json: ``palette`` (collection scope) or ``palettes`` by image name (image scope).
+
+    ``color_space`` and ``spatial_weight`` name the feature set the centroids live in.
+    """
     doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "k": k, "color_space": color_space,
-                           "scope": scope, "seed": seed}
+                           "spatial_weight": spatial_weight, "scope": scope, "seed": seed}
     if scope == "collection":
         doc.update(palettes)
     else:
@@ -47,25 +51,32 @@ def model_document(k: int, color_space: str, scope: str, seed: int, job: dict, j
     return doc
 
 
-def load_palette(path: str, k: int, color_space: str) -> np.ndarray:
+def load_palette(path: str, color_space: str, spatial_weight: float = 0.0,
+                 storage_options: dict | None = None) -> np.ndarray:
     """The working-space centroids of a saved collection model, checked against the job.
+
+    The model's k wins over the job's (the caller warns when they differ).
 
     Returns
     -------
-    ndarray of shape (k, 3), float64
+    ndarray of shape (k, 3), or (k, 5) with spatial features, float64
 
     Raises
     ------
     ConfigError
-        The file is missing or not a model.json of this schema, or its k or colour space
-        differ from the job's.
+        The file is missing or not a model.json of this schema, or its feature set (colour
+        space, spatial weight) differs from the job's.
     """
     where = f"kmeans.init: {path}"
     try:
-        with open(path, encoding="utf-8") as handle:
-            doc = json.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read model ({exc.strerror or exc})") from exc
+        if storage.is_url(path):
+            doc = json.loads(storage.read_bytes(path, storage_options))
+        else:
+            with open(path, encoding="utf-8") as handle:
+                doc = json.load(handle)
+    except (OSError, StorageError) as exc:
+        raise ConfigError(f"{where}: cannot read model "
+                          f"({getattr(exc, 'strerror', None) or exc})") from exc
     except ValueError as exc:
         raise ConfigError(f"{where}: not a JSON model file ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
@@ -77,8 +88,18 @@ def load_palette(path: str, k: int, color_space: str) -> np.ndarray:
     if doc.get("color_space") != color_space:
         raise ConfigError(f"{where}: model colour space is {doc.get('color_space')!r}, the job's "
                           f"is {color_space!r}; set preprocess.color_space to match")
-    centroids = np.asarray(doc["centroids_working"], dtype=np.float64)
-    if centroids.shape != (k, 3) or not np.isfinite(centroids).all():
-        raise ConfigError(f"{where}: model has k={doc.get('k')}, the job has k={k}; set "
-                          f"kmeans.k: {doc.get('k')} to reuse this palette")
+    weight = doc.get("spatial_weight", 0.0)
+    if weight != spatial_weight:
+        raise ConfigError(f"{where}: model features use preprocess.spatial_weight {weight!r}, "
+                          f"the job's is {spatial_weight!r}; set it to match")
+    try:
+        centroids = np.asarray(doc["centroids_working"], dtype=np.float64)
+    except (TypeError, ValueError):
+        centroids = np.zeros(0)
+    n_features = 3 if spatial_weight == 0 else 5
+    if (centroids.ndim != 2 or centroids.shape[1] != n_features or len(centroids) < 1
+            or not np.isfinite(centroids).all()):
+        raise ConfigError(f"{where}: centroids_working is not a list of k rows of "
+                          f"{n_features} finite numbers; use a model.json written by "
+                          "kmeans-pipeline run")
     return centroids

@@ -101,3 +101,41 @@ def segmented(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
 def mask(labels: np.ndarray, cluster: int) -> np.ndarray:
     """255 where a pixel belongs to ``cluster``, else 0: ndarray (height, width), uint8."""
     return (labels == cluster).view(np.uint8) * np.uint8(255)
+
+
+# Pixels per block of the spatial path: bounds its float64 features to ~10 MB per block.
+_SPATIAL_BLOCK = 1 << 18
+
+
+def label_image_spatial(pixels: np.ndarray, centroids: np.ndarray, color_space: str,
+                        spatial_weight: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Assign every pixel of one image by colour and position (``spatial_weight > 0``).
+
+    A label is then a function of colour *and* position, so there is no colour table: every
+    pixel's features are computed and assigned elementwise, in blocks of a fixed number of
+    pixels (no result depends on the block size but the order of the float inertia sum).
+
+    Parameters
+    ----------
+    pixels : ndarray of shape (height, width, 3), uint8
+    centroids : ndarray of shape (n_clusters, 5), float64, colour then scaled (x, y)
+    color_space : str
+    spatial_weight : float
+
+    Returns
+    -------
+    labels, counts, inertia : as from `label_image`
+    """
+    height, width = pixels.shape[:2]
+    rows = pixels.reshape(-1, 3)
+    labels = np.empty(len(rows), np.uint8 if len(centroids) <= 256 else np.uint16)
+    inertia = 0.0
+    for start in range(0, len(rows), _SPATIAL_BLOCK):
+        stop = min(start + _SPATIAL_BLOCK, len(rows))
+        features = kmeans.spatial_features(rows[start:stop], np.arange(start, stop), width,
+                                           height, color_space, spatial_weight)
+        block, distances = kmeans.assign(features, centroids)
+        labels[start:stop] = block
+        inertia += float(distances.sum(dtype=np.float64))
+    counts = np.bincount(labels, minlength=len(centroids)).astype(np.int64)
+    return labels.reshape(height, width), counts, inertia

@@ -26,7 +26,8 @@ def test_validate_lists_every_problem_at_once(tmp_path, collection, capsys):
     assert main(["validate", job]) == 2
     lines = _lines(capsys)
     assert len(lines) == 3
-    assert any("kmeans.k: must be an integer from 1 to 65535, got 0 (int)" in l for l in lines)
+    assert any("kmeans.k: must be an integer from 1 to 65535 or 'auto', got 0 (int)" in l
+               for l in lines)
     assert any("kmeans.algorithm: must be one of 'minibatch', 'lloyd'" in l for l in lines)
     assert any("preprocess.scale: must be a number > 0.0" in l for l in lines)
 

@@ -34,8 +34,8 @@ def _job(tmp_path, text):
     ("", "job file is empty"),
     ("- a\n- b\n", "must be a mapping of sections"),
     ("input: {paths: [a]\n", "YAML syntax error at line 2, column 1"),
-    ("input: {paths: [a]}\nkmeans: {k: eight}\n", "kmeans.k: must be an integer from 1 to "
-                                                 "65535, got 'eight' (str)"),
+    ("input: {paths: [a]}\nkmeans: {k: eight}\n", "kmeans.k: must be an integer from 1 to 65535 or "
+                                                 "'auto', got 'eight' (str)"),
     ("input: {paths: [a]}\nkmeans: {k: 70000}\n", "kmeans.k: must be an integer from 1"),
     ("input: {paths: [a]}\nkmeans: {tol: -1}\n", "kmeans.tol: must be a number >= 0.0"),
     ("input: {paths: [a]}\nkmeans: {max_iter: -1}\n", "kmeans.max_iter: must be an integer >= 0"),

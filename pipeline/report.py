@@ -1,0 +1,470 @@
+"""What users look at and reuse: thumbnails, report.html, and the palette as .gpl and .png.
+
+Thumbnails are made inside the per-image tasks from the pixels and labels those tasks already
+hold (no second read).  ``report.html`` is one file that opens from disk with no network and
+no server: its style, script and charts (inline SVG) are inside it, and it shows the
+thumbnails by relative path (``thumbs/...``), so the output folder can be moved or copied as a
+whole.  Per-image entries live in the page as JSON and the script draws one page of
+`PAGE_SIZE` cards at a time (images ``loading="lazy"``), so 1,000 images open as fast as 50.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import urllib.parse
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline import storage, write
+
+HTML = "report.html"
+GPL = "palette.gpl"
+PALETTE_PNG = "palette.png"
+THUMB_SIDE = 160  # px, longest side of the before / after thumbnails
+MASK_SIDE = 38  # px, longest side of one cluster's mask in the strip
+MASKS_PER_ROW = 8  # the strip wraps after this many masks (k = 64: 8 rows)
+PAGE_SIZE = 50  # image cards per page
+_GAP_GREY = 200  # grey level between the masks of the strip
+_SWATCH = 32  # px, one colour of palette.png
+
+
+# ---------------------------------------------------------------------------------------------
+# Thumbnails (run inside the per-image tasks)
+
+
+def write_thumbnails(out_dir: str, name: str, pixels: np.ndarray, labels: np.ndarray,
+                     palette: np.ndarray, compress_level: int,
+                     storage_options: dict | None = None) -> list[list]:
+    """Write an image's before / after thumbnails and its strip of cluster masks.
+
+    Parameters
+    ----------
+    out_dir : str
+    name : str
+        The image's output name.
+    pixels : ndarray of shape (height, width, 3), uint8
+        The decoded image (working size).
+    labels : ndarray of shape (height, width), uint8 or uint16
+    palette : ndarray of shape (n_clusters, 3), uint8
+    compress_level : int
+        zlib level of the PNGs.
+    storage_options : dict, optional
+        For an ``out_dir`` on object storage.
+
+    Returns
+    -------
+    list
+        ``[relative path, size in bytes]`` of ``thumbs/<name>/before.jpg``, ``after.png`` and
+        ``masks.png``, in that order (the report's ``outputs["thumbs"]``).
+    """
+    height, width = labels.shape
+    size = _fit_size(width, height, THUMB_SIDE, THUMB_SIDE)
+    before = Image.fromarray(pixels).resize(size, Image.Resampling.BOX, reducing_gap=2.0)
+    small = _nearest(labels, *size)
+    after = Image.fromarray(small.astype(np.uint8), mode="P") if len(palette) <= 256 else None
+    if after is not None:
+        after.putpalette(palette.astype(np.uint8).tobytes(), rawmode="RGB")
+    else:
+        after = Image.fromarray(palette[small], mode="RGB")
+    strip = Image.fromarray(_mask_strip(labels, len(palette)), mode="L")
+    base = f"thumbs/{name}"
+    files = []
+    rel = f"{base}/before.jpg"
+    files.append([rel, write.atomic_write(
+        _path(out_dir, rel), lambda handle: before.save(handle, format="JPEG", quality=85),
+        storage_options=storage_options)])
+    for rel, image in ((f"{base}/after.png", after), (f"{base}/masks.png", strip)):
+        files.append([rel, write.write_png(_path(out_dir, rel), image, compress_level,
+                                           storage_options=storage_options)])
+    return files
+
+
+def _fit_size(width: int, height: int, max_width: int, max_height: int) -> tuple[int, int]:
+    scale = min(1.0, max_width / width, max_height / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _nearest(labels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Labels resampled to (height, width) by taking the pixel under each target centre."""
+    rows = ((np.arange(height) + 0.5) * labels.shape[0] / height).astype(np.int64)
+    cols = ((np.arange(width) + 0.5) * labels.shape[1] / width).astype(np.int64)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def _mask_strip(labels: np.ndarray, n_clusters: int, gap: int = 2) -> np.ndarray:
+    """Every cluster's mask, small, in index order, left to right, `MASKS_PER_ROW` to a row
+    (255 in the cluster, 0 outside, light grey between and after the masks)."""
+    tile_w, tile_h = _fit_size(labels.shape[1], labels.shape[0], MASK_SIDE, MASK_SIDE)
+    small = _nearest(labels, tile_w, tile_h)
+    columns = min(n_clusters, MASKS_PER_ROW)
+    rows = -(-n_clusters // columns)
+    strip = np.full((rows * (tile_h + gap) - gap, columns * (tile_w + gap) - gap), _GAP_GREY,
+                    np.uint8)
+    for j in range(n_clusters):
+        y, x = (j // columns) * (tile_h + gap), (j % columns) * (tile_w + gap)
+        strip[y:y + tile_h, x:x + tile_w] = (small == j).view(np.uint8) * np.uint8(255)
+    return strip
+
+
+def _path(out_dir: str, rel: str) -> str:
+    return storage.join(out_dir, rel)
+
+
+# ---------------------------------------------------------------------------------------------
+# The palette as files other programs read
+
+
+def write_palette_files(out_dir: str, palette: np.ndarray, counts: list[int],
+                        title: str, storage_options: dict | None = None) -> list[list]:
+    """Write ``palette.gpl`` (GIMP / Inkscape palette) and ``palette.png`` (a swatch strip).
+
+    Parameters
+    ----------
+    out_dir : str
+    palette : ndarray of shape (n_clusters, 3), uint8
+    counts : list of int
+        Pixels per cluster, for each colour's share in its name.
+    title : str
+        Names the palette (the job file).
+    storage_options : dict, optional
+        For an ``out_dir`` on object storage.
+
+    Returns
+    -------
+    list
+        ``[relative path, size in bytes]`` of both files.
+    """
+    total = sum(counts) or 1
+    lines = ["GIMP Palette", f"Name: kmeans-pipeline {os.path.basename(title)} "
+             f"k={len(palette)}", f"Columns: {min(len(palette), 16)}", "#"]
+    for j, (colour, count) in enumerate(zip(palette.tolist(), counts)):
+        r, g, b = colour
+        lines.append(f"{r:3d} {g:3d} {b:3d}\tcluster {j} {_hex(colour)} "
+                     f"({100 * count / total:.1f}%)")
+    text = ("\n".join(lines) + "\n").encode()
+    strip = np.repeat(np.repeat(palette[None].astype(np.uint8), _SWATCH, 0), _SWATCH, 1)
+    return [[GPL, write.atomic_write(_path(out_dir, GPL), lambda h: h.write(text),
+                                     storage_options=storage_options)],
+            [PALETTE_PNG, write.write_png(_path(out_dir, PALETTE_PNG),
+                                          Image.fromarray(strip, mode="RGB"), 6,
+                                          storage_options=storage_options)]]
+
+
+def _hex(colour) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in colour))
+
+
+# ---------------------------------------------------------------------------------------------
+# report.html
+
+
+def write_html(out_dir: str, report: dict, model_doc: dict | None,
+               storage_options: dict | None = None) -> int:
+    """Write ``report.html`` from the run's report and model.
+
+    Parameters
+    ----------
+    out_dir : str
+    report : dict
+        What report.json holds.
+    model_doc : dict or None
+        What model.json holds (None when the run stopped before a model was fitted).
+    storage_options : dict, optional
+        For an ``out_dir`` on object storage.
+
+    Returns
+    -------
+    int
+        The page's size in bytes.
+    """
+    text = render_html(report, model_doc).encode()
+    return write.atomic_write(_path(out_dir, HTML), lambda handle: handle.write(text),
+                              storage_options=storage_options)
+
+
+def render_html(report: dict, model_doc: dict | None) -> str:
+    """The page as a string (see `write_html`)."""
+    doc = model_doc or {}
+    collection = doc.get("scope") == "collection" and "palette" in doc
+    palette = [_hex(c) for c in doc.get("palette", [])] if collection else None
+    cards = [_card(r, palette) for r in report.get("images", [])]
+    sections = [_facts(report)]
+    if collection:
+        sections.append(_section("Collection palette", _swatches(palette, doc.get("counts"))
+                                  + f'<p><img class="strip" src="{PALETTE_PNG}" alt="palette '
+                                    f'strip"><br><a href="{PALETTE_PNG}">{PALETTE_PNG}</a>, '
+                                    f'<a href="{GPL}">{GPL}</a> (GIMP / Inkscape)</p>'))
+    if doc.get("history"):
+        sections.append(_section("Convergence", _convergence(doc["history"])))
+    auto = doc.get("auto_k") or report.get("auto_k")
+    if auto:
+        sections.append(_section("Error vs k (k: auto)", _error_chart(auto)))
+    data = json.dumps({"pageSize": PAGE_SIZE, "images": cards}, separators=(",", ":"))
+    title = f"kmeans-pipeline report: {os.path.basename(str(report.get('job_file', '')))}"
+    return _PAGE.format(title=_esc(title), sections="\n".join(sections),
+                        data=data.replace("</", "<\\/"), script=_SCRIPT, style=_STYLE)
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _section(title: str, body: str) -> str:
+    return f'<section><h2>{_esc(title)}</h2>\n{body}\n</section>'
+
+
+def _card(record: dict, palette: list[str] | None) -> dict:
+    """One image's entry for the page script (short keys: 1,000 of these are inlined)."""
+    counts = record.get("counts") or []
+    own = (record.get("palette") or {}).get("centroids")
+    colours = [_hex(np.rint(c)) for c in own] if own else (palette or [])
+    thumbs = [urllib.parse.quote(rel) for rel, _ in (record.get("outputs") or {}).get("thumbs", [])]
+    return {"n": record.get("name") or os.path.basename(str(record.get("path"))),
+            "p": record.get("path"), "s": record.get("status"), "e": record.get("error"),
+            "w": record.get("width"), "h": record.get("height"), "t": thumbs,
+            "c": colours[:len(counts)] if counts else [], "k": counts,
+            "r": bool(record.get("resumed")), "notes": record.get("notes", [])}
+
+
+def _swatches(colours: list[str], counts: list[int] | None) -> str:
+    counts = counts or [0] * len(colours)
+    total = sum(counts) or 1
+    items = []
+    for j, (colour, count) in enumerate(zip(colours, counts)):
+        share = 100 * count / total
+        items.append(f'<span class="item"><span class="swatch" style="background:{colour}" '
+                     f'title="cluster {j} {colour} {share:.1f}%"></span>'
+                     f'<span class="share">{j}: {colour} {share:.1f}%</span></span>')
+    return f'<div class="swatches">{"".join(items)}</div>'
+
+
+def _facts(report: dict) -> str:
+    totals = report.get("totals", {})
+    job = report.get("job", {})
+    dask_cfg = job.get("dask", {})
+    scheduler = dask_cfg.get("scheduler_file") or dask_cfg.get("scheduler")
+    rows = [("job file", report.get("job_file")), ("status", report.get("status")),
+            ("error", report.get("error")),
+            ("started", report.get("started")), ("updated", report.get("updated")),
+            ("scheduler", scheduler),
+            ("images", f"{totals.get('ok', 0)} ok, {totals.get('skipped', 0)} skipped, "
+                       f"{totals.get('failed', 0)} failed of {totals.get('images', 0)}; "
+                       f"{totals.get('pixels', 0) / 1e6:.2f} Mpx"),
+            ("k", (job.get("kmeans") or {}).get("k")),
+            ("seconds per phase", ", ".join(f"{k} {v:.2f}"
+                                            for k, v in report.get("timings", {}).items())),
+            ("versions", ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items()))]
+    table = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>"
+                    for k, v in rows if v not in (None, ""))
+    bad = [r for r in report.get("images", []) if r.get("status") in ("skipped", "failed")]
+    problems = "".join(f"<li>{_esc(r.get('status'))}: {_esc(r.get('path'))}: "
+                       f"{_esc(r.get('error'))}</li>" for r in bad)
+    warnings = "".join(f"<li>{_esc(w)}</li>" for w in report.get("warnings", []))
+    body = f'<table class="facts">{table}</table>'
+    if problems:
+        body += (f'<details open><summary>{len(bad)} image(s) not segmented</summary>'
+                 f'<ul class="problems">{problems}</ul></details>')
+    if warnings:
+        body += f'<details open><summary>warnings</summary><ul>{warnings}</ul></details>'
+    return _section("Run", body)
+
+
+def _convergence(history: list[dict]) -> str:
+    inertia = [(i + 1, h.get("inertia"), h.get("kind")) for i, h in enumerate(history)]
+    shift = [(i + 1, h.get("shift"), h.get("kind")) for i, h in enumerate(history)]
+    note = ("<p class=note>Mini-batch steps show the inertia of their batch; Lloyd steps that "
+            "of the whole sample. Log scale.</p>")
+    return ('<div class="charts">' + _chart("inertia per step", inertia, log=True)
+            + _chart("centroid shift (sum of squares)", shift, log=True)
+            + "</div>" + note)
+
+
+def _error_chart(auto: dict) -> str:
+    tried = auto.get("tried", [])
+    points = [(t["k"], t["error"], "chosen" if t["k"] == auto.get("k") else "tried")
+              for t in tried]
+    met = "met" if auto.get("met") else "NOT met"
+    text = (f"<p>k = {_esc(auto.get('k'))} chosen after {len(tried)} fits; target mean "
+            f"Delta-E 76 &le; {_esc(auto.get('max_error'))} ({met}).</p>")
+    return text + _chart("mean CIELAB Delta-E 76 vs k", points, log=False,
+                         target=auto.get("max_error"))
+
+
+_KIND_COLOURS = {"minibatch": "#d9822b", "lloyd": "#2b6cd9", "tried": "#2b6cd9",
+                 "chosen": "#1a9e3a"}
+
+
+def _chart(title: str, points: list[tuple], log: bool, target: float | None = None,
+           width: int = 420, height: int = 200) -> str:
+    """A small inline SVG scatter-line chart of (x, y, kind) points."""
+    points = [(x, y, kind) for x, y, kind in points if y is not None and np.isfinite(y)]
+    if not points:
+        return ""
+    pad_l, pad_r, pad_t, pad_b = 56, 10, 22, 28
+
+    def f(y: float) -> float:
+        return float(np.log10(max(y, 1e-12))) if log else float(y)
+
+    xs = [p[0] for p in points]
+    ys = [f(p[1]) for p in points] + ([f(target)] if target is not None else [])
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y0, y1 = min(ys + ([] if log else [0.0])), max(ys)
+    y1 = y1 if y1 > y0 else y0 + 1
+
+    def sx(x: float) -> float:
+        return pad_l + (x - x0) / (x1 - x0) * (width - pad_l - pad_r)
+
+    def sy(y: float) -> float:
+        return height - pad_b - (f(y) - y0) / (y1 - y0) * (height - pad_t - pad_b)
+
+    line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y, _ in sorted(points))
+    dots = "".join(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" '
+                   f'fill="{_KIND_COLOURS.get(kind, "#444")}"><title>{x}: {y:.4g}</title>'
+                   f'</circle>' for x, y, kind in points)
+    label = (lambda v: f"{10 ** v:.3g}") if log else (lambda v: f"{v:.3g}")
+    axis = (f'<text x="4" y="{pad_t + 4}" class="tick">{label(y1)}</text>'
+            f'<text x="4" y="{height - pad_b}" class="tick">{label(y0)}</text>'
+            f'<text x="{pad_l}" y="{height - 8}" class="tick">{x0}</text>'
+            f'<text x="{width - pad_r}" y="{height - 8}" class="tick" '
+            f'text-anchor="end">{x1}</text>')
+    goal = ""
+    if target is not None:
+        goal = (f'<line x1="{pad_l}" x2="{width - pad_r}" y1="{sy(target):.1f}" '
+                f'y2="{sy(target):.1f}" class="target"/>')
+    kinds = sorted({kind for _, _, kind in points})
+    legend = " ".join(f'<tspan fill="{_KIND_COLOURS.get(k, "#444")}">&#9679; {_esc(k)}</tspan>'
+                      for k in kinds)
+    return (f'<svg class="chart" width="{width}" height="{height}" role="img" '
+            f'viewBox="0 0 {width} {height}"><text x="{pad_l}" y="14" class="title">'
+            f'{_esc(title)}</text><text x="{width - pad_r}" y="14" text-anchor="end">{legend}'
+            '</text>'
+            f'<rect x="{pad_l}" y="{pad_t}" width="{width - pad_l - pad_r}" '
+            f'height="{height - pad_t - pad_b}" class="frame"/>{goal}'
+            f'<polyline points="{line}" class="line"/>{dots}{axis}</svg>')
+
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:1em;color:#222}
+h1{font-size:1.4em}h2{font-size:1.15em;margin:1.2em 0 .4em}
+table.facts th{text-align:left;padding-right:1em;vertical-align:top;font-weight:600}
+.swatches{display:flex;flex-wrap:wrap;gap:4px 10px;align-items:center}
+.swatches .item{display:inline-flex;align-items:center;gap:3px;white-space:nowrap}
+.swatch{display:inline-block;width:22px;height:22px;border:1px solid #888;border-radius:3px}
+.share{font-size:12px;color:#444}img.strip{max-width:100%;height:24px;border:1px solid #888}
+.charts{display:flex;flex-wrap:wrap;gap:12px}
+svg.chart .frame{fill:#fafafa;stroke:#ccc}svg.chart .line{fill:none;stroke:#999}
+svg.chart .target{stroke:#c22;stroke-dasharray:4 3}svg.chart text{font-size:11px}
+svg.chart .title{font-weight:600}.note{font-size:12px;color:#666}
+#pager{margin:.6em 0;display:flex;gap:.6em;align-items:center}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:12px}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px;background:#fff}
+.card h3{font-size:13px;margin:0 0 4px;word-break:break-all}
+.card .pair{display:flex;gap:6px}.card .pair img{max-width:160px;height:auto;background:#eee}
+.card img.masks{max-width:100%;height:auto;margin-top:4px;display:block}
+.card.skipped,.card.failed{background:#fff4f4}.card .error{color:#a11}
+.card .swatches{margin-top:4px}.card .swatch{width:16px;height:16px}.card .share{font-size:11px}
+"""
+
+_SCRIPT = r"""
+(function () {
+  "use strict";
+  var data = JSON.parse(document.getElementById("images-data").textContent);
+  var images = data.images, size = data.pageSize, page = 0, shown = images;
+  var cards = document.getElementById("cards"), filter = document.getElementById("filter");
+  var info = document.getElementById("page-info");
+  function el(tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) { node.className = cls; }
+    if (text !== undefined) { node.textContent = text; }
+    return node;
+  }
+  function img(src, alt, cls, w, h) {
+    var node = el("img", cls);
+    node.src = src; node.alt = alt; node.loading = "lazy"; node.decoding = "async";
+    if (w && h) { node.width = w; node.height = h; }
+    return node;
+  }
+  function card(item) {
+    var box = el("div", "card " + item.s);
+    box.appendChild(el("h3", "", item.n));
+    var meta = item.w ? item.w + "x" + item.h + " px, " + item.s : item.s;
+    box.appendChild(el("div", "meta", meta + (item.r ? " (resumed)" : "")));
+    if (item.e) { box.appendChild(el("div", "error", item.e)); }
+    if (item.t.length === 3) {
+      var scale = Math.min(1, 160 / Math.max(item.w, item.h));
+      var w = Math.max(1, Math.round(item.w * scale)), h = Math.max(1, Math.round(item.h * scale));
+      var pair = el("div", "pair");
+      pair.appendChild(img(item.t[0], "before: " + item.n, "before", w, h));
+      pair.appendChild(img(item.t[1], "after: " + item.n, "after", w, h));
+      box.appendChild(pair);
+      box.appendChild(img(item.t[2], "cluster masks of " + item.n, "masks"));
+    }
+    var total = item.k.reduce(function (a, b) { return a + b; }, 0) || 1;
+    var row = el("div", "swatches");
+    item.c.forEach(function (colour, j) {
+      var share = (100 * item.k[j] / total).toFixed(1) + "%";
+      var sw = el("span", "swatch");
+      sw.style.background = colour; sw.title = "cluster " + j + " " + colour + " " + share;
+      var entry = el("span", "item");
+      entry.appendChild(sw);
+      entry.appendChild(el("span", "share", share));
+      row.appendChild(entry);
+    });
+    box.appendChild(row);
+    item.notes.forEach(function (note) { box.appendChild(el("div", "note", note)); });
+    return box;
+  }
+  function pages() { return Math.max(1, Math.ceil(shown.length / size)); }
+  function draw() {
+    page = Math.min(Math.max(page, 0), pages() - 1);
+    var frag = document.createDocumentFragment();
+    shown.slice(page * size, (page + 1) * size).forEach(function (item) {
+      frag.appendChild(card(item));
+    });
+    cards.replaceChildren(frag);
+    info.textContent = "page " + (page + 1) + " of " + pages() + " (" + shown.length +
+      " image(s))";
+  }
+  function apply() {
+    var want = filter.value;
+    shown = want === "all" ? images : images.filter(function (i) { return i.s === want; });
+    page = 0; draw();
+  }
+  document.getElementById("prev").addEventListener("click", function () { page -= 1; draw(); });
+  document.getElementById("next").addEventListener("click", function () { page += 1; draw(); });
+  filter.addEventListener("change", apply);
+  draw();
+}());
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<link rel="icon" href="data:,">
+<style>{style}</style>
+</head>
+<body>
+<h1>{title}</h1>
+{sections}
+<section>
+<h2>Images</h2>
+<div id="pager"><button id="prev" type="button">&larr; previous</button>
+<span id="page-info"></span><button id="next" type="button">next &rarr;</button>
+<label>show <select id="filter"><option value="all">all</option><option value="ok">ok</option>
+<option value="skipped">skipped</option><option value="failed">failed</option></select></label>
+</div>
+<noscript>This page draws its image cards with JavaScript; report.json lists the same.</noscript>
+<div id="cards" class="cards"></div>
+</section>
+<script type="application/json" id="images-data">{data}</script>
+<script>{script}</script>
+</body>
+</html>
+"""
