@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                              ("validate", _cmd_validate,
                               "check a job and list its inputs; computes nothing"),
                              ("apply", _cmd_apply, "segment a job's images with the palette "
-                              "of a saved model.json, without fitting")):
+                              "of a saved model.json, without fitting"),
+                             ("submit", _cmd_submit, "run a job on a dask cluster by itself; "
+                                                     "prints its job id and returns")):
         sub = commands.add_parser(name, help=text, description=text)
         sub.set_defaults(command=func)
         if name == "apply":
@@ -68,7 +70,24 @@ def _parser() -> argparse.ArgumentParser:
                          help="log each phase and iteration (-vv: debug)")
         sub.add_argument("--json", action="store_true",
                          help="print the summary as one JSON object on stdout")
+    commands.choices["submit"].add_argument(
+        "--wait", action="store_true", help="follow the job with the progress bar until it ends")
+    _add_folder_commands(commands)
     return parser
+
+
+def _add_folder_commands(commands) -> None:
+    for name, func, text in (("status", _cmd_status, "say how a job in an output folder is "
+                                                     "doing: running, done, failed, cancelled"),
+                             ("cancel", _cmd_cancel, "stop a submitted job; its completed "
+                                                     "images stay valid for a resume")):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(command=func, verbose=0, quiet=0)
+        sub.add_argument("out", help="the job's output folder (output.dir)")
+        sub.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    commands.choices["cancel"].add_argument(
+        "--timeout", type=float, default=10.0,
+        help="seconds to wait for the scheduler, then for the job to stop (default 10)")
 
 
 def _load(args: argparse.Namespace):
@@ -77,10 +96,11 @@ def _load(args: argparse.Namespace):
     overrides = list(args.set)
     if getattr(args, "model", None):
         # `apply`: the model's palette (and so its k) wins over the job's kmeans keys.
-        if not os.path.isfile(args.model):
+        remote = "://" in args.model  # a URL: read through pipeline.storage
+        if not remote and not os.path.isfile(args.model):
             raise ConfigError(f"{args.model}: model file not found; give the model.json "
                               "written by an earlier run")
-        model_path = json.dumps(os.path.abspath(args.model))  # a YAML scalar, quoted
+        model_path = json.dumps(args.model if remote else os.path.abspath(args.model))
         overrides += [f"kmeans.init={model_path}", "kmeans.max_iter=0",
                       "kmeans.scope=collection"]
     if args.scheduler_file:
@@ -142,11 +162,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     code = EXIT_SKIPPED if totals["skipped"] or totals["failed"] else EXIT_OK
     skipped = [{"path": r["path"], "error": r["error"]} for r in report["images"]
                if r["status"] != "ok" and r["error"]]
-    summary = {"status": report["status"], "exit_code": code, "output_dir": cfg.output.dir,
+    return _summary(args, report["status"], code, totals, cfg.output.dir,
+                    time.perf_counter() - started, connection.scheduler, skipped)
+
+
+def _summary(args: argparse.Namespace, status: str, code: int, totals: dict, out_dir: str,
+             seconds: float, scheduler: str, skipped: list[dict]) -> int:
+    summary = {"status": status, "exit_code": code, "output_dir": out_dir,
                "images": totals["images"], "ok": totals["ok"], "skipped": totals["skipped"],
                "failed": totals["failed"], "pixels": totals["pixels"],
-               "seconds": round(time.perf_counter() - started, 3),
-               "scheduler": connection.scheduler, "problems": skipped}
+               "seconds": round(seconds, 3), "scheduler": scheduler, "problems": skipped}
     if not args.quiet:
         for entry in skipped:
             print(f"skipped: {entry['path']}: {entry['error']}", file=sys.stderr)
@@ -155,8 +180,83 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print(f"done: {totals['ok']} image(s) ok, {totals['skipped']} skipped, "
               f"{totals['failed']} failed; {totals['pixels'] / 1e6:.1f} Mpx in "
-              f"{summary['seconds']:.1f} s -> {cfg.output.dir}", file=sys.stderr)
+              f"{summary['seconds']:.1f} s -> {out_dir}", file=sys.stderr)
     return code
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from pipeline import batch, cluster
+
+    cfg = _load(args)
+    batch.check_remote(cfg.dask)
+    started = time.perf_counter()
+    with cluster.connect(cfg.dask) as connection:
+        job = batch.submit(cfg, connection.scheduler)
+        out = cfg.output.dir
+        if not args.wait:
+            if args.json:
+                print(json.dumps({k: v for k, v in job.items() if k != "future"}))
+            else:
+                print(job["job_id"])
+                if not args.quiet:
+                    print(f"submitted job {job['job_id']} to {connection.scheduler}; see "
+                          f"`kmeans-pipeline status {out}`, stop it with `kmeans-pipeline "
+                          f"cancel {out}`", file=sys.stderr)
+            return EXIT_OK
+        if not (args.quiet or args.json):
+            print(f"submitted job {job['job_id']}; following it (Ctrl-C stops following, "
+                  "not the job)", file=sys.stderr)
+        result = batch.follow(job, out, cfg.output.storage_options,
+                              None if (args.quiet or args.json) else _Progress(sys.stderr))
+    if result["error"]:
+        _print_error(result["error"])
+        return result["exit_code"]
+    return _summary(args, result["status"], result["exit_code"], result["totals"], out,
+                    time.perf_counter() - started, connection.scheduler, result["problems"])
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from pipeline import batch
+
+    state = batch.status(args.out)
+    if args.json:
+        print(json.dumps(state))
+    else:
+        print(_describe(state))
+    return EXIT_OK
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from pipeline import batch
+
+    state = batch.cancel(args.out, args.timeout)
+    if args.json:
+        print(json.dumps(state))
+        return EXIT_OK
+    print(_describe(state))
+    if not state["requested"] or state["state"] in ("done", "failed"):
+        print("nothing to cancel: the job had already finished", file=sys.stderr)
+    elif state["state"] == "cancelled":
+        print("completed images stay valid: submit the job again with output.if_exists: "
+              "resume to finish it", file=sys.stderr)
+    else:
+        print(f"the job has not stopped yet; see `kmeans-pipeline status {args.out}`",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def _describe(state: dict) -> str:
+    text = f"{state['state']}: job {state['job_id'] or '(run)'}"
+    if state["images"] is not None:
+        text += (f", {state['ok']} of {state['images']} images ok ({state['skipped']} skipped, "
+                 f"{state['failed']} failed)")
+    if state["state"] in ("running", "cancelling") and state["phase"]:
+        text += f", {state['phase']} {state['phase_done']}/{state['phase_total']}"
+    if state["updated"]:
+        text += f"; updated {state['updated']}"
+    if state["error"]:
+        text += f"; {state['error']}"
+    return text
 
 
 class _Progress:
@@ -206,8 +306,17 @@ def _setup_logging(level: int) -> None:
     logging.basicConfig(format="%(levelname)s: %(name)s: %(message)s", stream=sys.stderr)
     ours = {2: logging.DEBUG, 1: logging.INFO, 0: logging.WARNING}.get(level, logging.ERROR)
     logging.getLogger("pipeline").setLevel(ours if level <= 2 else logging.DEBUG)
-    for noisy in ("distributed", "bokeh", "tornado"):
-        logging.getLogger(noisy).setLevel(logging.ERROR if level < 2 else logging.INFO)
+    # A lost scheduler or worker is reported by us in one line; -v shows dask's own errors.
+    noisy = logging.CRITICAL if level < 1 else logging.ERROR if level < 2 else logging.INFO
+    names = ("distributed", "distributed.client", "distributed.gc", "bokeh", "tornado")
+    for name in names:
+        logging.getLogger(name).setLevel(noisy)
+    import dask  # distributed sets its loggers' levels from this when it is first imported
+
+    dask.config.set({"logging": {name: logging.getLevelName(noisy).lower() for name in names}})
+    # A cut connection leaves aiohttp (fsspec's S3 and HTTP backends) logging "Task exception
+    # was never retrieved" with a traceback; pipeline.storage reports the failure itself.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL if level < 2 else logging.DEBUG)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 

@@ -1,8 +1,10 @@
-"""The scheduler layer: connect to the scheduler a job names, and compute tasks as they finish.
+"""The scheduler layer: connect to the scheduler a job names, compute tasks as they finish,
+check what the workers see, and submit a job's driver to run on the cluster.
 
-The only module that imports ``distributed``.  ``run()`` never picks a scheduler: it calls
-`compute_each`, which uses the active distributed client if there is one and dask's local
-scheduler otherwise.
+The only module that imports ``distributed`` (lazily: a job on threads never loads it).
+``run()`` never picks a scheduler: it calls `compute_each`, which uses the active distributed
+client if there is one and dask's local scheduler otherwise.  Inside a submitted driver the
+active client is the worker's own (``worker_client``), so ``run()`` works unchanged there.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -17,9 +21,10 @@ import dask
 from dask.callbacks import Callback
 
 from pipeline.config import LOCAL_SCHEDULERS, DaskConfig
-from pipeline.errors import ClusterError, ClusterUnreachable, ConfigError
+from pipeline.errors import ClusterError, ClusterUnreachable, ConfigError, PipelineError
 
 log = logging.getLogger(__name__)
+_LOST = "scheduler-connection-lost"  # distributed's reason for futures cancelled by it
 
 
 @dataclass
@@ -32,13 +37,20 @@ class Connection:
 
 
 @contextlib.contextmanager
-def connect(cfg: DaskConfig) -> Iterator[Connection]:
+def connect(cfg: DaskConfig, need_workers: bool = True) -> Iterator[Connection]:
     """Make the job's scheduler the active one for the duration of the block.
+
+    Parameters
+    ----------
+    cfg : DaskConfig
+    need_workers : bool
+        Wait (up to ``cfg.timeout``) until a remote scheduler has at least one worker.
 
     Raises
     ------
     ClusterUnreachable
-        The scheduler address or file cannot be reached within ``cfg.timeout`` seconds.
+        The scheduler address or file cannot be reached within ``cfg.timeout`` seconds, or
+        has no worker by then.
     """
     with dask.config.set(cfg.config):
         if cfg.scheduler_file is None and cfg.scheduler in ("threads", "processes",
@@ -50,7 +62,7 @@ def connect(cfg: DaskConfig) -> Iterator[Connection]:
             with _local_cluster(cfg) as connection:
                 yield connection
             return
-        with _remote(cfg) as connection:
+        with _remote(cfg, need_workers) as connection:
             yield connection
 
 
@@ -66,7 +78,7 @@ def _local_cluster(cfg: DaskConfig) -> Iterator[Connection]:
 
 
 @contextlib.contextmanager
-def _remote(cfg: DaskConfig) -> Iterator[Connection]:
+def _remote(cfg: DaskConfig, need_workers: bool) -> Iterator[Connection]:
     from distributed import Client
 
     where = cfg.scheduler_file or cfg.scheduler
@@ -79,8 +91,16 @@ def _remote(cfg: DaskConfig) -> Iterator[Connection]:
     except (OSError, TimeoutError) as exc:
         raise ClusterUnreachable(f"cannot reach the dask scheduler at {where} within "
                                  f"{cfg.timeout:g} s ({type(exc).__name__}); start it, or fix "
-                                 "dask.scheduler / --scheduler") from exc
+                                 "dask.scheduler / --scheduler, or raise dask.timeout") from exc
     with client:
+        try:
+            if need_workers:
+                client.wait_for_workers(1, timeout=cfg.timeout)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterUnreachable(f"the dask scheduler at {client.scheduler.address} has no "
+                                     f"workers (waited {cfg.timeout:g} s); start some with "
+                                     f"`dask worker {client.scheduler.address}`, or raise "
+                                     "dask.timeout") from exc
         info = client.scheduler_info()
         yield Connection(client.scheduler.address, client.dashboard_link,
                          len(info.get("workers", {})))
@@ -116,14 +136,20 @@ def compute_each(tasks: list, on_done: Callable[[int, Any], None]) -> list:
     Raises
     ------
     ClusterError
-        The scheduler was lost while computing.
+        The scheduler was lost while computing, or workers kept dying on a task.
     """
     if not tasks:
         return []
     client = _client()
     if client is None:
         return _compute_local(tasks, on_done)
-    return _compute_distributed(client, tasks, on_done)
+    try:
+        return _compute_distributed(client, tasks, on_done)
+    except Exception as exc:
+        error = explain(exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def _compute_local(tasks: list, on_done: Callable[[int, Any], None]) -> list:
@@ -147,14 +173,177 @@ def _compute_distributed(client: Any, tasks: list, on_done: Callable[[int, Any],
         for future in as_completed(futures):
             i = index[future.key]
             results[i] = future.result()
+            future.release()  # the result is here now; free the worker's copy
             on_done(i, results[i])
-    except (OSError, TimeoutError) as exc:
-        raise ClusterError(f"lost the dask scheduler while computing ({exc}); rerun with "
-                           "output.if_exists: resume to finish the job") from exc
     finally:
         for future in futures:
             future.release()
     return results
+
+
+def explain(exc: BaseException) -> PipelineError | None:
+    """A one-line `ClusterError` for a distributed failure, or None for anything else.
+
+    The scheduler lost (connection closed, every future cancelled with reason
+    ``scheduler-connection-lost``) and a task on which workers kept dying (``KilledWorker``)
+    are what a cluster does to a job; they are not bugs and need no traceback.
+    """
+    if isinstance(exc, PipelineError) or "distributed" not in sys.modules:
+        return None
+    from distributed import KilledWorker
+    from distributed.comm import CommClosedError
+    from distributed.utils import CancelledError
+
+    resume = "rerun with output.if_exists: resume to finish the job"
+    if isinstance(exc, KilledWorker):
+        return ClusterError(f"dask workers died {exc.args[2] + 1} time(s) running task "
+                            f"{exc.task!r} (out of memory? see the worker logs); raise the "
+                            f"workers' memory limit or lower dask.chunk_pixels, then {resume}")
+    client = _client()
+    if isinstance(exc, CommClosedError) or (isinstance(exc, CancelledError) and (
+            getattr(exc, "reason", None) == _LOST or client is None
+            or client.status != "running")):
+        # Futures are cancelled at once when the connection drops, or when the client gives
+        # up reconnecting after dask.timeout seconds (then with no reason) and closes.
+        return ClusterError(f"lost the dask scheduler while computing; {resume}")
+    if isinstance(exc, CancelledError):
+        return ClusterError(f"the dask scheduler cancelled this job's tasks "
+                            f"({str(exc).splitlines()[0]}); {resume}")
+    return None
+
+
+def on_cluster() -> bool:
+    """Whether tasks go to distributed workers (which may see other files than this process)."""
+    return _client() is not None
+
+
+def check_on_workers(check: Callable[..., list[str]], *args: Any) -> None:
+    """Run ``check(*args)`` on every worker; it returns the problems that worker has.
+
+    Tasks carry paths, so a worker must see the files the client listed, at the same paths.
+
+    Raises
+    ------
+    ConfigError
+        One line per worker and problem.
+    """
+    client = _client()
+    if client is None:
+        return
+    seen = client.run(check, *args)
+    problems = [f"  {worker}: {problem}" for worker, found in sorted(seen.items())
+                for problem in found]
+    if problems:
+        bad = sum(bool(found) for found in seen.values())
+        more = [f"  ... and {len(problems) - 10} more"] if len(problems) > 10 else []
+        raise ConfigError(f"{bad} of {len(seen)} dask worker(s) cannot see this job's files; "
+                          "input.paths and output.dir must be on a filesystem every worker "
+                          "mounts at the same path:\n" + "\n".join(problems[:10] + more))
+
+
+# ---------------------------------------------------------------------------------------------
+# Submitted jobs: a driver task on a worker runs the whole job
+
+
+def submit_driver(drive: Callable[..., dict], args: tuple, key: str) -> Any:
+    """Run ``drive(*args)`` as one task on the cluster, to completion even if this client leaves.
+
+    The task holds a ``worker_client`` (it secedes from the worker's thread pool, so the tasks
+    it launches can use that thread) and is released with ``fire_and_forget``.  If its worker
+    dies, dask runs it again on another worker, with the same arguments.
+
+    Returns
+    -------
+    distributed.Future
+        The driver's future, to follow while this client stays connected.
+    """
+    from distributed import fire_and_forget
+
+    client = _required_client("submit")
+    future = client.submit(_drive, drive, args, key=key, pure=False, retries=0)
+    fire_and_forget(future)
+    return future
+
+
+def _drive(drive: Callable[..., dict], args: tuple) -> dict:
+    from distributed import worker_client
+
+    with worker_client() as client, client.as_current():
+        return drive(*args)
+
+
+def _required_client(what: str) -> Any:
+    client = _client()
+    if client is None:
+        raise ConfigError(f"{what} needs a running dask scheduler: give --scheduler "
+                          "tcp://host:port or --scheduler-file (a local scheduler would stop "
+                          "with this process)")
+    return client
+
+
+def task_exists(key: str) -> bool:
+    """Whether the scheduler still knows a task with this key (a driver queued or running)."""
+    client = _required_client("checking a job")
+    return bool(client.run_on_scheduler(_scheduler_has, key))
+
+
+def _scheduler_has(key: str, dask_scheduler: Any = None) -> bool:
+    return key in dask_scheduler.tasks
+
+
+def request_cancel(job_id: str, key: str) -> None:
+    """Ask a submitted job's driver to stop (it checks between images), and drop its task."""
+    from distributed import Event, Future
+
+    client = _required_client("cancel")
+    Event(_cancel_event(job_id), client=client).set()
+    client.cancel([Future(key, client)], force=True, reason="cancelled by kmeans-pipeline cancel")
+
+
+@contextlib.contextmanager
+def watch_cancel(job_id: str, every: float = 0.2) -> Iterator[Callable[[], bool]]:
+    """Within a driver: yields a function telling whether `request_cancel` was called.
+
+    A thread asks the scheduler every ``every`` seconds, so the check itself is free and the
+    driver can make it after every image.
+    """
+    from distributed import Event
+
+    event = Event(_cancel_event(job_id), client=_required_client("a driver"))
+    flag, stop = threading.Event(), threading.Event()
+
+    def poll() -> None:
+        while not flag.is_set() and not stop.wait(every):
+            try:
+                if event.is_set():
+                    flag.set()
+            except Exception:  # the scheduler is gone: the driver's own tasks will say so
+                return
+
+    if event.is_set():
+        flag.set()
+    thread = threading.Thread(target=poll, name=f"cancel-watch-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield flag.is_set
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _cancel_event(job_id: str) -> str:
+    return f"kmeans-pipeline-cancel-{job_id}"
+
+
+def wait_driver(future: Any, seconds: float) -> bool:
+    """Whether the driver's future finished within ``seconds`` (its result is then ready)."""
+    from distributed import wait
+
+    try:
+        wait(future, timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 def memory_budget() -> int:

@@ -40,6 +40,7 @@ class InputConfig:
     exclude: tuple[str, ...] = ()
     on_error: str = "skip"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    storage_options: dict = field(default_factory=dict)  # fsspec options for URL inputs
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class OutputConfig:
     masks: bool = True
     if_exists: str = "resume"
     png_compression: int = 1
+    storage_options: dict = field(default_factory=dict)  # fsspec options for a URL output.dir
 
 
 @dataclass(frozen=True)
@@ -120,16 +122,35 @@ class JobConfig:
     given: frozenset[str] = frozenset()  # "section.key" the user set (job file or --set)
 
     def to_dict(self) -> dict:
-        """The resolved job as plain data (what model.json and report.json record)."""
-        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+        """The resolved job as plain data (what model.json and report.json record); secrets
+        in ``storage_options`` are masked."""
+        data = {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+        for section in ("input", "output"):
+            data[section]["storage_options"] = _masked(data[section]["storage_options"])
+        return data
 
     def job_hash(self) -> str:
         """Hash of everything that changes the outputs (not if_exists, not the scheduler)."""
         data = self.to_dict()
         data["output"].pop("if_exists")
+        data["input"].pop("storage_options")  # how to reach the data, not what it is
+        data["output"].pop("storage_options")
         data.pop("dask")
         text = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_SECRET = ("secret", "token", "password", "key", "credential", "connection_string", "sas")
+
+
+def _masked(value: Any) -> Any:
+    """``value`` with every entry whose key names a secret (password, token...) masked."""
+    if isinstance(value, dict):
+        return {k: "***" if any(s in str(k).lower() for s in _SECRET) and v is not None
+                else _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,6 +259,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "exclude": _Key(_str_list),
         "on_error": _Key(_enum(*ON_ERROR)),
         "max_pixels": _Key(_int(1)),
+        "storage_options": _Key(_mapping),
     },
     "preprocess": {
         "scale": _Key(_float(0.0, inclusive=False)),
@@ -266,6 +288,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "masks": _Key(_bool),
         "if_exists": _Key(_enum(*IF_EXISTS)),
         "png_compression": _Key(_int(0, 9)),
+        "storage_options": _Key(_mapping),
     },
     "dask": {
         "scheduler": _Key(_scheduler),
@@ -449,6 +472,22 @@ def _check_across(sections: dict, problems: list[str]) -> None:
                         "enable at least one output")
     if "://" not in out.dir:
         _check_output_dir(out.dir, problems)
+    _check_urls(sections, problems)
+
+
+def _check_urls(sections: dict, problems: list[str]) -> None:
+    from pipeline import storage  # imports fsspec only for URLs
+
+    out: OutputConfig = sections["output"]
+    urls = [("input.paths", p) for p in sections["input"].paths]
+    urls += [("output.dir", out.dir), ("kmeans.init", sections["kmeans"].init)]
+    for key, url in urls:
+        problem = storage.backend_problem(url) if storage.is_url(url) else None
+        if problem:
+            problems.append(f"{key}: {problem}")
+    if storage.is_url(out.dir) and storage.is_read_only(out.dir):
+        problems.append(f"output.dir: {out.dir!r} is read-only (http); write to a folder or "
+                        "to s3://, gs://, az://")
 
 
 def _check_output_dir(path: str, problems: list[str]) -> None:

@@ -31,5 +31,17 @@ class ClusterUnreachable(ClusterError):
     exit_code = 2
 
 
+class JobCancelled(PipelineError):
+    """A submitted job was cancelled (``kmeans-pipeline cancel``); completed images stay valid."""
+
+    exit_code = 130
+
+
 class PipelineWarning(UserWarning):
     """A valid but degenerate result (fewer colours than k, an empty cluster...)."""
+
+
+class StorageError(PipelineError):
+    """An object store stayed unreachable (connection lost, 5xx, throttling) through every
+    retry.  Deliberately no OSError: it must not pass for a broken image, a full disk or a
+    lost scheduler (cluster.py reads an OSError from a task as one)."""

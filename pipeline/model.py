@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import __version__
-from pipeline.errors import ConfigError
+from pipeline import __version__, storage
+from pipeline.errors import ConfigError, StorageError
 
 SCHEMA_VERSION = 1
 
@@ -51,7 +51,8 @@ def model_document(k: int | str, color_space: str, scope: str, seed: int, job: d
     return doc
 
 
-def load_palette(path: str, color_space: str, spatial_weight: float = 0.0) -> np.ndarray:
+def load_palette(path: str, color_space: str, spatial_weight: float = 0.0,
+                 storage_options: dict | None = None) -> np.ndarray:
     """The working-space centroids of a saved collection model, checked against the job.
 
     The model's k wins over the job's (the caller warns when they differ).
@@ -68,10 +69,14 @@ def load_palette(path: str, color_space: str, spatial_weight: float = 0.0) -> np
     """
     where = f"kmeans.init: {path}"
     try:
-        with open(path, encoding="utf-8") as handle:
-            doc = json.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read model ({exc.strerror or exc})") from exc
+        if storage.is_url(path):
+            doc = json.loads(storage.read_bytes(path, storage_options))
+        else:
+            with open(path, encoding="utf-8") as handle:
+                doc = json.load(handle)
+    except (OSError, StorageError) as exc:
+        raise ConfigError(f"{where}: cannot read model "
+                          f"({getattr(exc, 'strerror', None) or exc})") from exc
     except ValueError as exc:
         raise ConfigError(f"{where}: not a JSON model file ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:

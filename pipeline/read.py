@@ -2,12 +2,16 @@
 
 Listing and header reading happen on the client and touch only metadata (Pillow reads the
 header on ``Image.open``; pixels are decoded by ``load``).  Decoding happens in tasks that carry
-the file path and return ``uint8`` RGB pixels, so no pixels travel from the client.
+the file path and return ``uint8`` RGB pixels, so no pixels travel from the client.  A path may
+be a URL (s3://, gs://, az://, http(s)://; see `pipeline.storage`): its header comes from range
+reads of the object's first bytes, and the task that decodes it fetches the object itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
 import logging
 import os
 import re
@@ -15,7 +19,7 @@ import struct
 import threading
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from stat import S_ISREG
 from typing import TYPE_CHECKING
 
@@ -24,8 +28,9 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageCms, ImageOps
 
+from pipeline import storage
 from pipeline.config import InputConfig, PreprocessConfig
-from pipeline.errors import ConfigError, ImageReadError
+from pipeline.errors import ConfigError, ImageReadError, StorageError
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -68,6 +73,8 @@ class ImageInfo:
     n_frames: int = 1
     size_bytes: int = 0
     mtime_ns: int = 0
+    # input.storage_options, carried by the tasks that fetch the object (``path`` is a URL)
+    storage_options: dict | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_pixels(self) -> int:
@@ -111,17 +118,19 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig, output_dir: str)
         An input path does not exist, or the inputs match no file.
     """
     extensions = readable_extensions()
-    skip_root = os.path.realpath(output_dir) if "://" not in output_dir else None
+    skip_root = storage.canonical(output_dir)
     found: dict[str, str] = {}  # realpath -> name (first entry wins)
     paths: dict[str, str] = {}
     ignored: list[str] = []
     problems: list[str] = []
     for entry in cfg.paths:
-        for path, name in _expand(entry, extensions, ignored, problems):
-            real = os.path.realpath(path)
+        expanded = storage.expand(entry, cfg.storage_options, extensions, ignored, problems) \
+            if storage.is_url(entry) else _expand(entry, extensions, ignored, problems)
+        for path, name in expanded:
+            real = storage.canonical(path)
             if real in found or _excluded(path, cfg.exclude):
                 continue
-            if skip_root and (real == skip_root or real.startswith(skip_root + os.sep)):
+            if real == skip_root or real.startswith(skip_root + _separator(skip_root)):
                 continue
             found[real] = name
             paths[real] = path
@@ -135,7 +144,8 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig, output_dir: str)
     images, failed, notes = [], [], []
     for path, name, renamed in named:
         try:
-            info, note = read_header(path, name, len(images), preprocess.scale, cfg.max_pixels)
+            info, note = read_header(path, name, len(images), preprocess.scale, cfg.max_pixels,
+                                     cfg.storage_options)
         except ImageReadError as exc:
             failed.append((path, str(exc)))
             continue
@@ -144,6 +154,10 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig, output_dir: str)
             notes.append((path, note))
     renamed = [(path, name) for path, name, was_renamed in named if was_renamed]
     return Listing(images, failed, sorted(set(ignored)), renamed, notes)
+
+
+def _separator(path: str) -> str:
+    return "/" if storage.is_url(path) else os.sep
 
 
 def _expand(entry: str, extensions: frozenset[str], ignored: list[str],
@@ -243,9 +257,9 @@ def _unique_names(items: list[tuple[str, str]]) -> list[tuple[str, str, bool]]:
 # Headers
 
 
-def read_header(path: str, name: str, index: int, scale: float,
-                max_pixels: int) -> tuple[ImageInfo, str | None]:
-    """Read one file's header (no pixel decoding).
+def read_header(path: str, name: str, index: int, scale: float, max_pixels: int,
+                storage_options: dict | None = None) -> tuple[ImageInfo, str | None]:
+    """Read one file's header (no pixel decoding); of an object, from its first bytes.
 
     Returns
     -------
@@ -257,18 +271,26 @@ def read_header(path: str, name: str, index: int, scale: float,
     ------
     ImageReadError
         The file is missing, empty, not an image Pillow can open, or over ``max_pixels``.
+    StorageError
+        An object store could not be reached through every retry.
     """
+    remote = storage.is_url(path)
     try:
-        stat = os.stat(path)
+        stat = None if remote else os.stat(path)
+        size, mtime_ns = storage.stat(path, storage_options) if remote \
+            else (stat.st_size, stat.st_mtime_ns)
+    except StorageError:
+        raise
     except OSError as exc:
         raise ImageReadError(f"cannot open file ({exc.strerror or exc}); fix or remove it") \
             from exc
-    if not S_ISREG(stat.st_mode):
+    if stat is not None and not S_ISREG(stat.st_mode):
         raise ImageReadError("not a regular file (a pipe, device or socket); remove it")
-    if stat.st_size == 0:
+    if size == 0:
         raise ImageReadError("file is empty (0 bytes); fix or remove it")
     try:
-        with Image.open(path) as im:
+        with (storage.open_read(path, storage_options, size) if remote
+              else contextlib.nullcontext(path)) as source, Image.open(source) as im:
             width, height = im.size
             if width * height > max_pixels:  # before anything else reads further
                 raise ImageReadError(f"{width}x{height} = {width * height} pixels is over "
@@ -276,11 +298,11 @@ def read_header(path: str, name: str, index: int, scale: float,
                                      "header without decoding; raise it if the file is trusted")
             fmt, mode = im.format or "?", im.mode
             n_frames = int(getattr(im, "n_frames", 1) or 1)
-            orientation = _orientation(im)
+            orientation = _orientation(im, remote)
     except Image.UnidentifiedImageError:
-        raise ImageReadError(f"not an image file ({_first_bytes(path)}); fix or remove it") \
-            from None
-    except ImageReadError:
+        raise ImageReadError(f"not an image file ({_first_bytes(path, storage_options)}); fix "
+                             "or remove it") from None
+    except (ImageReadError, StorageError):
         raise
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:
         raise ImageReadError(f"cannot read image header ({exc}); fix or remove it") from exc
@@ -293,8 +315,8 @@ def read_header(path: str, name: str, index: int, scale: float,
         raise ImageReadError(f"{width}x{height} = {width * height} pixels after "
                              f"preprocess.scale ({scale:g}) is over input.max_pixels "
                              f"({max_pixels}); lower the scale or raise max_pixels")
-    info = ImageInfo(index, path, name, width, height, fmt, mode, n_frames,
-                     stat.st_size, stat.st_mtime_ns)
+    info = ImageInfo(index, path, name, width, height, fmt, mode, n_frames, size, mtime_ns,
+                     storage_options if remote else None)
     note = f"first frame of {n_frames} used" if n_frames > 1 else None
     return info, note
 
@@ -306,19 +328,24 @@ def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _orientation(im: Image.Image) -> int:
+def _orientation(im: Image.Image, remote: bool = False) -> int:
+    if remote and im.format == "PNG" and "exif" not in im.info:
+        # Pillow would fetch and decode the whole object looking for an eXIf chunk after the
+        # pixels; one before them (where writers put it) is already in im.info.
+        return 1
     try:
         return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     except Exception:  # a broken EXIF block must not make a readable image unreadable
         return 1
 
 
-def _first_bytes(path: str) -> str:
+def _first_bytes(path: str, storage_options: dict | None = None) -> str:
     """How the file starts, for a message: text is quoted up to its first line end."""
     try:
-        with open(path, "rb") as handle:
+        with (storage.open_read(path, storage_options) if storage.is_url(path)
+              else open(path, "rb")) as handle:
             head = handle.read(64)
-    except OSError:
+    except (OSError, StorageError):
         return "its first bytes cannot be read"
     line = head.split(b"\n", 1)[0].strip()[:32]
     try:
@@ -350,12 +377,16 @@ def decode(info: ImageInfo) -> np.ndarray:
         Pillow would silently paint over (see `_load_checked`).
     """
     try:
-        with Image.open(info.path) as im, warnings.catch_warnings():
+        source = io.BytesIO(storage.read_bytes(info.path, info.storage_options)) \
+            if storage.is_url(info.path) else info.path
+        with Image.open(source) as im, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's EXIF/ICC chatter is not the user's problem
             im.seek(0)
             rgb = _to_rgb(_load_checked(im))
     except ImageReadError as exc:
         raise ImageReadError(f"{info.path}: {exc}") from None
+    except StorageError:
+        raise  # the store is unreachable: the run fails, this image is not broken
     except OSError as exc:
         raise ImageReadError(f"{info.path}: {_os_reason(exc)}") from exc
     except MemoryError:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline import write
+from pipeline import storage, write
 
 HTML = "report.html"
 GPL = "palette.gpl"
@@ -37,7 +37,8 @@ _SWATCH = 32  # px, one colour of palette.png
 
 
 def write_thumbnails(out_dir: str, name: str, pixels: np.ndarray, labels: np.ndarray,
-                     palette: np.ndarray, compress_level: int) -> list[list]:
+                     palette: np.ndarray, compress_level: int,
+                     storage_options: dict | None = None) -> list[list]:
     """Write an image's before / after thumbnails and its strip of cluster masks.
 
     Parameters
@@ -51,6 +52,8 @@ def write_thumbnails(out_dir: str, name: str, pixels: np.ndarray, labels: np.nda
     palette : ndarray of shape (n_clusters, 3), uint8
     compress_level : int
         zlib level of the PNGs.
+    storage_options : dict, optional
+        For an ``out_dir`` on object storage.
 
     Returns
     -------
@@ -72,9 +75,11 @@ def write_thumbnails(out_dir: str, name: str, pixels: np.ndarray, labels: np.nda
     files = []
     rel = f"{base}/before.jpg"
     files.append([rel, write.atomic_write(
-        _path(out_dir, rel), lambda handle: before.save(handle, format="JPEG", quality=85))])
+        _path(out_dir, rel), lambda handle: before.save(handle, format="JPEG", quality=85),
+        storage_options=storage_options)])
     for rel, image in ((f"{base}/after.png", after), (f"{base}/masks.png", strip)):
-        files.append([rel, write.write_png(_path(out_dir, rel), image, compress_level)])
+        files.append([rel, write.write_png(_path(out_dir, rel), image, compress_level,
+                                           storage_options=storage_options)])
     return files
 
 
@@ -106,7 +111,7 @@ def _mask_strip(labels: np.ndarray, n_clusters: int, gap: int = 2) -> np.ndarray
 
 
 def _path(out_dir: str, rel: str) -> str:
-    return os.path.join(out_dir, *rel.split("/"))
+    return storage.join(out_dir, rel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +119,7 @@ def _path(out_dir: str, rel: str) -> str:
 
 
 def write_palette_files(out_dir: str, palette: np.ndarray, counts: list[int],
-                        title: str) -> list[list]:
+                        title: str, storage_options: dict | None = None) -> list[list]:
     """Write ``palette.gpl`` (GIMP / Inkscape palette) and ``palette.png`` (a swatch strip).
 
     Parameters
@@ -125,6 +130,8 @@ def write_palette_files(out_dir: str, palette: np.ndarray, counts: list[int],
         Pixels per cluster, for each colour's share in its name.
     title : str
         Names the palette (the job file).
+    storage_options : dict, optional
+        For an ``out_dir`` on object storage.
 
     Returns
     -------
@@ -140,9 +147,11 @@ def write_palette_files(out_dir: str, palette: np.ndarray, counts: list[int],
                      f"({100 * count / total:.1f}%)")
     text = ("\n".join(lines) + "\n").encode()
     strip = np.repeat(np.repeat(palette[None].astype(np.uint8), _SWATCH, 0), _SWATCH, 1)
-    return [[GPL, write.atomic_write(_path(out_dir, GPL), lambda h: h.write(text))],
+    return [[GPL, write.atomic_write(_path(out_dir, GPL), lambda h: h.write(text),
+                                     storage_options=storage_options)],
             [PALETTE_PNG, write.write_png(_path(out_dir, PALETTE_PNG),
-                                          Image.fromarray(strip, mode="RGB"), 6)]]
+                                          Image.fromarray(strip, mode="RGB"), 6,
+                                          storage_options=storage_options)]]
 
 
 def _hex(colour) -> str:
@@ -153,7 +162,8 @@ def _hex(colour) -> str:
 # report.html
 
 
-def write_html(out_dir: str, report: dict, model_doc: dict | None) -> int:
+def write_html(out_dir: str, report: dict, model_doc: dict | None,
+               storage_options: dict | None = None) -> int:
     """Write ``report.html`` from the run's report and model.
 
     Parameters
@@ -163,6 +173,8 @@ def write_html(out_dir: str, report: dict, model_doc: dict | None) -> int:
         What report.json holds.
     model_doc : dict or None
         What model.json holds (None when the run stopped before a model was fitted).
+    storage_options : dict, optional
+        For an ``out_dir`` on object storage.
 
     Returns
     -------
@@ -170,7 +182,8 @@ def write_html(out_dir: str, report: dict, model_doc: dict | None) -> int:
         The page's size in bytes.
     """
     text = render_html(report, model_doc).encode()
-    return write.atomic_write(_path(out_dir, HTML), lambda handle: handle.write(text))
+    return write.atomic_write(_path(out_dir, HTML), lambda handle: handle.write(text),
+                              storage_options=storage_options)
 
 
 def render_html(report: dict, model_doc: dict | None) -> str:

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
@@ -17,9 +18,10 @@ from typing import Any, Callable, Protocol
 import dask
 import numpy as np
 
-from pipeline import cluster, fit, kmeans, model, read, report, segment, write
+from pipeline import cluster, fit, kmeans, model, read, report, segment, storage, write
 from pipeline.config import JobConfig, KMeansConfig, OutputConfig
-from pipeline.errors import ConfigError, ImageReadError, OutputError, PipelineError
+from pipeline.errors import (ConfigError, ImageReadError, JobCancelled, OutputError,
+                             PipelineError, StorageError)
 
 log = logging.getLogger(__name__)
 REPORT = "report.json"
@@ -31,6 +33,7 @@ _REPORT_EVERY = 2.0  # seconds between rewrites of report.json while images fini
 # progress, failures and reports stay per image where the overhead does not matter.
 _TASK_PIXELS = 1 << 21
 _GROUP_ABOVE = 256
+_CHECK_INPUTS = 8  # inputs, spread over the listing, that every worker must be able to read
 
 
 class Progress(Protocol):
@@ -83,13 +86,17 @@ class _State:
         if force or now - self.last_saved >= _REPORT_EVERY:
             # Mid-run, a missing output folder is an error, not something to re-create; the
             # final report is written even then, so that it says what happened.
-            _write_json(os.path.join(self.out_dir, REPORT), self.report(), make_folder=final)
+            _write_json(os.path.join(self.out_dir, REPORT), self.report(), make_folder=final,
+                        storage_options=self.cfg.output.storage_options)
             self.last_saved = now
 
 
-def _write_json(path: str, doc: dict, make_folder: bool = False) -> None:
+def _write_json(path: str, doc: dict, make_folder: bool = False,
+                storage_options: dict | None = None) -> None:
     try:
-        write.write_json(path, doc, make_folder)
+        write.write_json(path, doc, make_folder, storage_options)
+    except StorageError as exc:
+        raise OutputError(str(exc)) from exc  # it names the object and says what to do
     except FileNotFoundError as exc:
         raise OutputError(f"the output folder {os.path.dirname(path)!r} was removed during the "
                           "run; stopped; rerun to write the outputs again") from exc
@@ -102,14 +109,16 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
+def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = None) -> dict:
     """Run a job on the active scheduler and write every output.
 
     Parameters
     ----------
     cfg : JobConfig
     progress : Progress, optional
-        Told about each phase and each finished image.
+        Told about each phase and each finished image; may raise to stop the run.
+    job_id : str, optional
+        The id of a submitted job (see `pipeline.batch`), recorded in report.json.
 
     Returns
     -------
@@ -123,7 +132,6 @@ def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
     PipelineError
         The run failed; report.json says how far it got.
     """
-    progress = progress or _Silent()
     out_dir = cfg.output.dir
     clock = time.perf_counter()
     cfg, init, notes = resolve_init(cfg)  # a wrong model is refused before anything
@@ -131,6 +139,9 @@ def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
     previous = _prepare_output(cfg)
     state = _State(cfg, out_dir, init=init)
     state.warnings += notes
+    progress = _Tracked(progress or _Silent(), state)
+    if job_id:
+        state.extra["job_id"] = job_id
     state.timings["list"] = time.perf_counter() - clock
     state.records = [_record(info) for info in listing.images]
     state.records += [_broken(path, reason, cfg.input.on_error) for path, reason in listing.failed]
@@ -140,6 +151,8 @@ def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
     for path, reason in listing.failed:
         log.info("%s: %s", path, reason)
     try:
+        state.save()
+        _check_workers(cfg, listing.images)
         if listing.failed and cfg.input.on_error == "fail":
             raise ImageReadError(_unreadable_message(listing.failed, listing.images))
         _resume(state, previous, listing.images)
@@ -147,20 +160,26 @@ def run(cfg: JobConfig, progress: Progress | None = None) -> dict:
             _run_collection(state, listing.images, previous, progress)
         else:
             _run_per_image(state, listing.images, previous, progress)
+        write.remove_temp_files(out_dir)  # left by workers killed while writing
         state.status = "done"
     except (PipelineError, KeyboardInterrupt, Exception) as exc:
-        state.status = "failed"
-        state.error = str(exc) or type(exc).__name__
+        explained = cluster.explain(exc)
+        state.status = "cancelled" if isinstance(exc, JobCancelled) else "failed"
+        state.error = str(explained or exc) or type(exc).__name__
         _mark_unfinished(state)
         if isinstance(exc, OutputError):
             _mark_lost(state)
+        if explained is not None:
+            raise explained from exc
         raise
     finally:
         read.forget_decoded(listing.images)  # kept by the sampling pass, even if it failed
         state.timings["total"] = time.perf_counter() - clock
-        _save_quietly(state)  # first: on a full disk report.json matters more than the page
-        _write_html(state)
-        _save_quietly(state)
+        # First: on a full disk report.json matters more than the page.  When even it cannot
+        # be written (an unreachable store: each try takes its retries), the page would not be.
+        if _save_quietly(state):
+            _write_html(state)
+            _save_quietly(state)
     return state.report()
 
 
@@ -169,7 +188,8 @@ def resolve_init(cfg: JobConfig) -> tuple[JobConfig, np.ndarray | None, list[str
     km = cfg.kmeans
     if not km.init_is_model:
         return cfg, None, []
-    init = model.load_palette(km.init, cfg.preprocess.color_space, cfg.preprocess.spatial_weight)
+    init = model.load_palette(km.init, cfg.preprocess.color_space, cfg.preprocess.spatial_weight,
+                              cfg.input.storage_options)
     notes = []
     if "kmeans.k" in cfg.given and km.k != len(init) and km.max_iter > 0:
         # Fitting from a palette: a k the user wrote that the model cannot start is a mistake.
@@ -185,26 +205,108 @@ def resolve_init(cfg: JobConfig) -> tuple[JobConfig, np.ndarray | None, list[str
     return dataclasses.replace(cfg, kmeans=dataclasses.replace(km, k=len(init))), init, notes
 
 
+class _Tracked:
+    """Passes progress on and keeps report.json's ``progress`` (phase, images done) current."""
+
+    def __init__(self, inner: Progress, state: _State):
+        self.inner, self.state = inner, state
+
+    def phase(self, name: str, images: int, pixels: int) -> None:
+        self.state.extra["progress"] = {"phase": name, "done": 0, "total": images,
+                                        "pixels_done": 0, "pixels": pixels}
+        self.state.save()
+        self.inner.phase(name, images, pixels)
+
+    def advance(self, images: int, pixels: int) -> None:
+        now = self.state.extra["progress"]
+        now.update(done=now["done"] + images, pixels_done=now["pixels_done"] + pixels)
+        # Every 2 s, and every 5 % of the phase's images: a killed run redoes little on resume.
+        self.state.save(force=now["done"] % max(1, now["total"] // 20) == 0)
+        self.inner.advance(images, pixels)
+
+
+def _check_workers(cfg: JobConfig, images: list[read.ImageInfo]) -> None:
+    """Fail early, one line per problem, when cluster workers cannot see the job's files.
+
+    Each worker reads a spread of the inputs.  A local output folder gets a marker file from
+    this process, which each worker must find (else it sees another folder of that name) and
+    write next to; in object storage each worker writes and deletes a probe object.
+    """
+    if not cluster.on_cluster():
+        return
+    out_dir, probe = cfg.output.dir, f"{write.TEMP_PREFIX}probe-{uuid.uuid4().hex[:12]}"
+    spread = images[::max(1, len(images) // _CHECK_INPUTS)][:_CHECK_INPUTS] + images[-1:]
+    paths = sorted({i.path for i in spread})
+    args = (paths, cfg.input.storage_options, out_dir, cfg.output.storage_options, probe)
+    if storage.is_url(out_dir):
+        cluster.check_on_workers(_worker_sees, *args)
+        return
+    marker = os.path.join(out_dir, probe)
+    with open(marker, "wb"):
+        pass
+    try:
+        cluster.check_on_workers(_worker_sees, *args)
+    finally:
+        os.unlink(marker)
+
+
+def _worker_sees(paths: list[str], in_options: dict | None, out_dir: str,
+                 out_options: dict | None, probe: str) -> list[str]:
+    problems = []
+    for path in paths:
+        try:
+            if storage.is_url(path):
+                storage.open_read(path, in_options).read(1)
+            else:
+                with open(path, "rb") as handle:
+                    handle.read(1)
+        except (OSError, StorageError, ConfigError) as exc:
+            problems.append(f"cannot read input {path} ({getattr(exc, 'strerror', None) or exc})")
+    mine = f"{probe}-{uuid.uuid4().hex[:8]}"
+    if storage.is_url(out_dir):
+        try:
+            storage.check_writable(out_dir, out_options, mine)
+        except (OSError, StorageError, ConfigError) as exc:
+            problems.append(f"cannot write to output.dir {out_dir} ({exc})")
+        return problems
+    if not os.path.exists(os.path.join(out_dir, probe)):
+        return problems + [f"output.dir {out_dir}: not the folder the client made (no "
+                           f"{probe} in it)"]
+    try:
+        with open(os.path.join(out_dir, mine), "wb"):
+            pass
+        os.unlink(os.path.join(out_dir, mine))
+    except OSError as exc:
+        problems.append(f"cannot write to output.dir {out_dir} ({exc.strerror or exc})")
+    return problems
+
+
 def _write_html(state: _State) -> None:
     """report.html next to report.json; a failure here never hides the run's own outcome."""
     clock = time.perf_counter()
     try:
-        doc = write.read_json(os.path.join(state.out_dir, MODEL))
-        report.write_html(state.out_dir, state.report(), doc if isinstance(doc, dict) else None)
+        options = state.cfg.output.storage_options
+        doc = write.read_json(os.path.join(state.out_dir, MODEL), options)
+        report.write_html(state.out_dir, state.report(), doc if isinstance(doc, dict) else None,
+                          options)
     except Exception as exc:  # noqa: BLE001 - the page is a view; the run's result stands
         log.error("could not write %s: %s", report.HTML, exc)
     state.timings["report"] = time.perf_counter() - clock
 
 
-def _save_quietly(state: _State) -> None:
+def _save_quietly(state: _State) -> bool:
     try:
         state.save(final=True)
     except OutputError as exc:  # the disk is still full: the CLI reports the first error
         log.error("%s", exc)
+        return False
+    return True
 
 
 def _mark_lost(state: _State) -> None:
     """After an output failure, say which finished images no longer have all their files."""
+    if storage.is_url(state.out_dir):
+        return  # a stored object stays; nothing to check again over a failing connection
     for record in state.records:
         if record["status"] == "ok" and not write.outputs_complete(state.out_dir,
                                                                    record["outputs"]):
@@ -218,20 +320,24 @@ def _mark_lost(state: _State) -> None:
 
 def _prepare_output(cfg: JobConfig) -> dict | None:
     """Create the output folder, apply ``if_exists``; returns the previous report, if reusable."""
-    out_dir = cfg.output.dir
+    out_dir, options = cfg.output.dir, cfg.output.storage_options
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, f"{write.TEMP_PREFIX}probe")
-        with open(probe, "wb"):
-            pass
-        os.unlink(probe)
-    except OSError as exc:
+        if storage.is_url(out_dir):
+            storage.check_writable(out_dir, options, f"{write.TEMP_PREFIX}probe")
+        else:
+            os.makedirs(out_dir, exist_ok=True)
+            probe = os.path.join(out_dir, f"{write.TEMP_PREFIX}probe")
+            with open(probe, "wb"):
+                pass
+            os.unlink(probe)
+    except (OSError, StorageError) as exc:
         raise ConfigError(f"output.dir: cannot write to {out_dir!r} "
-                          f"({exc.strerror or exc}); choose a writable folder") from exc
+                          f"({getattr(exc, 'strerror', None) or exc}); choose a writable "
+                          "folder") from exc
     write.remove_temp_files(out_dir)
-    previous = write.read_json(os.path.join(out_dir, REPORT))
+    previous = write.read_json(os.path.join(out_dir, REPORT), options)
     has_outputs = previous is not None or any(
-        os.path.exists(os.path.join(out_dir, d)) for d in (*write.SUBDIRS, MODEL))
+        storage.exists(os.path.join(out_dir, d), options) for d in (*write.SUBDIRS, MODEL))
     policy = cfg.output.if_exists
     if policy == "fail" and has_outputs:
         raise ConfigError(f"output.dir: {out_dir!r} already holds outputs; set "
@@ -250,10 +356,12 @@ def _resume(state: _State, previous: dict | None, images: list[read.ImageInfo]) 
         return
     done = {r.get("path"): r for r in previous.get("images", [])
             if r.get("status") == "ok" and r.get("outputs") is not None}
+    # On object storage, the sizes of every object from one listing.
+    sizes = write.output_sizes(state.out_dir, state.cfg.output.storage_options) if done else None
     for record, info in zip(state.records, images):
         old = done.get(info.path)
         if (old and old.get("name") == info.name
-                and write.outputs_complete(state.out_dir, old["outputs"])):
+                and write.outputs_complete(state.out_dir, old["outputs"], sizes)):
             record.update({k: old.get(k) for k in ("outputs", "counts", "inertia", "palette",
                                                    "finished", "seconds")})
             record.update(status="ok", resumed=True)
@@ -310,7 +418,8 @@ def _run_collection(state: _State, images: list[read.ImageInfo], previous: dict 
     km, space = cfg.kmeans, cfg.preprocess.color_space
     weight = cfg.preprocess.spatial_weight
     clock = time.perf_counter()
-    saved = write.read_json(os.path.join(state.out_dir, MODEL)) if previous else None
+    saved = write.read_json(os.path.join(state.out_dir, MODEL),
+                            cfg.output.storage_options) if previous else None
     init = state.init
     if saved and saved.get("job_hash") == cfg.job_hash() and "centroids_working" in saved:
         steps = [kmeans.Step(**step) for step in saved.get("history", [])]
@@ -331,6 +440,7 @@ def _run_collection(state: _State, images: list[read.ImageInfo], previous: dict 
         km = _choose_k(state, sample)
         clock = time.perf_counter()
         pixels = read.pixel_array(good, cfg.dask.chunk_pixels) if km.algorithm == "lloyd" else None
+        progress.phase("fit", len(good), sum(i.n_pixels for i in good))
         result = fit.fit_features(sample, km, init) if weight > 0 else \
             fit.fit_collection(sample, pixels, km, space, init, _persist(cfg, good))
         if km.k != cfg.kmeans.k:  # chosen by k: auto: how the final palette does
@@ -353,7 +463,8 @@ def _run_collection(state: _State, images: list[read.ImageInfo], previous: dict 
     _compute_images(state, groups, tasks, progress, "segment")
     state.timings["segment"] = time.perf_counter() - clock
     doc = _save_model(state, result, palette, None)
-    report.write_palette_files(state.out_dir, palette, doc["counts"], cfg.source)
+    report.write_palette_files(state.out_dir, palette, doc["counts"], cfg.source,
+                               cfg.output.storage_options)
 
 
 def _choose_k(state: _State, sample: np.ndarray) -> KMeansConfig:
@@ -502,7 +613,8 @@ def _save_model(state: _State, result: fit.FitResult, palette: np.ndarray,
                                cfg.preprocess.spatial_weight)
     if state.extra.get("auto_k"):
         doc["auto_k"] = state.extra["auto_k"]
-    _write_json(os.path.join(state.out_dir, MODEL), doc)
+    _write_json(os.path.join(state.out_dir, MODEL), doc,
+                storage_options=cfg.output.storage_options)
     return doc
 
 
@@ -684,13 +796,15 @@ def _write_thumbs(out_dir: str, info: read.ImageInfo, pixels: np.ndarray, labels
                   palette: np.ndarray, out: OutputConfig) -> tuple[list, float]:
     """The report's thumbnails, made from the pixels this task already holds."""
     started = time.perf_counter()
-    if not os.path.isdir(out_dir):  # write_thumbnails would create it again
+    if not storage.is_url(out_dir) and not os.path.isdir(out_dir):  # would be created again
         raise OutputError(f"the output folder {out_dir!r} was removed during the run (while "
                           f"writing the outputs of {info.path}); stopped; rerun to write them "
                           "again")
     try:
         files = report.write_thumbnails(out_dir, info.name, pixels, labels, palette,
-                                        out.png_compression)
+                                        out.png_compression, out.storage_options)
+    except StorageError as exc:
+        raise OutputError(str(exc)) from exc  # it names the object and says what to do
     except OSError as exc:
         raise OutputError(f"cannot write the thumbnails of {info.path} to {out_dir!r} "
                           f"({exc.strerror or exc}); free space or fix the folder, then "
@@ -702,8 +816,10 @@ def _write_outputs(out_dir: str, info: read.ImageInfo, labels: np.ndarray, palet
                    out: OutputConfig) -> dict:
     try:
         return write.write_image_outputs(out_dir, info.name, labels, palette, out)
+    except StorageError as exc:
+        raise OutputError(str(exc)) from exc  # it names the object and says what to do
     except OSError as exc:
-        if not os.path.isdir(out_dir):
+        if not storage.is_url(out_dir) and not os.path.isdir(out_dir):
             raise OutputError(f"the output folder {out_dir!r} was removed during the run "
                               f"(while writing the outputs of {info.path}); stopped; rerun "
                               "to write them again") from exc

@@ -25,8 +25,9 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from pipeline import segment
+from pipeline import segment, storage
 from pipeline.config import OutputConfig
+from pipeline.errors import StorageError
 
 TEMP_PREFIX = ".tmp-"
 SUBDIRS = ("segmented", "labels", "masks")
@@ -37,8 +38,10 @@ _BAND_BYTES = 1 << 20  # rows are filtered and compressed about this many bytes 
 
 
 def atomic_write(path: str, write: Callable[[io.BufferedWriter], None],
-                 make_folder: bool = True) -> int:
-    """Write a file through ``write(handle)`` under a hidden temporary name, then rename it.
+                 make_folder: bool = True, storage_options: dict | None = None) -> int:
+    """Write a file through ``write(handle)`` under a hidden temporary name, then rename it;
+    an object (``path`` is a URL) is written to memory, then stored with one PUT, so it
+    appears only when complete.
 
     ``make_folder=False``: the folder must exist (it is not created again if it was removed).
 
@@ -47,6 +50,12 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None],
     int
         The size of the written file in bytes.
     """
+    if storage.is_url(path):
+        buffer = io.BytesIO()
+        write(buffer)
+        data = buffer.getvalue()
+        storage.put_bytes(path, data, storage_options)
+        return len(data)
     folder, base = os.path.split(path)
     if make_folder:
         os.makedirs(folder, exist_ok=True)
@@ -65,10 +74,12 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None],
     return size
 
 
-def write_json(path: str, data: Any, make_folder: bool = True) -> int:
+def write_json(path: str, data: Any, make_folder: bool = True,
+               storage_options: dict | None = None) -> int:
     """Write ``data`` as indented JSON, atomically."""
     text = json.dumps(data, indent=2, sort_keys=False, default=_json_default).encode()
-    return atomic_write(path, lambda handle: handle.write(text + b"\n"), make_folder)
+    return atomic_write(path, lambda handle: handle.write(text + b"\n"), make_folder,
+                        storage_options)
 
 
 def _json_default(value: Any) -> Any:
@@ -84,11 +95,11 @@ def _json_default(value: Any) -> Any:
 
 
 def write_png(path: str, image: Image.Image, compress_level: int,
-              make_folder: bool = True) -> int:
+              make_folder: bool = True, storage_options: dict | None = None) -> int:
     """Encode one PNG atomically; returns its size in bytes."""
     return atomic_write(path, lambda handle: image.save(handle, format="PNG",
                                                         compress_level=compress_level),
-                        make_folder)
+                        make_folder, storage_options)
 
 
 def deflate_rows(rows: np.ndarray, level: int) -> bytes:
@@ -122,8 +133,8 @@ def deflate_rows(rows: np.ndarray, level: int) -> bytes:
 
 
 def write_png_data(path: str, width: int, height: int, bit_depth: int, colour_type: int,
-                   data: bytes, palette: np.ndarray | None = None,
-                   make_folder: bool = True) -> int:
+                   data: bytes, palette: np.ndarray | None = None, make_folder: bool = True,
+                   storage_options: dict | None = None) -> int:
     """Write a PNG from image data made by `deflate_rows`, atomically; returns its size.
 
     ``palette`` (n, 3) uint8 is required for colour type 3 (indexed).
@@ -140,7 +151,7 @@ def write_png_data(path: str, width: int, height: int, bit_depth: int, colour_ty
             _write_chunk(handle, b"IDAT", view[start:start + _IDAT_MAX])
         _write_chunk(handle, b"IEND", b"")
 
-    return atomic_write(path, write, make_folder)
+    return atomic_write(path, write, make_folder, storage_options)
 
 
 def _write_chunk(handle: io.BufferedWriter, kind: bytes, data: bytes | memoryview) -> None:
@@ -188,7 +199,7 @@ def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np
         path = _join(out_dir, rel)
         _make_folders(out_dir, os.path.dirname(rel))
         size = write_png_data(path, width, height, depth, colour_type, data, colours,
-                              make_folder=False)
+                              False, cfg.storage_options)
         files.setdefault(kind, []).append([rel, size])
         written.append(path)
 
@@ -215,15 +226,21 @@ def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np
     except BaseException:
         for path in written:
             try:
-                os.unlink(path)
-            except OSError:
+                if storage.is_url(path):
+                    storage.remove(path, cfg.storage_options, attempts=1)
+                else:
+                    os.unlink(path)
+            except (OSError, StorageError):
                 pass
         raise
     return files
 
 
 def _make_folders(out_dir: str, rel_folder: str) -> None:
-    """Create ``rel_folder`` below ``out_dir``, which must still exist."""
+    """Create ``rel_folder`` below ``out_dir``, which must still exist (object storage has
+    no folders)."""
+    if storage.is_url(out_dir):
+        return
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(errno.ENOENT, "the output folder was removed", out_dir)
     folder = out_dir
@@ -234,23 +251,40 @@ def _make_folders(out_dir: str, rel_folder: str) -> None:
         except FileExistsError:
             pass
 def _join(out_dir: str, rel: str) -> str:
-    return os.path.join(out_dir, *rel.split("/"))
+    return storage.join(out_dir, rel)
 
 
-def outputs_complete(out_dir: str, files: dict[str, list]) -> bool:
-    """Whether every file a report entry lists exists with the size it recorded."""
+def outputs_complete(out_dir: str, files: dict[str, list],
+                     sizes: dict[str, int] | None = None) -> bool:
+    """Whether every file a report entry lists exists with the size it recorded.
+
+    ``sizes`` (relative path -> size, from `output_sizes`) replaces a stat per file.
+    """
     for entries in files.values():
         for rel, size in entries:
             try:
-                if os.path.getsize(_join(out_dir, rel)) != size:
-                    return False
+                found = sizes.get(rel) if sizes is not None else os.path.getsize(
+                    _join(out_dir, rel))
             except OSError:
+                return False
+            if found != size:
                 return False
     return True
 
 
+def output_sizes(out_dir: str, storage_options: dict | None) -> dict[str, int] | None:
+    """For object storage, every object's size under ``out_dir`` from one listing (a request
+    per file would be slow); None for a local folder, where a stat per file is cheap."""
+    if not storage.is_url(out_dir):
+        return None
+    return storage.sizes(out_dir, storage_options)
+
+
 def remove_temp_files(out_dir: str) -> int:
-    """Delete temporary files a killed run left behind; returns how many."""
+    """Delete temporary files a killed run left behind; returns how many.  Object storage
+    has none: an object is written with one PUT, never under a temporary name."""
+    if storage.is_url(out_dir):
+        return 0
     removed = 0
     for folder, _, names in os.walk(out_dir):
         for name in names:
@@ -263,10 +297,20 @@ def remove_temp_files(out_dir: str) -> int:
     return removed
 
 
-def read_json(path: str) -> Any:
-    """A JSON file's content, or None when it is missing or not valid JSON."""
+def read_json(path: str, storage_options: dict | None = None) -> Any:
+    """A JSON file's content, or None when it is missing or not valid JSON.
+
+    Raises
+    ------
+    StorageError
+        An object store could not be reached (missing and unreachable differ there).
+    """
     try:
+        if storage.is_url(path):
+            return json.loads(storage.read_bytes(path, storage_options))
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
+    except StorageError:
+        raise
     except (OSError, ValueError):
         return None

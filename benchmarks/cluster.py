@@ -1,0 +1,245 @@
+"""Cluster figures for the README: graph size, client and worker peak memory, a worker killed.
+
+Runs real `dask scheduler` / `dask worker` processes on 127.0.0.1 (the launcher the cluster
+tests use) and the pipeline against them.  Not part of the test suite: it takes minutes.
+
+    python benchmarks/cluster.py all            # or: graph | client | worker | kill
+    python benchmarks/cluster.py worker --images 90 --side 2560 --memory-limit 400MiB
+
+Figures are printed as one line each; the work folder (default: a temporary one) keeps the
+images, outputs and process logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+import yaml
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+from test_cluster import DaskProcesses, wait_until  # noqa: E402  (the tests' launcher)
+
+
+def gradient(side: int, seed: int) -> np.ndarray:
+    """Smooth colour ramps with noise (a photo-like spread of colours)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    a, b, c = rng.uniform(0.5, 3.0, 3)
+    image = np.stack([255 * x, 255 * y, 127 + 120 * np.sin(a * x + b * y + c)], axis=-1)
+    image += rng.normal(0, 4, image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_images(folder: str, n: int, side: int, fmt: str = "png") -> str:
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        path = os.path.join(folder, f"photo_{i:05d}.{fmt}")
+        if not os.path.exists(path):
+            Image.fromarray(gradient(side, i)).save(path, quality=92) if fmt == "jpg" else \
+                Image.fromarray(gradient(side, i)).save(path, compress_level=1)
+    return folder
+
+
+def write_job(folder: str, images: str, **sections) -> str:
+    job = {"input": {"paths": [images]}, "kmeans": {"k": 8, "seed": 0},
+           "output": {"dir": "out", "masks": False, "if_exists": "overwrite"}}
+    for name, values in sections.items():
+        job.setdefault(name, {}).update(values)
+    path = os.path.join(folder, "job.yaml")
+    with open(path, "w") as handle:
+        yaml.safe_dump(job, handle)
+    return path
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline", *args]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def graph_bytes(work: str, n_images: int) -> None:
+    """Bytes of every graph the client sends, for a collection of ``n_images`` images."""
+    import distributed.client
+
+    from pipeline.cli import main
+
+    sent: list[int] = []
+    serialize = distributed.client.serialize
+
+    def counting(*args, **kwargs):
+        header, frames = serialize(*args, **kwargs)
+        sent.append(len(json.dumps(header, default=str)) + sum(len(memoryview(f).cast("B"))
+                                                               for f in frames))
+        return header, frames
+
+    distributed.client.serialize = counting
+    images = make_images(os.path.join(work, f"graph-{n_images}", "images"), n_images, 8)
+    cluster = DaskProcesses(os.path.join(work, f"graph-{n_images}", "dask"), n_workers=2)
+    try:
+        for algorithm in ("minibatch", "lloyd"):
+            sent.clear()
+            job = write_job(os.path.dirname(images), images,
+                            kmeans={"algorithm": algorithm, "max_iter": 3, "tol": 0.0})
+            assert main(["run", job, "-q", "--scheduler", cluster.address]) == 0
+            print(f"graph, {n_images} images, {algorithm}: graphs sent "
+                  f"{[round(s / 1024, 1) for s in sent]} KiB; largest "
+                  f"{max(sent) / n_images:.0f} bytes per image")
+    finally:
+        distributed.client.serialize = serialize
+        cluster.close()
+
+
+def _peak_rss_of(argv: list[str]) -> tuple[int, float, int]:
+    """Run ``argv`` in a fresh process; its peak RSS in bytes, seconds, exit status."""
+    code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+            "rc = subprocess.run(sys.argv[1:]).returncode; "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+            "time.perf_counter() - t, rc)")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return int(out[0]) * 1024, float(out[1]), int(out[2])
+
+
+def client_memory(work: str) -> None:
+    """Client peak RSS as the collection grows in pixels and in images."""
+    cluster = DaskProcesses(os.path.join(work, "client", "dask"), n_workers=2,
+                            memory_limit="2GiB")
+    try:
+        for n, side in ((200, 128), (200, 1024), (2000, 128)):
+            folder = os.path.join(work, "client", f"{n}x{side}")
+            images = make_images(os.path.join(folder, "images"), n, side)
+            job = write_job(folder, images)
+            rss, seconds, rc = _peak_rss_of(cli("run", job, "-q", "--scheduler",
+                                                cluster.address))
+            print(f"client peak RSS, {n} images of {side}x{side} "
+                  f"({n * side * side / 1e6:.0f} Mpx): {rss / 2**20:.0f} MiB "
+                  f"({seconds:.1f} s, exit {rc})")
+    finally:
+        cluster.close()
+
+
+class _PeakRSS(threading.Thread):
+    """Polls the RSS of some processes every 20 ms and keeps the highest of each."""
+
+    def __init__(self, pids: list[int]):
+        super().__init__(daemon=True)
+        self.procs = [psutil.Process(pid) for pid in pids]
+        self.peak = {pid: 0 for pid in pids}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.02):
+            for proc in self.procs:
+                try:
+                    self.peak[proc.pid] = max(self.peak[proc.pid], proc.memory_info().rss)
+                except psutil.Error:
+                    pass
+
+
+def worker_memory(work: str, n_images: int, side: int, memory_limit: str,
+                  persist: str) -> None:
+    """Worker peak RSS for a collection several times larger than the workers' memory."""
+    from dask.utils import parse_bytes
+
+    folder = os.path.join(work, "worker")
+    images = make_images(os.path.join(folder, "images"), n_images, side, "jpg")
+    decoded = n_images * side * side * 3
+    cluster = DaskProcesses(os.path.join(folder, "dask"), n_workers=1,
+                            memory_limit=memory_limit)
+    try:
+        job = write_job(folder, images, kmeans={"algorithm": "lloyd", "max_iter": 3,
+                                                "tol": 0.0},
+                        dask={"persist": persist})
+        watch = _PeakRSS(list(cluster.worker_pids().values()))
+        watch.start()
+        started = time.perf_counter()
+        done = subprocess.run(cli("run", job, "-q", "--json", "--scheduler", cluster.address),
+                              capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        watch.stop.set()
+        watch.join()
+        limit = parse_bytes(memory_limit)
+        summary = done.stdout.strip() or done.stderr.strip()
+        print(f"worker peak RSS, persist {persist}: {max(watch.peak.values()) / 2**20:.0f} MiB "
+              f"with memory_limit {memory_limit}, for {n_images} images of {side}x{side} = "
+              f"{decoded / 2**30:.2f} GiB decoded ({decoded / limit:.1f}x the limit); "
+              f"lloyd, 3 passes; {seconds:.0f} s, exit {done.returncode}: {summary}")
+    finally:
+        cluster.close()
+
+
+def killed_worker(work: str, n_images: int, side: int) -> None:
+    """Time to complete with one of 2 workers SIGKILLed halfway, against an undisturbed run."""
+    folder = os.path.join(work, "kill")
+    images = make_images(os.path.join(folder, "images"), n_images, side)
+    cluster = DaskProcesses(os.path.join(folder, "dask"), n_workers=2, memory_limit="2GiB")
+    report = os.path.join(folder, "out", "report.json")
+    try:
+        # A small sample keeps the client-side fit short: the segment phase is what is disturbed.
+        job = write_job(folder, images, output={"masks": True},
+                        kmeans={"sample_pixels": 65536})
+        times: dict[str, list[float]] = {"undisturbed": [], "worker killed": []}
+        for attempt in ("warm-up", *times, *times, *times):
+            cluster.wait_for_workers(2)
+            victim = min(cluster.worker_pids().items())
+            started = time.perf_counter()
+            proc = subprocess.Popen(cli("run", job, "-q", "--scheduler", cluster.address))
+            if attempt == "worker killed":
+                wait_until(lambda: _ok(report) >= n_images // 2, "half the images", every=0.01)
+                cluster.kill_worker(*victim)
+            rc = proc.wait()
+            assert rc == 0, f"{attempt}: exit {rc}"
+            if attempt != "warm-up":
+                times[attempt].append(time.perf_counter() - started)
+        for attempt, seconds in times.items():
+            print(f"{attempt}: {n_images} images of {side}x{side} on 2 workers: median "
+                  f"{np.median(seconds):.1f} s of {[round(t, 1) for t in seconds]}")
+    finally:
+        cluster.close()
+
+
+def _ok(report: str) -> int:
+    try:
+        with open(report) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return 0
+    return data.get("totals", {}).get("ok", 0) if data.get("status") == "running" else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=("all", "graph", "client", "worker", "kill"))
+    parser.add_argument("--work", help="work folder (default: a new temporary one)")
+    parser.add_argument("--images", type=int, default=90, help="worker: number of images")
+    parser.add_argument("--side", type=int, default=2560, help="worker: image side in pixels")
+    parser.add_argument("--memory-limit", default="400MiB", help="worker: its memory_limit")
+    parser.add_argument("--persist", default="never", help="worker: dask.persist")
+    args = parser.parse_args()
+    work = args.work or tempfile.mkdtemp(prefix="kmeans-cluster-bench-")
+    print(f"work folder: {work}; {os.cpu_count()} CPUs")
+    if args.part in ("all", "graph"):
+        graph_bytes(work, 1000)
+    if args.part in ("all", "client"):
+        client_memory(work)
+    if args.part in ("all", "kill"):
+        killed_worker(work, 96, 512)
+    if args.part in ("all", "worker"):
+        worker_memory(work, args.images, args.side, args.memory_limit, args.persist)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""Where paths point: a local file or an object in a store (s3://, gs://, az://, http(s)://).
+
+Local paths use the standard library exactly as before; URLs go through fsspec, whose backend
+(s3fs, gcsfs, adlfs, aiohttp) is an optional extra.  Every remote call goes through `retry`:
+transient failures (connection reset or refused, timeouts, 5xx, throttling) are retried with
+exponential backoff a bounded number of times, on top of the backend's own retries, then raise
+`StorageError`; permanent ones (403, 404, no such bucket) are raised at once, as the
+``PermissionError`` / ``FileNotFoundError`` fsspec backends translate them to.
+
+Objects are written with one PUT of the complete bytes (`put_bytes`): a store shows an object
+only once its upload is complete, so no temporary name is needed.  Reads of headers are range
+reads (`open_read`); decoding fetches the whole object once (`read_bytes`).
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import io
+import logging
+import os
+import posixpath
+import re
+import time
+from typing import Any, Callable, TypeVar
+
+from pipeline.errors import ConfigError, StorageError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ATTEMPTS = 4  # tries of one remote call: the first plus 3 retries
+FIRST_DELAY = 0.5  # seconds before the first retry; doubled for each next one
+HEADER_BLOCK = 1 << 16  # bytes per range read: most image headers fit in the first one
+_GLOB_CHARS = re.compile(r"[*?\[]")
+# protocol -> (module the fsspec backend needs, our extra that installs it)
+_BACKENDS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"),
+             "gcs": ("gcsfs", "gcs"), "az": ("adlfs", "azure"), "abfs": ("adlfs", "azure"),
+             "abfss": ("adlfs", "azure"), "http": ("aiohttp", "http"),
+             "https": ("aiohttp", "http")}
+_READ_ONLY = ("http", "https")
+# Exception class names (anywhere in the MRO) of transient network failures in the backends:
+# botocore, aiohttp, fsspec, google-auth/requests, azure-core; matched by name so that none of
+# them has to be imported.
+_TRANSIENT_NAMES = frozenset({
+    "ConnectionError", "HTTPClientError", "EndpointConnectionError", "ConnectionClosedError",
+    "ReadTimeoutError", "ConnectTimeoutError", "ClientConnectionError", "ClientPayloadError",
+    "ServerDisconnectedError", "IncompleteRead", "ResponseParserError", "FSTimeoutError",
+    "ServiceRequestError", "ServiceResponseError", "TransportError", "ChunkedEncodingError"})
+_TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET,
+                               errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE,
+                               getattr(errno, "EREMOTEIO", errno.EIO)})
+
+
+def is_url(path: str) -> bool:
+    """Whether ``path`` names an object through a protocol (``s3://b/k``) instead of a file."""
+    return "://" in path
+
+
+def protocol(url: str) -> str:
+    return url.split("://", 1)[0].lower()
+
+
+def backend_problem(url: str) -> str | None:
+    """Why ``url`` cannot be used here (its backend is not installed), or None."""
+    scheme = protocol(url)
+    if scheme in _BACKENDS:
+        module, extra = _BACKENDS[scheme]
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return (f"{url!r} needs the {scheme}:// backend, which is not installed: "
+                    f"pip install 'kmeans-pipeline[{extra}]'")
+        return None
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError) as exc:
+        return f"{url!r}: protocol {scheme}:// is not usable ({str(exc).splitlines()[0]})"
+    return None
+
+
+def is_read_only(url: str) -> bool:
+    return protocol(url) in _READ_ONLY
+
+
+def filesystem(url: str, options: dict | None) -> tuple[Any, str]:
+    """The fsspec filesystem for ``url`` built from ``storage_options``, and the path in it.
+
+    Raises
+    ------
+    ConfigError
+        The backend is not installed, or it rejects the storage options.
+    """
+    problem = backend_problem(url)
+    if problem:
+        raise ConfigError(problem)
+    from fsspec.core import url_to_fs
+
+    try:
+        return url_to_fs(url, **(options or {}))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{url!r}: storage_options not accepted by the {protocol(url)}:// "
+                          f"backend ({str(exc).splitlines()[0]})") from exc
+
+
+def join(base: str, rel: str) -> str:
+    """``base`` (a folder or URL prefix) joined with a ``/``-separated relative path."""
+    if is_url(base):
+        return base.rstrip("/") + "/" + rel
+    return os.path.join(base, *rel.split("/"))
+
+
+def canonical(path: str) -> str:
+    """One spelling per file or object (to find duplicates and the output folder)."""
+    return path.rstrip("/") if is_url(path) else os.path.realpath(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Retries
+
+
+def retry(call: Callable[[], T], url: str, what: str = "access", attempts: int = 0) -> T:
+    """``call()``, retried with backoff while it fails transiently (`ATTEMPTS` tries in all,
+    or ``attempts``).
+
+    Raises
+    ------
+    StorageError
+        Still failing transiently after `ATTEMPTS` tries.
+    OSError
+        A permanent failure, at once (FileNotFoundError, PermissionError...); an exception
+        of a backend that is no OSError is raised as an OSError carrying its message.
+    """
+    attempts = attempts or ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except StorageError:
+            raise
+        except Exception as exc:
+            if not is_transient(exc):
+                permanent = _permanent(exc)
+                if permanent is exc:
+                    raise
+                raise permanent from exc
+            if attempt == attempts:
+                raise StorageError(f"{url}: object store unreachable: {what} failed after "
+                                   f"{attempts} attempts ({describe(exc)}); check the network "
+                                   "and the endpoint, then rerun with output.if_exists: resume"
+                                   ) from exc
+            delay = FIRST_DELAY * 2 ** (attempt - 1)
+            log.warning("%s: %s failed (%s); retry %d of %d in %.1f s", url, what,
+                        describe(exc), attempt, attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying ``exc`` may succeed: network trouble, 5xx, 408/429, throttling."""
+    if isinstance(exc, FileNotFoundError) and exc.__cause__ is not None:
+        return is_transient(exc.__cause__)  # fsspec's HTTP stat turns every failure into this
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError,
+                        NotADirectoryError, FileExistsError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    status = _http_status(exc)
+    if status is not None:
+        return status >= 500 or status in (408, 429)
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True  # s3fs: 500/InternalError -> EREMOTEIO; 503/SlowDown -> EBUSY
+    return any(cls.__name__ in _TRANSIENT_NAMES for cls in type(exc).__mro__)
+
+
+def _permanent(exc: Exception) -> OSError:
+    """``exc`` as the OSError a caller handles: 401/403 as PermissionError, a backend's own
+    exception type as a plain OSError carrying its message."""
+    cause = exc.__cause__ if isinstance(exc, FileNotFoundError) and exc.__cause__ else exc
+    status = _http_status(cause)
+    if status in (401, 403):
+        return PermissionError(errno.EACCES, f"access denied (HTTP {status})")
+    return exc if isinstance(exc, OSError) else OSError(describe(exc))
+
+
+def _http_status(exc: BaseException) -> int | None:
+    for attr in ("status", "status_code", "code"):  # aiohttp, azure-core, gcsfs
+        value = getattr(exc, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value < 600:
+            return value
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def stat(path: str, options: dict | None) -> tuple[int, int]:
+    """(size in bytes, modification time in ns; 0 when the store gives none)."""
+    if not is_url(path):
+        result = os.stat(path)
+        return result.st_size, result.st_mtime_ns
+    fs, inner = filesystem(path, options)
+    info = retry(lambda: fs.info(inner), path, "stat")
+    if info.get("type", "file") != "file":
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not an object", path)
+    return int(info.get("size") or 0), _mtime_ns(info)
+
+
+def _mtime_ns(info: dict) -> int:
+    for key in ("LastModified", "last_modified", "mtime", "updated"):
+        value = info.get(key)
+        if hasattr(value, "timestamp"):
+            return int(value.timestamp() * 1e9)
+        if isinstance(value, (int, float)):
+            return int(value * 1e9)
+    return 0
+
+
+def open_read(url: str, options: dict | None, size: int | None = None) -> io.BufferedReader:
+    """A seekable binary file over an object that fetches `HEADER_BLOCK` bytes per range read
+    (each retried), so reading a header transfers a block or two, not the object."""
+    fs, inner = filesystem(url, options)
+    if size is None:
+        size = stat(url, options)[0]
+    return io.BufferedReader(_RangeReader(fs, inner, url, size), buffer_size=HEADER_BLOCK)
+
+
+class _RangeReader(io.RawIOBase):
+    """Reads aligned blocks of `HEADER_BLOCK` bytes, one range GET each, and keeps the last
+    few: Pillow seeks back and forth in a header (TIFF IFDs, the end of the file)."""
+
+    _KEEP = 8
+
+    def __init__(self, fs: Any, inner: str, url: str, size: int):
+        self.fs, self.inner, self.url, self.size, self.pos = fs, inner, url, size, 0
+        self.name = url
+        self.blocks: dict[int, bytes] = {}
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        start = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, start + offset)
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        if self.pos >= self.size:
+            return 0
+        index, offset = divmod(self.pos, HEADER_BLOCK)
+        chunk = self._block(index)[offset:offset + len(buffer)]  # a short read ends a block
+        buffer[:len(chunk)] = chunk
+        self.pos += len(chunk)
+        return len(chunk)
+
+    def readall(self) -> bytes:
+        # Pillow reads WebP (and GIF frames) whole: the rest of the object in one GET.
+        start, self.pos = self.pos, max(self.pos, self.size)
+        return self._get(start, self.size) if start < self.size else b""
+
+    def _block(self, index: int) -> bytes:
+        if index not in self.blocks:
+            if len(self.blocks) >= self._KEEP:
+                self.blocks.pop(next(iter(self.blocks)))
+            start = index * HEADER_BLOCK
+            self.blocks[index] = self._get(start, min(start + HEADER_BLOCK, self.size))
+        return self.blocks[index]
+
+    def _get(self, start: int, end: int) -> bytes:
+        data = retry(lambda: self.fs.cat_file(self.inner, start=start, end=end), self.url,
+                     "read")
+        if len(data) > end - start:  # an HTTP server that ignores Range sends the whole object
+            data = data[start:end]
+        return data
+
+
+def read_bytes(url: str, options: dict | None) -> bytes:
+    """The whole object, in one GET (retried as a whole)."""
+    fs, inner = filesystem(url, options)
+    return retry(lambda: fs.cat_file(inner), url, "read")
+
+
+def exists(path: str, options: dict | None) -> bool:
+    if not is_url(path):
+        return os.path.exists(path)
+    fs, inner = filesystem(path, options)
+    fs.invalidate_cache(inner)
+    try:
+        retry(lambda: fs.info(inner), path, "stat")
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def sizes(root: str, options: dict | None) -> dict[str, int]:
+    """``/``-separated path relative to ``root`` -> size, for every object under ``root``,
+    from one listing (instead of one request per object)."""
+    fs, inner = filesystem(root, options)
+    inner = inner.rstrip("/")
+    fs.invalidate_cache(inner)
+    try:
+        found = retry(lambda: fs.find(inner, detail=True), root, "list")
+    except FileNotFoundError:
+        return {}
+    return {name[len(inner) + 1:]: int(info.get("size") or 0)
+            for name, info in found.items() if name.startswith(inner + "/")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing
+
+
+def expand(entry: str, options: dict | None, extensions: frozenset[str], ignored: list[str],
+           problems: list[str]) -> list[tuple[str, str]]:
+    """(URL, output name) for every object an ``input.paths`` URL names, like a local entry:
+    a glob, a folder (prefix, searched recursively) or one object.  http(s) URLs name one
+    object each (HTTP has no listing), so ``?`` in them is a query, not a wildcard."""
+    fs, inner = filesystem(entry, options)
+    try:
+        if not is_read_only(entry) and _GLOB_CHARS.search(inner):
+            return _expand_glob(fs, entry, inner)
+        try:
+            info = retry(lambda: fs.info(inner), entry, "stat")
+        except PermissionError:
+            info = {"type": "file"}  # reading it reports the denial, as for a broken file
+        if info.get("type") == "directory" and not is_read_only(entry):
+            return _expand_folder(fs, inner.rstrip("/"), extensions, ignored)
+        leaf = entry.split("?", 1)[0] if is_read_only(entry) else entry
+        return [(entry, _stem(posixpath.basename(leaf.rstrip("/"))))]
+    except FileNotFoundError:
+        why = "" if is_read_only(entry) else _missing_bucket(fs, inner)
+        problems.append(f"input.paths: {entry!r} does not exist{why}; check the URL")
+    except PermissionError as exc:
+        problems.append(f"input.paths: {entry!r}: access denied ({describe(exc)}); check the "
+                        "credentials (input.storage_options or the usual environment variables)")
+    except (OSError, StorageError) as exc:  # the store refuses, or cannot be reached
+        problems.append(f"input.paths: {entry!r}: cannot list ({describe(exc)})")
+    return []
+
+
+def _expand_glob(fs: Any, entry: str, pattern: str) -> list[tuple[str, str]]:
+    head = _GLOB_CHARS.split(pattern, maxsplit=1)[0]
+    base = head.rstrip("/") if head.endswith("/") else posixpath.dirname(head)
+    found = retry(lambda: fs.glob(pattern, detail=True), entry, "list")
+    if not found:
+        retry(lambda: fs.info(pattern.split("/", 1)[0]), entry, "stat")  # the bucket exists?
+    files = sorted(name for name, info in found.items()
+                   if info.get("type") == "file" and not _hidden(name, base))
+    return [(fs.unstrip_protocol(name), _stem(_relative(name, base))) for name in files]
+
+
+def _expand_folder(fs: Any, root: str, extensions: frozenset[str],
+                   ignored: list[str]) -> list[tuple[str, str]]:
+    found = retry(lambda: fs.find(root, detail=True), fs.unstrip_protocol(root), "list")
+    out = []
+    for name in sorted(found):
+        if found[name].get("type", "file") != "file" or _hidden(name, root):
+            continue
+        if posixpath.splitext(name)[1].lower() in extensions:
+            out.append((fs.unstrip_protocol(name), _stem(_relative(name, root))))
+        else:
+            ignored.append(fs.unstrip_protocol(name))
+    return out
+
+
+def _relative(name: str, base: str) -> str:
+    return name[len(base):].lstrip("/") if base and name.startswith(base) else name
+
+
+def _hidden(name: str, base: str) -> bool:
+    return any(part.startswith(".") for part in _relative(name, base).split("/"))
+
+
+def _stem(rel: str) -> str:
+    return posixpath.splitext(rel)[0]
+
+
+def _missing_bucket(fs: Any, inner: str) -> str:
+    bucket = inner.split("/", 1)[0]
+    if bucket == inner.rstrip("/"):
+        return ""
+    try:
+        fs.info(bucket)
+    except FileNotFoundError:
+        return f" (bucket {bucket!r} does not exist)"
+    except Exception:  # only improves the message
+        pass
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def put_bytes(url: str, data: bytes, options: dict | None) -> None:
+    """Store ``data`` as one object with one PUT (retried as a whole): it appears complete or
+    not at all."""
+    fs, inner = filesystem(url, options)
+    retry(lambda: fs.pipe_file(inner, data), url, "write")
+
+
+def remove(url: str, options: dict | None, attempts: int = 0) -> None:
+    fs, inner = filesystem(url, options)
+    try:
+        retry(lambda: fs.rm_file(inner), url, "delete", attempts)
+    except FileNotFoundError:
+        pass
+
+
+def check_writable(url: str, options: dict | None, probe: str) -> None:
+    """Write and delete a probe object under ``url``: fails early (no such bucket, access
+    denied, store unreachable) before any work starts."""
+    target = join(url, probe)
+    put_bytes(target, b"", options)
+    remove(target, options)
