@@ -154,6 +154,9 @@ def _iterate(points: _Points, cfg: KMeansConfig, centroids: np.ndarray, tol_abs:
 
 
 def _warn_degenerate(result: FitResult, n_distinct: int, n_clusters: int) -> None:
+    if n_clusters == 1 and n_distinct > 1:
+        result.warnings.append(f"k=1: all {n_distinct} distinct colours are painted with their "
+                               "mean; raise kmeans.k to segment")
     if n_distinct < n_clusters:
         result.warnings.append(f"found {n_distinct} distinct colour(s), fewer than k={n_clusters}; "
                                f"{n_clusters - n_distinct} cluster(s) will stay empty")

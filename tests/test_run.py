@@ -122,6 +122,8 @@ def test_k_larger_than_distinct_colours_and_k_one_give_valid_results(tmp_path, c
     job1 = write_job(tmp_path, kmeans={"k": 1}, output={"dir": "out1"})
     assert _run(job1) == 0
     doc1 = json.loads((tmp_path / "out1" / "model.json").read_text())
+    report1 = json.loads((tmp_path / "out1" / "report.json").read_text())
+    assert any(w.startswith("k=1: all ") for w in report1["warnings"])
     assert doc1["counts"] == [sum(l.size for l in collection[1].values())]
 
 
