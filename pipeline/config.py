@@ -214,6 +214,12 @@ def _str_list(value: Any) -> str | None:
     return None if ok else "must be a list of non-empty strings"
 
 
+def _path_list(value: Any) -> str | None:
+    if value == []:
+        return "must list at least one file, folder or glob"
+    return _str_list(value)
+
+
 def _k(value: Any) -> str | None:
     if value == AUTO_K or _int(1, MAX_K)(value) is None:
         return None
@@ -239,23 +245,28 @@ def _is_address(value: str) -> bool:
     return False
 
 
+# A worker below this cannot hold one decoded photo and its colour table; dask then pauses
+# or kills it and the run fails with a misleading "lost the scheduler".
+_MIN_WORKER_MEMORY = 64 * 2**20
+
+
 def _memory(value: Any) -> str | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= _MIN_WORKER_MEMORY:
         return None
     if isinstance(value, str) and value:
         try:
             from dask.utils import parse_bytes  # a pure function; no scheduler involved
 
-            if value == "auto" or parse_bytes(value) > 0:
+            if value == "auto" or parse_bytes(value) >= _MIN_WORKER_MEMORY:
                 return None
         except (ValueError, TypeError):
             pass
-    return "must be 'auto', a byte count or a size like '2GiB'"
+    return "must be 'auto', or a size of at least 64MiB like '2GiB'"
 
 
 _SCHEMA: dict[str, dict[str, _Key]] = {
     "input": {
-        "paths": _Key(_str_list, is_path=True),
+        "paths": _Key(_path_list, is_path=True),
         "exclude": _Key(_str_list),
         "on_error": _Key(_enum(*ON_ERROR)),
         "max_pixels": _Key(_int(1)),

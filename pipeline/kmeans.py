@@ -62,15 +62,6 @@ def histogram(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unique.astype(np.uint32), counts.astype(np.int64)
 
 
-def merge_histograms(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Sum several `histogram` results into one."""
-    codes = np.concatenate([c for c, _ in parts]) if parts else np.zeros(0, np.uint32)
-    counts = np.concatenate([n for _, n in parts]) if parts else np.zeros(0, np.int64)
-    unique, inverse = np.unique(codes, return_inverse=True)
-    return unique.astype(np.uint32), np.bincount(inverse, weights=counts,
-                                                 minlength=len(unique)).astype(np.int64)
-
-
 def to_features(pixels: np.ndarray, color_space: str) -> np.ndarray:
     """Working-space features of uint8 RGB rows: ndarray of shape (n, 3), float64.
 

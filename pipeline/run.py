@@ -477,12 +477,16 @@ def _choose_k(state: _State, sample: np.ndarray) -> KMeansConfig:
     state.timings["choose_k"] = time.perf_counter() - clock
     state.extra["auto_k"] = auto.as_dict()
     if not auto.met:
-        message = (f"k: auto: no k <= kmeans.max_k ({km.max_k}) meets kmeans.max_error "
-                   f"({km.max_error}); using k={km.max_k}; raise max_k or max_error")
+        message = _auto_k_unmet(km)
         state.warnings.append(message)
         log.warning(message)
     log.info("k: auto chose k=%d after %d fits", auto.k, len(auto.tried))
     return dataclasses.replace(km, k=auto.k)
+
+
+def _auto_k_unmet(km: KMeansConfig) -> str:
+    return (f"k: auto: no k <= kmeans.max_k ({km.max_k}) meets kmeans.max_error "
+            f"({km.max_error}); using k={km.max_k}; raise max_k or max_error")
 
 
 def _status(state: _State, info: read.ImageInfo) -> str:
@@ -685,6 +689,9 @@ def _compute_images(state: _State, groups: list[list[read.ImageInfo]], tasks: li
                 _image_failed(state, info, error)
             else:
                 _find(state, info).update(status="ok", finished=_now(), **result)
+                for message in (result.get("palette") or {}).get("warnings", []):
+                    state.warnings.append(f"{info.name}: {message}")
+                    log.warning("%s: %s", info.path, message)
         _advance(progress, groups[g])
         state.save(force=False)
 
@@ -769,11 +776,15 @@ def _fit_image(pixels: np.ndarray, info: read.ImageInfo, km: KMeansConfig, color
     sample = rows if spatial_weight == 0 else kmeans.spatial_features(
         rows, where, info.width, info.height, color_space, spatial_weight)
     auto = fit.choose_k(sample, km, color_space) if km.auto_k else None
+    unmet = [_auto_k_unmet(km)] if auto is not None and not auto.met else []
     if auto is not None:
         km = dataclasses.replace(km, k=auto.k)
     if spatial_weight > 0:
-        return fit.fit_features(sample, km, init), auto
-    return fit.fit_sample(rows, km, color_space, init), auto
+        result = fit.fit_features(sample, km, init)
+    else:
+        result = fit.fit_sample(rows, km, color_space, init)
+    result.warnings[:0] = unmet
+    return result, auto
 
 
 def _label(pixels: np.ndarray, centroids: np.ndarray, color_space: str, spatial_weight: float,

@@ -61,7 +61,7 @@ class _ColourTable:
     def __init__(self, centroids: np.ndarray, color_space: str, whole: bool = False):
         self.centroids = centroids
         self.color_space = color_space
-        dtype = np.uint8 if len(centroids) < 255 else np.uint16
+        dtype = np.uint8 if len(centroids) <= 255 else np.uint16  # the top value is the sentinel
         self.unknown = np.iinfo(dtype).max
         self.labels = np.full(_N_COLOURS, self.unknown, dtype)
         self.distances = np.empty(_N_COLOURS, np.float32)

@@ -46,6 +46,9 @@ def _job(tmp_path, text):
     ("input: {paths: [a]}\nkmeans: {init: nope.json}\n", "kmeans.init: model file"),
     ("input: {paths: [a]}\ndask: {scheduler: tcp://host}\n", "dask.scheduler: must be one of"),
     ("kmeans: {k: 3}\n", "input.paths: required"),
+    ("input: {paths: []}\n", "input.paths: must list at least one file, folder or glob"),
+    ("input: {paths: [a]}\ndask: {memory_limit: 1kB}\n",
+     "dask.memory_limit: must be 'auto', or a size of at least 64MiB"),
 ])
 def test_bad_job_files_are_named_precisely(tmp_path, text, message):
     with pytest.raises(ConfigError, match=None) as caught:

@@ -171,3 +171,12 @@ def test_threads_decode_each_image_once_unless_told_not_to_keep_pixels(tmp_path,
     assert _run(job, "--scheduler", "threads") == 0
     assert sorted(calls) == sorted(list(collection[1]) * decodes)
     assert not read._KEPT  # nothing left behind
+
+
+def test_image_scope_fit_warnings_reach_the_report(tmp_path, collection):
+    job = write_job(tmp_path, kmeans={"scope": "image", "k": "auto", "max_k": 2,
+                                      "max_error": 0.5}, output={"masks": False})
+    assert _run(job) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    unmet = [w for w in report["warnings"] if "k: auto: no k <= kmeans.max_k (2)" in w]
+    assert sorted(w.split(":")[0] for w in unmet) == sorted(collection[1])
