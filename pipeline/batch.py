@@ -18,7 +18,6 @@ import dataclasses
 import logging
 import time
 import uuid
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 import dask
@@ -69,7 +68,7 @@ def submit(cfg: JobConfig, scheduler: str) -> dict:
                           f"still running; wait for it, or `kmeans-pipeline cancel {out_dir}`")
     job_id = uuid.uuid4().hex[:12]
     entry = {"job_id": job_id, "key": f"kmeans-pipeline-driver-{job_id}",
-             "scheduler": scheduler, "submitted": _now(), "job_file": cfg.source,
+             "scheduler": scheduler, "submitted": write.utc_now(), "job_file": cfg.source,
              "status": "submitted", "error": None}
     try:
         write.write_json(storage.join(out_dir, SUBMISSION), entry, storage_options=options)
@@ -137,15 +136,11 @@ def _update_submission(out_dir: str, job_id: str, options: dict | None,
     entry = write.read_json(path, options)
     if not isinstance(entry, dict) or entry.get("job_id") != job_id:
         return  # another job was submitted to this folder since
-    entry.update(changes, updated=_now())
+    entry.update(changes, updated=write.utc_now())
     try:
         write.write_json(path, entry, storage_options=options)
     except OSError as exc:
         log.error("could not write %s: %s", path, exc)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def status(out_dir: str) -> dict:

@@ -12,7 +12,6 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
 import dask
@@ -63,7 +62,7 @@ class _State:
     init: np.ndarray | None = None  # centroids of the model named by kmeans.init
     status: str = "running"
     error: str | None = None
-    started: str = field(default_factory=lambda: _now())
+    started: str = field(default_factory=write.utc_now)
     last_saved: float = 0.0
 
     def report(self) -> dict:
@@ -74,7 +73,7 @@ class _State:
         return {"schema_version": model.SCHEMA_VERSION, "status": self.status,
                 "error": self.error, "job_file": self.cfg.source,
                 "job_hash": self.cfg.job_hash(), "started": self.started,
-                "updated": _now(), "output_dir": self.out_dir,
+                "updated": write.utc_now(), "output_dir": self.out_dir,
                 "totals": {"images": len(self.records), **counts, "pixels": pixels},
                 "timings": {k: round(v, 3) for k, v in self.timings.items()},
                 "warnings": self.warnings, **self.extra,
@@ -103,10 +102,6 @@ def _write_json(path: str, doc: dict, make_folder: bool = False,
     except OSError as exc:
         raise OutputError(f"cannot write {path} ({exc.strerror or exc}); free space or fix the "
                           "output folder, then rerun with output.if_exists: resume") from exc
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = None) -> dict:
@@ -688,7 +683,7 @@ def _compute_images(state: _State, groups: list[list[read.ImageInfo]], tasks: li
             if error is not None:
                 _image_failed(state, info, error)
             else:
-                _find(state, info).update(status="ok", finished=_now(), **result)
+                _find(state, info).update(status="ok", finished=write.utc_now(), **result)
                 for message in (result.get("palette") or {}).get("warnings", []):
                     state.warnings.append(f"{info.name}: {message}")
                     log.warning("%s: %s", info.path, message)

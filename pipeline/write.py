@@ -17,6 +17,7 @@ import errno
 import io
 import json
 import os
+from datetime import datetime, timezone
 import struct
 import uuid
 import zlib
@@ -36,6 +37,11 @@ _GREY, _RGB, _INDEXED = 0, 2, 3  # PNG colour types
 _IDAT_MAX = 1 << 30  # bytes per IDAT chunk (the format allows 2**31 - 1)
 _BAND_BYTES = 1 << 20  # rows are filtered and compressed about this many bytes at a time
 
+
+
+def utc_now() -> str:
+    """The current time for reports: ISO 8601, UTC, whole seconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 def atomic_write(path: str, write: Callable[[io.BufferedWriter], None],
                  make_folder: bool = True, storage_options: dict | None = None) -> int:
