@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.choices["submit"].add_argument(
         "--wait", action="store_true", help="follow the job with the progress bar until it ends")
     _add_folder_commands(commands)
+    schema = commands.add_parser("schema", help="print a JSON Schema of the job file (for "
+                                 "editors)", description="print a JSON Schema (draft 2020-12) "
+                                 "of the job file, for editors to complete and check job files")
+    schema.set_defaults(command=_cmd_schema, verbose=0, quiet=0)
     return parser
 
 
@@ -106,6 +110,13 @@ def _load(args: argparse.Namespace):
     if args.scheduler_file:
         overrides.append(f"dask.scheduler_file={args.scheduler_file}")
     return load_config(args.job, overrides, args.scheduler)
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from pipeline.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

@@ -1,113 +1,69 @@
-"""Job file (YAML) -> frozen dataclasses, with every key, type and range checked.
+"""Job file (YAML) or dict -> frozen dataclasses, every key checked against ``pipeline.schema``.
 
-The schema is data (``_SCHEMA``): one ``_Key`` per job-file key, giving its type, default and
-allowed range.  Validation walks the user's mapping against it and collects *every* problem
-before raising, so ``kmeans-pipeline validate`` can list them all at once.  No dask import here.
+The keys, types, defaults and ranges are data in ``pipeline.schema``; the section dataclasses
+are built from it.  Validation walks the user's mapping against it and collects *every* problem
+before raising, so ``kmeans-pipeline validate`` can list them all at once.  ``json_schema()``
+gives the same rules to editors.  No dask import here.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Mapping, Sequence
 
 import yaml
 
+from pipeline import schema
 from pipeline.errors import ConfigError
+from pipeline.schema import (ALGORITHMS, AUTO_K, COLOR_SPACES, DEFAULT_MAX_PIXELS,  # noqa: F401
+                             IF_EXISTS, INITS, LOCAL_SCHEDULERS, MAX_K, ON_ERROR, PERSIST, SCOPES)
 
-COLOR_SPACES = ("rgb", "lab")
-SCOPES = ("collection", "image")
-ALGORITHMS = ("minibatch", "lloyd")
-INITS = ("k-means++", "random")
-ON_ERROR = ("skip", "fail")
-IF_EXISTS = ("resume", "overwrite", "fail")
-LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "local")
-PERSIST = ("auto", "always", "never")
-MAX_K = 65535
-AUTO_K = "auto"  # kmeans.k: choose the smallest k meeting kmeans.max_error
-# Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS * 2 is its hard error).
-DEFAULT_MAX_PIXELS = 178956970
+_SCHEMA = schema.SECTIONS
+_PYTHON_TYPES = {"integer": "int", "number": "float", "boolean": "bool", "enum": "str",
+                 "string": "str", "strings": "tuple[str, ...]", "mapping": "dict",
+                 "size": "int | str"}
 
 
-@dataclass(frozen=True)
-class InputConfig:
-    paths: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    on_error: str = "skip"
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    storage_options: dict = field(default_factory=dict)  # fsspec options for URL inputs
+def _hint(key: schema.Key) -> str:
+    return (_PYTHON_TYPES[key.kind] + (" | str" if key.also else "")
+            + (" | None" if key.nullable else ""))
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
-    scale: float = 1.0
-    color_space: str = "rgb"
-    spatial_weight: float = 0.0  # > 0: normalised (x, y) positions join the colour features
+def _section_class(section: str, name: str, summary: str, namespace: dict | None = None) -> type:
+    """The frozen dataclass of one job-file section: fields, types, defaults and the docstring's
+    attributes come from the schema."""
+    keys = _SCHEMA[section].values()
+    fields = [(key.name, _hint(key), field(default_factory=dict) if key.kind == "mapping"
+               else field(default=key.default)) for key in keys]
+    attributes = "".join(f"    {key.name} : {_hint(key)}\n        {key.help}\n" for key in keys)
+    namespace = {**(namespace or {}),
+                 "__doc__": f"{summary}\n\n    Attributes\n    ----------\n{attributes}"}
+    cls = dataclasses.make_dataclass(name, fields, frozen=True, namespace=namespace)
+    cls.__module__ = __name__  # pickled by reference to this module (dask workers)
+    return cls
 
 
-@dataclass(frozen=True)
-class KMeansConfig:
-    """k-means settings.
-
-    ``tol`` is relative: the fit has converged when the sum over centroids of the squared
-    centroid shift of one step is at most ``tol`` times the mean per-channel variance of the
-    fitted pixels (in the working colour space), as in scikit-learn's KMeans.
-    """
-
-    k: int | str = 5  # or AUTO_K
-    scope: str = "collection"
-    algorithm: str = "minibatch"
-    init: str = "k-means++"
-    batch_pixels: int = 65536
-    max_iter: int = 100
-    tol: float = 1e-4
-    seed: int = 0
-    n_init: int = 3
-    sample_pixels: int = 1 << 20
-    refine: bool = True
-    max_error: float = 4.0  # k: auto: target mean CIELAB Delta-E 76 of the painted colours
-    max_k: int = 64  # k: auto: largest k tried
-
-    @property
-    def n_clusters(self) -> int:
-        return self.k
-
-    @property
-    def init_is_model(self) -> bool:
-        return self.init not in INITS
-
-    @property
-    def auto_k(self) -> bool:
-        return self.k == AUTO_K
-
-
-@dataclass(frozen=True)
-class OutputConfig:
-    dir: str = "out"
-    segmented: bool = True
-    labels: bool = True
-    masks: bool = True
-    if_exists: str = "resume"
-    png_compression: int = 1
-    storage_options: dict = field(default_factory=dict)  # fsspec options for a URL output.dir
-
-
-@dataclass(frozen=True)
-class DaskConfig:
-    scheduler: str = "threads"
-    chunk_pixels: int = 4194304
-    n_workers: int | None = None
-    threads_per_worker: int | None = None
-    memory_limit: str = "auto"
-    scheduler_file: str | None = None
-    timeout: float = 10.0
-    persist: str = "auto"
-    config: dict = field(default_factory=dict)
+InputConfig = _section_class("input", "InputConfig", "Which images to read.")
+PreprocessConfig = _section_class("preprocess", "PreprocessConfig", "What the clustering sees.")
+KMeansConfig = _section_class("kmeans", "KMeansConfig", (
+    "k-means settings.\n\n    ``tol`` is relative: the fit has converged when the sum over "
+    "centroids of the squared\n    centroid shift of one step is at most ``tol`` times the mean "
+    "per-channel variance of the\n    fitted pixels (in the working colour space), as in "
+    "scikit-learn's KMeans."), {
+    "n_clusters": property(lambda self: self.k),
+    "init_is_model": property(lambda self: self.init not in INITS),
+    "auto_k": property(lambda self: self.k == AUTO_K),
+})
+OutputConfig = _section_class("output", "OutputConfig", "What is written, and where.")
+DaskConfig = _section_class("dask", "DaskConfig", "Where the work runs.")
+_SECTIONS = {"input": InputConfig, "preprocess": PreprocessConfig, "kmeans": KMeansConfig,
+             "output": OutputConfig, "dask": DaskConfig}
 
 
 @dataclass(frozen=True)
@@ -125,18 +81,20 @@ class JobConfig:
         """The resolved job as plain data (what model.json and report.json record); secrets
         in ``storage_options`` are masked."""
         data = {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
-        for section in ("input", "output"):
-            data[section]["storage_options"] = _masked(data[section]["storage_options"])
+        for key in schema.KEYS:
+            if key.secrets:
+                data[key.section][key.name] = _masked(data[key.section][key.name])
         return data
 
     def job_hash(self) -> str:
-        """Hash of everything that changes the outputs (not if_exists, not the scheduler)."""
+        """Hash of everything that changes the outputs (keys with ``hashed``: not if_exists,
+        storage options or the dask section, which is left out whole)."""
         data = self.to_dict()
-        data["output"].pop("if_exists")
-        data["input"].pop("storage_options")  # how to reach the data, not what it is
-        data["output"].pop("storage_options")
-        data.pop("dask")
-        text = json.dumps(data, sort_keys=True, default=str)
+        hashed = {}
+        for key in schema.KEYS:
+            if key.hashed:
+                hashed.setdefault(key.section, {})[key.name] = data[key.section][key.name]
+        text = json.dumps(hashed, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -153,183 +111,44 @@ def _masked(value: Any) -> Any:
     return value
 
 
-# ---------------------------------------------------------------------------------------------
-# The schema
+def json_schema() -> dict:
+    """A JSON Schema (draft 2020-12) of the job file, for editors (``kmeans-pipeline schema``).
 
-
-@dataclass(frozen=True)
-class _Key:
-    check: Callable[[Any], str | None]  # returns the expectation text when the value is bad
-    is_path: bool = False
-
-
-def _int(lo: int | None = None, hi: int | None = None) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        bad = isinstance(value, bool) or not isinstance(value, int)
-        bad = bad or (lo is not None and value < lo) or (hi is not None and value > hi)
-        if not bad:
-            return None
-        if lo is not None and hi is not None:
-            return f"must be an integer from {lo} to {hi}"
-        return f"must be an integer >= {lo}" if lo is not None else "must be an integer"
-
-    return check
-
-
-def _float(lo: float, inclusive: bool = True) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = ok and math.isfinite(value) and (value >= lo if inclusive else value > lo)
-        return None if ok else f"must be a number {'>=' if inclusive else '>'} {lo}"
-
-    return check
-
-
-def _bool(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "must be true or false"
-
-
-def _enum(*choices: str) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return None if value in choices else "must be one of " + ", ".join(map(repr, choices))
-
-    return check
-
-
-def _str(value: Any) -> str | None:
-    return None if isinstance(value, str) and value else "must be a non-empty string"
-
-
-def _optional(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
-    def inner(value: Any) -> str | None:
-        return None if value is None else check(value)
-
-    return inner
-
-
-def _str_list(value: Any) -> str | None:
-    if isinstance(value, str):
-        return None  # a single path is accepted as a one-item list
-    ok = isinstance(value, list) and all(isinstance(v, str) and v for v in value)
-    return None if ok else "must be a list of non-empty strings"
-
-
-def _path_list(value: Any) -> str | None:
-    if value == []:
-        return "must list at least one file, folder or glob"
-    return _str_list(value)
-
-
-def _k(value: Any) -> str | None:
-    if value == AUTO_K or _int(1, MAX_K)(value) is None:
-        return None
-    return f"must be an integer from 1 to {MAX_K} or {AUTO_K!r}"
-
-
-def _mapping(value: Any) -> str | None:
-    return None if isinstance(value, dict) else "must be a mapping"
-
-
-def _scheduler(value: Any) -> str | None:
-    if isinstance(value, str) and (value in LOCAL_SCHEDULERS or _is_address(value)):
-        return None
-    return ("must be one of " + ", ".join(map(repr, LOCAL_SCHEDULERS))
-            + " or an address like 'tcp://127.0.0.1:8786'")
-
-
-def _is_address(value: str) -> bool:
-    for scheme in ("tcp://", "tls://", "inproc://", "ws://", "wss://"):
-        if value.startswith(scheme):
-            host, _, port = value[len(scheme):].rpartition(":")
-            return bool(host) and port.isdigit() and 0 < int(port) < 65536
-    return False
-
-
-# A worker below this cannot hold one decoded photo and its colour table; dask then pauses
-# or kills it and the run fails with a misleading "lost the scheduler".
-_MIN_WORKER_MEMORY = 64 * 2**20
-
-
-def _memory(value: Any) -> str | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= _MIN_WORKER_MEMORY:
-        return None
-    if isinstance(value, str) and value:
-        try:
-            from dask.utils import parse_bytes  # a pure function; no scheduler involved
-
-            if value == "auto" or parse_bytes(value) >= _MIN_WORKER_MEMORY:
-                return None
-        except (ValueError, TypeError):
-            pass
-    return "must be 'auto', or a size of at least 64MiB like '2GiB'"
-
-
-_SCHEMA: dict[str, dict[str, _Key]] = {
-    "input": {
-        "paths": _Key(_path_list, is_path=True),
-        "exclude": _Key(_str_list),
-        "on_error": _Key(_enum(*ON_ERROR)),
-        "max_pixels": _Key(_int(1)),
-        "storage_options": _Key(_mapping),
-    },
-    "preprocess": {
-        "scale": _Key(_float(0.0, inclusive=False)),
-        "color_space": _Key(_enum(*COLOR_SPACES)),
-        "spatial_weight": _Key(_float(0.0)),
-    },
-    "kmeans": {
-        "k": _Key(_k),
-        "scope": _Key(_enum(*SCOPES)),
-        "algorithm": _Key(_enum(*ALGORITHMS)),
-        "init": _Key(_str, is_path=True),
-        "batch_pixels": _Key(_int(1)),
-        "max_iter": _Key(_int(0)),
-        "tol": _Key(_float(0.0)),
-        "seed": _Key(_int(0, 2**32 - 1)),
-        "n_init": _Key(_int(1, 100)),
-        "sample_pixels": _Key(_int(1)),
-        "refine": _Key(_bool),
-        "max_error": _Key(_float(0.0, inclusive=False)),
-        "max_k": _Key(_int(1, MAX_K)),
-    },
-    "output": {
-        "dir": _Key(_str, is_path=True),
-        "segmented": _Key(_bool),
-        "labels": _Key(_bool),
-        "masks": _Key(_bool),
-        "if_exists": _Key(_enum(*IF_EXISTS)),
-        "png_compression": _Key(_int(0, 9)),
-        "storage_options": _Key(_mapping),
-    },
-    "dask": {
-        "scheduler": _Key(_scheduler),
-        "chunk_pixels": _Key(_int(1)),
-        "n_workers": _Key(_optional(_int(1))),
-        "threads_per_worker": _Key(_optional(_int(1))),
-        "memory_limit": _Key(_memory),
-        "scheduler_file": _Key(_optional(_str), is_path=True),
-        "timeout": _Key(_float(0.0, inclusive=False)),
-        "persist": _Key(_enum(*PERSIST)),
-        "config": _Key(_mapping),
-    },
-}
-_SECTIONS = {"input": InputConfig, "preprocess": PreprocessConfig, "kmeans": KMeansConfig,
-             "output": OutputConfig, "dask": DaskConfig}
+    Types, enums, ranges, defaults and help come from ``pipeline.schema``; unknown keys are
+    refused.  Checks across keys (``batch_pixels >= k``, the init model exists) and the
+    minimum of a memory size given as a string are left to ``kmeans-pipeline validate``.
+    """
+    properties = {}
+    for section, keys in _SCHEMA.items():
+        required = [name for name, key in keys.items() if key.required]
+        properties[section] = {
+            "description": schema.SECTION_HELP[section], "type": ["object", "null"],
+            "additionalProperties": False,
+            "properties": {name: key.json_schema() for name, key in keys.items()},
+            **({"required": required} if required else {})}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "urn:kmeans-pipeline:job", "title": "kmeans-pipeline job file",
+            "description": "A job for `kmeans-pipeline run` (see configs/example.yaml).",
+            "type": "object", "additionalProperties": False,
+            "required": [s for s, keys in _SCHEMA.items() if any(k.required for k in keys.values())],
+            "properties": properties}
 
 
 # ---------------------------------------------------------------------------------------------
 # Loading
 
 
-def load_config(path: str, overrides: list[str] = (), scheduler: str | None = None) -> JobConfig:
+def load_config(path: str, overrides: Sequence[str] | Mapping[str, Any] = (),
+                scheduler: str | None = None) -> JobConfig:
     """Read, merge and validate a job file.
 
     Parameters
     ----------
     path : str
         The YAML job file. Relative paths inside it are relative to its folder.
-    overrides : list of str
-        ``section.key=value`` strings (``--set``); values are parsed as YAML scalars.
+    overrides : list of str, or dict
+        ``section.key=value`` strings (``--set``; values are parsed as YAML scalars), or a
+        mapping ``{"section.key": value}`` of Python values.
     scheduler : str, optional
         ``--scheduler``: replaces ``dask.scheduler``.
 
@@ -343,16 +162,58 @@ def load_config(path: str, overrides: list[str] = (), scheduler: str | None = No
         Listing every problem found, one per line, each naming the file and key.
     """
     raw = _read_yaml(path)
+    return _configure(raw, os.path.dirname(os.path.abspath(path)), path, overrides, scheduler)
+
+
+def config_from_dict(raw: Mapping[str, Any], base_dir: str, source: str = "<dict>",
+                     overrides: Sequence[str] | Mapping[str, Any] = (),
+                     scheduler: str | None = None) -> JobConfig:
+    """Validate a job given as a mapping of sections (what the job file holds), for
+    ``Job.from_dict``.
+
+    Parameters
+    ----------
+    raw : mapping
+        ``{"input": {"paths": [...]}, "kmeans": {...}, ...}``; not modified.
+    base_dir : str
+        The folder relative paths in ``raw`` are relative to.
+    source : str
+        How messages name the job.
+    overrides, scheduler
+        As for :func:`load_config`.
+
+    Returns
+    -------
+    JobConfig
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem found, one per line, each starting with ``source``.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: a job must be a mapping of sections (input, kmeans, ...), "
+                          f"got {type(raw).__name__}")
+    return _configure(copy.deepcopy(dict(raw)), os.path.abspath(base_dir), source, overrides,
+                      scheduler)
+
+
+def _configure(raw: dict, base_dir: str, source: str,
+               overrides: Sequence[str] | Mapping[str, Any], scheduler: str | None) -> JobConfig:
     problems: list[str] = []
-    for item in overrides:
-        _apply_override(raw, item, problems)
+    if isinstance(overrides, Mapping):
+        for name, value in overrides.items():
+            _override(raw, f"overrides: {name}", str(name), value, problems)
+    else:
+        for item in overrides:
+            _apply_override(raw, item, problems)
     if scheduler is not None:
         raw.setdefault("dask", {})
         if isinstance(raw["dask"], dict):
             raw["dask"]["scheduler"] = scheduler
-    job = _build(raw, path, problems)
+    job = _build(raw, source, base_dir, problems)
     if problems:
-        raise ConfigError("\n".join(f"{path}: {p}" for p in problems))
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
     return job
 
 
@@ -365,7 +226,7 @@ def _read_yaml(path: str) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read job file ({exc})") from exc
     try:
-        data = yaml.safe_load(text)
+        data = schema.load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -381,23 +242,37 @@ def _read_yaml(path: str) -> dict:
 
 def _apply_override(raw: dict, item: str, problems: list[str]) -> None:
     key, sep, text = item.partition("=")
-    section, dot, name = key.strip().partition(".")
-    if not sep or not dot or not name:
+    if not sep:
         problems.append(f"--set {item!r}: expected section.key=value, e.g. kmeans.k=8")
         return
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = schema.load_yaml(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
+    if not _override(raw, f"--set {key.strip()}", key.strip(), value, problems):
+        problems.append(f"--set {item!r}: expected section.key=value, e.g. kmeans.k=8")
+
+
+def _override(raw: dict, label: str, key: str, value: Any, problems: list[str]) -> bool:
+    """Set ``raw[section][name] = value`` for ``key`` = "section.name"; False when ``key`` has
+    no dot (the caller says what was expected)."""
+    section, dot, name = key.partition(".")
+    if not dot or not name:
+        if not label.startswith("--set"):
+            problems.append(f"{label}: expected 'section.key', e.g. 'kmeans.k'")
+            return True
+        return False
     if section not in _SCHEMA:
-        problems.append(f"--set {key}: unknown section {section!r}{_suggest(section, _SCHEMA)}")
-        return
-    if name not in _SCHEMA[section]:
-        problems.append(f"--set {key}: unknown key{_suggest(name, _SCHEMA[section])}")
-        return
-    target = raw.setdefault(section, {})
-    if isinstance(target, dict):
-        target[name] = value
+        problems.append(f"{label}: unknown section {section!r}{_suggest(section, _SCHEMA)}")
+    elif name not in _SCHEMA[section]:
+        problems.append(f"{label}: unknown key{_suggest(name, _SCHEMA[section])}")
+    else:
+        target = raw.setdefault(section, {})
+        if target is None:
+            target = raw[section] = {}
+        if isinstance(target, dict):
+            target[name] = value
+    return True
 
 
 def _suggest(name: str, valid) -> str:
@@ -409,8 +284,7 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def _build(raw: dict, path: str, problems: list[str]) -> JobConfig:
-    base_dir = os.path.dirname(os.path.abspath(path))
+def _build(raw: dict, source: str, base_dir: str, problems: list[str]) -> JobConfig:
     sections = {}
     named: set[str] = set()
     for section_name in raw:
@@ -422,40 +296,38 @@ def _build(raw: dict, path: str, problems: list[str]) -> JobConfig:
             problems.append(f"{section_name}: must be a mapping, got {_describe(given)}")
             given = {}
         values = {}
-        for key, value in given.items():
-            spec = _SCHEMA[section_name].get(key)
-            if spec is None:
-                problems.append(f"{section_name}.{key}: unknown key"
-                                f"{_suggest(key, _SCHEMA[section_name])}")
+        for name, value in given.items():
+            key = _SCHEMA[section_name].get(name)
+            if key is None:
+                problems.append(f"{section_name}.{name}: unknown key"
+                                f"{_suggest(name, _SCHEMA[section_name])}")
                 continue
-            expected = spec.check(value)
+            expected = key.check(value)
             if expected:
-                problems.append(f"{section_name}.{key}: {expected}, got {_describe(value)}")
+                problems.append(f"{key.path}: {expected}, got {_describe(value)}")
                 continue
-            values[key] = _normalise(section_name, key, value, base_dir)
-            named.add(f"{section_name}.{key}")
+            values[name] = _normalise(key, value, base_dir)
+            named.add(key.path)
         sections[section_name] = cls(**values)
-    given_input = raw.get("input")
-    if not (isinstance(given_input, dict) and "paths" in given_input) and not problems:
-        problems.append("input.paths: required: list the images, folders or globs to segment")
+    if not problems:
+        for key in schema.KEYS:
+            given = raw.get(key.section)
+            if key.required and not (isinstance(given, dict) and key.name in given):
+                problems.append(f"{key.path}: required: {key.required}")
     _check_across(sections, problems)
-    return JobConfig(**sections, source=path, base_dir=base_dir, given=frozenset(named))
+    return JobConfig(**sections, source=source, base_dir=base_dir, given=frozenset(named))
 
 
-def _normalise(section: str, key: str, value: Any, base_dir: str) -> Any:
-    if section == "input" and key in ("paths", "exclude"):
+def _normalise(key: schema.Key, value: Any, base_dir: str) -> Any:
+    """A valid value as the dataclass holds it: lists as tuples, numbers as float, paths
+    resolved against ``base_dir`` (named values such as ``init: random`` are not paths)."""
+    if key.kind == "strings":
         items = [value] if isinstance(value, str) else list(value)
-        if key == "paths":
-            items = [resolve_path(v, base_dir) for v in items]
-        return tuple(items)
-    if key == "init":
-        return value if value in INITS else resolve_path(value, base_dir)
-    if _SCHEMA[section][key].is_path and isinstance(value, str):
+        return tuple(resolve_path(v, base_dir) for v in items) if key.is_path else tuple(items)
+    if key.kind == "number":
+        return float(value)
+    if key.is_path and isinstance(value, str) and value not in key.choices:
         return resolve_path(value, base_dir)
-    if section == "preprocess" and key in ("scale", "spatial_weight"):
-        return float(value)
-    if section == "kmeans" and key in ("tol", "max_error"):
-        return float(value)
     return value
 
 

@@ -1,0 +1,431 @@
+"""Every job-file key, defined once as data: type, default, range, help (with units), flags.
+
+``pipeline.config`` builds the frozen config dataclasses, validates job files and writes the JSON
+Schema from ``KEYS``; ``configs/example.yaml`` and the README's key table are generated from it
+(``python -m pipeline.schema --write``; ``tests/test_schema.py`` fails, naming the key, when they
+drift).  Pure data and pure functions: no dask, no I/O except in ``main``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+COLOR_SPACES = ("rgb", "lab")
+SCOPES = ("collection", "image")
+ALGORITHMS = ("minibatch", "lloyd")
+INITS = ("k-means++", "random")
+ON_ERROR = ("skip", "fail")
+IF_EXISTS = ("resume", "overwrite", "fail")
+LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "local")
+PERSIST = ("auto", "always", "never")
+MAX_K = 65535
+AUTO_K = "auto"  # kmeans.k: choose the smallest k meeting kmeans.max_error
+# Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS * 2 is its hard error).
+DEFAULT_MAX_PIXELS = 178956970
+# A worker below this cannot hold one decoded photo and its colour table; dask then pauses
+# or kills it and the run fails with a misleading "lost the scheduler".
+MIN_WORKER_MEMORY = 64 * 2**20
+# A dask scheduler address: scheme, host, port 1-65535 (leading zeros allowed, as int() does).
+ADDRESS = (r"^(tcp|tls|inproc|ws|wss)://.+:0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}"
+           r"|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$")
+_SIZE = r"^\s*[0-9]*\.?[0-9]+\s*[A-Za-z]*\s*$"  # what dask.utils.parse_bytes reads
+
+
+class Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reading floats as YAML 1.2 does: ``1e-4`` is a number, not a string
+    (PyYAML follows YAML 1.1, whose floats need a dot and a signed exponent)."""
+
+
+Loader.add_implicit_resolver(  # copies SafeLoader's resolvers first: SafeLoader is unchanged
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` parsed with :class:`Loader` (job files and ``--set`` values)."""
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One job-file key.
+
+    ``kind`` is one of ``integer``, ``number`` (int or float, stored as float), ``boolean``,
+    ``enum`` (one of ``choices``), ``string`` (non-empty; ``choices`` are named values that are
+    not paths), ``strings`` (a list of non-empty strings, or one string), ``mapping``, ``size``
+    (bytes: ``'auto'``, an integer or a string such as ``'2GiB'``).
+    """
+
+    section: str
+    name: str
+    kind: str
+    default: Any
+    help: str  # one line, with units; the comment in configs/example.yaml
+    choices: tuple = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive: bool = False  # the minimum itself is refused
+    also: tuple = ()  # integer keys: named values accepted besides the numbers (k: auto)
+    pattern: str | None = None  # enum keys: strings of this form are accepted too
+    pattern_text: str = ""  # how the pattern is described in messages
+    nullable: bool = False
+    min_items: int = 0  # strings: an empty list is refused
+    is_path: bool = False  # relative values are resolved against the job file's folder
+    hashed: bool = True  # part of the job hash (it changes the outputs)
+    secrets: bool = False  # may hold credentials: masked in model.json and report.json
+    required: str = ""  # required key: what to give (the message when it is missing)
+    example: Any = None  # the value configs/example.yaml shows, when not the default
+
+    @property
+    def path(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    def expectation(self) -> str:
+        """What a valid value is: ``must be ...`` (the text of a validation error)."""
+        if self.kind == "integer":
+            lo, hi = self.minimum, self.maximum
+            text = (f"must be an integer from {lo} to {hi}" if lo is not None and hi is not None
+                    else f"must be an integer >= {lo}" if lo is not None
+                    else "must be an integer")
+        elif self.kind == "number":
+            text = f"must be a number {'>' if self.exclusive else '>='} {float(self.minimum)}"
+        elif self.kind == "boolean":
+            return "must be true or false"
+        elif self.kind == "enum":
+            text = "must be one of " + ", ".join(map(repr, self.choices))
+            if self.pattern:
+                text += f" or {self.pattern_text}"
+            return text
+        elif self.kind == "string":
+            return "must be a non-empty string"
+        elif self.kind == "strings":
+            return "must be a list of non-empty strings"
+        elif self.kind == "mapping":
+            return "must be a mapping"
+        elif self.kind == "size":
+            return f"must be 'auto', or a size of at least {MIN_WORKER_MEMORY // 2**20}MiB like '2GiB'"
+        else:
+            raise ValueError(f"{self.path}: unknown kind {self.kind!r}")
+        return text + "".join(f" or {a!r}" for a in self.also)
+
+    def check(self, value: Any) -> str | None:
+        """None when ``value`` is valid for this key, else the expectation it fails."""
+        if value is None and self.nullable:
+            return None
+        if self.kind == "strings" and value == [] and self.min_items:
+            return "must list at least one file, folder or glob"
+        return None if self._valid(value) else self.expectation()
+
+    def _valid(self, value: Any) -> bool:
+        kind = self.kind
+        if kind == "integer":
+            return value in self.also or (_is_int(value) and self._in_range(value))
+        if kind == "number":
+            return (_is_number(value) and math.isfinite(value) and self._in_range(value))
+        if kind == "boolean":
+            return isinstance(value, bool)
+        if kind == "enum":
+            return value in self.choices or (
+                self.pattern is not None and isinstance(value, str)
+                and re.match(self.pattern, value) is not None)
+        if kind == "string":
+            return isinstance(value, str) and bool(value)
+        if kind == "strings":
+            return isinstance(value, str) or (
+                isinstance(value, list) and all(isinstance(v, str) and v for v in value))
+        if kind == "mapping":
+            return isinstance(value, dict)
+        if kind == "size":
+            return _is_size(value)
+        raise ValueError(f"{self.path}: unknown kind {kind!r}")
+
+    def _in_range(self, value: float) -> bool:
+        if self.minimum is not None and (value <= self.minimum if self.exclusive
+                                         else value < self.minimum):
+            return False
+        return self.maximum is None or value <= self.maximum
+
+    def json_schema(self) -> dict:
+        """This key as a JSON Schema (draft 2020-12) fragment."""
+        options = self._json_types()
+        if self.nullable:
+            options.append({"type": "null"})
+        body = options[0] if len(options) == 1 else {"anyOf": options}
+        default = list(self.default) if isinstance(self.default, tuple) else self.default
+        return {"description": self.help, **({} if self.required else {"default": default}),
+                **body}
+
+    def _json_types(self) -> list[dict]:
+        kind = self.kind
+        if kind in ("integer", "number"):
+            bounds = {}
+            if self.minimum is not None:
+                bounds["exclusiveMinimum" if self.exclusive else "minimum"] = self.minimum
+            if self.maximum is not None:
+                bounds["maximum"] = self.maximum
+            numbers = [{"type": kind, **bounds}]
+            return numbers + ([{"enum": list(self.also)}] if self.also else [])
+        if kind == "boolean":
+            return [{"type": "boolean"}]
+        if kind == "enum":
+            named = [{"enum": list(self.choices)}]
+            return named + ([{"type": "string", "pattern": self.pattern}] if self.pattern else [])
+        if kind == "string":
+            text = {"type": "string", "minLength": 1}
+            return [{"enum": list(self.choices)}, text] if self.choices else [text]
+        if kind == "strings":
+            text = {"type": "string", "minLength": 1}
+            items = {"type": "array", "items": text, **({"minItems": self.min_items}
+                                                       if self.min_items else {})}
+            return [items, {"type": "string"}]  # one path, as the loader takes it
+        if kind == "mapping":
+            return [{"type": "object"}]
+        if kind == "size":
+            return [{"const": "auto"}, {"type": "integer", "minimum": MIN_WORKER_MEMORY},
+                    {"type": "string", "pattern": _SIZE}]
+        raise ValueError(f"{self.path}: unknown kind {kind!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_size(value: Any) -> bool:
+    if _is_int(value):
+        return value >= MIN_WORKER_MEMORY
+    if not (isinstance(value, str) and value):
+        return False
+    if value == "auto":
+        return True
+    from dask.utils import parse_bytes  # a pure function; no scheduler involved
+
+    try:
+        return parse_bytes(value) >= MIN_WORKER_MEMORY
+    except (ValueError, TypeError):
+        return False
+
+
+_ADDRESS = "an address like 'tcp://127.0.0.1:8786'"
+
+KEYS: tuple[Key, ...] = (
+    Key("input", "paths", "strings", (), "files, folders (recursive), globs or URLs", min_items=1,
+        is_path=True, required="list the images, folders or globs to segment",
+        example=["../samples/photos/"]),
+    Key("input", "exclude", "strings", (), "globs left out, e.g. \"**/thumbs/*\"; the output "
+        "folder is never read"),
+    Key("input", "on_error", "enum", "skip", "skip | fail: what an unreadable image does",
+        choices=ON_ERROR),
+    Key("input", "max_pixels", "integer", DEFAULT_MAX_PIXELS, "pixels per image; larger is "
+        "refused from the header, before decoding", minimum=1),
+    Key("input", "storage_options", "mapping", {}, "for URL inputs (s3://, gs://, az://, "
+        "https://): passed to fsspec, e.g. {anon: true}", hashed=False, secrets=True),
+    Key("preprocess", "scale", "number", 1.0, "resize factor (0.5 = half width and height), "
+        "like the tutorial's scale_percent / 100", minimum=0.0, exclusive=True),
+    Key("preprocess", "color_space", "enum", "rgb", "rgb | lab (CIELAB D65: perceptual "
+        "distances)", choices=COLOR_SPACES),
+    Key("preprocess", "spatial_weight", "number", 0.0, "> 0: add (x, y) / longest side x "
+        "weight x colour range (255 rgb, 100 lab) as features: spatially coherent segments "
+        "(minibatch only)", minimum=0.0),
+    Key("kmeans", "k", "integer", 5, "number of clusters (1..65535), or auto: the smallest k "
+        "meeting max_error", minimum=1, maximum=MAX_K, also=(AUTO_K,)),
+    Key("kmeans", "scope", "enum", "collection", "collection: one palette for all images | "
+        "image: one palette per image", choices=SCOPES),
+    Key("kmeans", "algorithm", "enum", "minibatch", "minibatch (Sculley 2010, then Lloyd steps "
+        "on the sample) | lloyd (full passes)", choices=ALGORITHMS),
+    Key("kmeans", "init", "string", "k-means++", "k-means++ | random | path of a model.json to "
+        "reuse its palette", choices=INITS, is_path=True),
+    Key("kmeans", "batch_pixels", "integer", 65536, "pixels per mini-batch step", minimum=1),
+    Key("kmeans", "max_iter", "integer", 100, "cap on steps per phase; 0 = no fitting, apply "
+        "the init model's palette", minimum=0),
+    Key("kmeans", "tol", "number", 1e-4, "converged when sum of squared centroid shifts <= tol "
+        "x mean per-channel variance", minimum=0.0),
+    Key("kmeans", "seed", "integer", 0, "same seed, same model and label maps on every "
+        "scheduler", minimum=0, maximum=2**32 - 1),
+    Key("kmeans", "n_init", "integer", 3, "k-means++ starts on the sample; the best (lowest "
+        "inertia) is kept", minimum=1, maximum=100),
+    Key("kmeans", "sample_pixels", "integer", 1 << 20, "pixels sampled (reproducibly) for "
+        "seeding and mini-batch steps", minimum=1),
+    Key("kmeans", "refine", "boolean", True, "minibatch: finish with full Lloyd steps on the "
+        "sample's colour histogram"),
+    Key("kmeans", "max_error", "number", 4.0, "k: auto: target mean colour error of the painted "
+        "image, CIELAB Delta-E 76 units (~2.3 = just noticeable)", minimum=0.0, exclusive=True),
+    Key("kmeans", "max_k", "integer", 64, "k: auto: largest k tried; if even max_k misses "
+        "max_error, max_k is used and a warning says so", minimum=1, maximum=MAX_K),
+    Key("output", "dir", "string", "out", "output folder", is_path=True,
+        example="../out/example"),
+    Key("output", "segmented", "boolean", True, "segmented/<name>.png: each pixel painted with "
+        "its centroid colour"),
+    Key("output", "labels", "boolean", True, "labels/<name>.png: cluster index 0..k-1 (uint16 "
+        "when k > 256)"),
+    Key("output", "masks", "boolean", True, "masks/<name>/<j>.png: 255 where the label is j, "
+        "else 0"),
+    Key("output", "if_exists", "enum", "resume", "resume (skip images already complete) | "
+        "overwrite | fail", choices=IF_EXISTS, hashed=False),
+    Key("output", "png_compression", "integer", 1, "zlib level 0-9: 1 (zlib run-length mode) is "
+        "fastest, and on label maps within 3 % of 9 (smallest); 2-6 are larger than 1",
+        minimum=0, maximum=9),
+    Key("output", "storage_options", "mapping", {}, "for a URL output.dir (s3://, gs://, "
+        "az://): passed to fsspec", hashed=False, secrets=True),
+    Key("dask", "scheduler", "enum", "threads", "threads | processes | synchronous | local (a "
+        "LocalCluster) | tcp://host:port", choices=LOCAL_SCHEDULERS, pattern=ADDRESS,
+        pattern_text=_ADDRESS, hashed=False),
+    Key("dask", "chunk_pixels", "integer", 4194304, "most pixels per chunk; a larger image is "
+        "split into row bands", minimum=1, hashed=False),
+    Key("dask", "n_workers", "integer", None, "local: worker processes (null: dask picks)",
+        minimum=1, nullable=True, hashed=False),
+    Key("dask", "threads_per_worker", "integer", None, "local: threads per worker (null: dask "
+        "picks)", minimum=1, nullable=True, hashed=False),
+    Key("dask", "memory_limit", "size", "auto", "local: memory per worker, e.g. 2GiB",
+        hashed=False),
+    Key("dask", "scheduler_file", "string", None, "a scheduler file written by `dask scheduler "
+        "--scheduler-file`", nullable=True, is_path=True, hashed=False),
+    Key("dask", "timeout", "number", 10.0, "seconds to reach a remote scheduler with a worker "
+        "(else exit 2), and to wait for a lost one (then exit 1)", minimum=0.0, exclusive=True,
+        hashed=False),
+    Key("dask", "persist", "enum", "auto", "auto | always | never: keep decoded pixels "
+        "(threads) between the sampling and segment passes, and per-chunk colour histograms "
+        "for lloyd, in memory", choices=PERSIST, hashed=False),
+    Key("dask", "config", "mapping", {}, "passed to dask.config.set, e.g. "
+        "{\"distributed.comm.timeouts.connect\": \"30s\"}", hashed=False),
+)
+
+SECTIONS: dict[str, dict[str, Key]] = {}
+for _key in KEYS:
+    SECTIONS.setdefault(_key.section, {})[_key.name] = _key
+del _key
+
+SECTION_HELP = {
+    "input": "which images to read, and what an unreadable one does",
+    "preprocess": "features the clustering sees: size, colour space, positions",
+    "kmeans": "the k-means fit",
+    "output": "what is written, and where",
+    "dask": "where the work runs (not part of the job hash)",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated documents: configs/example.yaml and the README's key table
+
+EXAMPLE_HEADER = ("# Example job: segment the bundled sample photos into 5 colours.\n"
+                  "# Every key is shown with its default; paths are relative to this file.\n"
+                  "# Generated from pipeline/schema.py: edit it there, then run\n"
+                  "# `python -m pipeline.schema --write`.\n")
+README_BEGIN = "<!-- job-file keys: generated by `python -m pipeline.schema --write` -->"
+README_END = "<!-- end of job-file keys -->"
+_COMMENT_COLUMN = 33
+
+
+def yaml_value(value: Any) -> str:
+    """``value`` as a one-line YAML flow value that :func:`load_yaml` reads back unchanged."""
+    if isinstance(value, float) and value != 0 and abs(value) < 1e-3:
+        mantissa, exponent = f"{value:e}".split("e")
+        text = f"{float(mantissa)!r}e{int(exponent)}"  # 1.0e-4: a float in YAML 1.1 and 1.2
+    elif isinstance(value, (bool, int, float)) or value is None:
+        text = json.dumps(value)
+    elif isinstance(value, str):
+        text = value if _reads_back(value) else json.dumps(value)
+    else:
+        text = json.dumps(list(value) if isinstance(value, tuple) else value)
+    assert load_yaml(text) == value or (isinstance(value, tuple) and load_yaml(text) == list(value))
+    return text
+
+
+def _reads_back(text: str) -> bool:
+    try:
+        return load_yaml(text) == text
+    except yaml.YAMLError:
+        return False
+
+
+def example_lines() -> dict[str, str]:
+    """``section.key`` -> its line in configs/example.yaml (value and help comment)."""
+    lines = {}
+    for key in KEYS:
+        value = key.example if key.example is not None else key.default
+        line = f"  {key.name}: {yaml_value(value)}"
+        lines[key.path] = f"{line.ljust(_COMMENT_COLUMN - 1)} # {key.help}"
+    return lines
+
+
+def example_yaml() -> str:
+    """The text of configs/example.yaml."""
+    lines, text = example_lines(), EXAMPLE_HEADER
+    for section, keys in SECTIONS.items():
+        text += f"{section}:\n" + "".join(lines[f"{section}.{name}"] + "\n" for name in keys)
+    return text
+
+
+def allowed(key: Key) -> str:
+    """The values ``key`` accepts, in words (the README table's column)."""
+    text = key.expectation().removeprefix("must be ")
+    if key.kind == "string" and key.choices:
+        text = " | ".join(key.choices) + (" | a path" if key.is_path else " | a string")
+    elif key.kind == "strings":
+        text = "one string or " + text + (" (at least one)" if key.min_items else "")
+    return text + (", or null" if key.nullable else "")
+
+
+def readme_rows() -> dict[str, str]:
+    """``section.key`` -> its row in the README's key table."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    rows = {}
+    for key in KEYS:
+        default = "required" if key.required else f"`{yaml_value(key.default)}`"
+        rows[key.path] = (f"| `{key.path}` | {default} | {cell(allowed(key))} | "
+                          f"{cell(key.help)} |")
+    return rows
+
+
+def readme_table() -> str:
+    """The README's key table, between its markers."""
+    head = "| key | default | allowed | meaning |\n|---|---|---|---|\n"
+    return (README_BEGIN + "\n" + head + "".join(row + "\n" for row in readme_rows().values())
+            + README_END)
+
+
+def splice_readme(readme: str) -> str:
+    """``readme`` with its key table replaced by the generated one."""
+    start, end = readme.index(README_BEGIN), readme.index(README_END) + len(README_END)
+    return readme[:start] + readme_table() + readme[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.schema --write [ROOT]``: regenerate configs/example.yaml and the
+    README's key table under ROOT (default: the current folder); ``--example`` prints the
+    example."""
+    import os
+
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--example"]:
+        sys.stdout.write(example_yaml())
+        return 0
+    if args[:1] != ["--write"]:
+        print("usage: python -m pipeline.schema --write [ROOT] | --example", file=sys.stderr)
+        return 2
+    root = args[1] if len(args) > 1 else "."
+    with open(os.path.join(root, "configs", "example.yaml"), "w", encoding="utf-8") as handle:
+        handle.write(example_yaml())
+    readme = os.path.join(root, "README.md")
+    with open(readme, encoding="utf-8") as handle:
+        text = splice_readme(handle.read())
+    with open(readme, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
