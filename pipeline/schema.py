@@ -263,7 +263,8 @@ KEYS: tuple[Key, ...] = (
         "image, CIELAB Delta-E 76 units (~2.3 = just noticeable)", minimum=0.0, exclusive=True),
     Key("kmeans", "max_k", "integer", 64, "k: auto: largest k tried; if even max_k misses "
         "max_error, max_k is used and a warning says so", minimum=1, maximum=MAX_K),
-    Key("output", "dir", "string", "out", "output folder", is_path=True,
+    Key("output", "dir", "string", "out", "output folder (left out: out, in the working "
+        "directory)", is_path=True,
         example="../out/example"),
     Key("output", "segmented", "boolean", True, "segmented/<name>.png: each pixel painted with "
         "its centroid colour"),

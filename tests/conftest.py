@@ -1,8 +1,13 @@
-"""Shared fixtures: synthetic images with known colours, job files, a real LocalCluster."""
+"""Shared fixtures and helpers: synthetic images with known colours, job files, running the CLI
+and reading what it wrote, a real LocalCluster."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -69,6 +74,45 @@ def write_job(folder, **sections) -> str:
     with open(path, "w") as handle:
         yaml.safe_dump(job, handle)
     return path
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """What one in-process ``kmeans-pipeline`` call did."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def lines(self) -> list[str]:
+        """The non-empty lines of stderr (errors, warnings, progress)."""
+        return error_lines(self.err)
+
+    def json(self) -> dict:
+        """stdout as the one JSON object ``--json`` (or ``schema``) prints."""
+        return json.loads(self.out)
+
+
+def run_cli(*argv: str) -> CliResult:
+    """``kmeans-pipeline ARGV...`` in-process, with its exit status, stdout and stderr."""
+    from pipeline.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def error_lines(text: str) -> list[str]:
+    """The non-empty lines of ``text`` (what the CLI printed to stderr)."""
+    return [line for line in text.splitlines() if line]
+
+
+def read_json(folder, name: str = "report.json") -> dict:
+    """An output JSON file (report.json, model.json, ...) of the output folder ``folder``."""
+    with open(os.path.join(str(folder), name), encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 @pytest.fixture(scope="session")
