@@ -21,8 +21,9 @@ import yaml
 
 from pipeline import schema
 from pipeline.errors import ConfigError
-from pipeline.schema import (ALGORITHMS, AUTO_K, COLOR_SPACES, DEFAULT_MAX_PIXELS,  # noqa: F401
-                             IF_EXISTS, INITS, LOCAL_SCHEDULERS, MAX_K, ON_ERROR, PERSIST, SCOPES)
+from pipeline.schema import (  # noqa: F401 (re-exported: cluster.py, batch.py import them)
+    ALGORITHMS, AUTO_K, COLOR_SPACES, DEFAULT_MAX_PIXELS, IF_EXISTS, INITS, LOCAL_SCHEDULERS,
+    MAX_K, ON_ERROR, PERSIST, SCOPES)
 
 _SCHEMA = schema.SECTIONS
 _PYTHON_TYPES = {"integer": "int", "number": "float", "boolean": "bool", "enum": "str",
@@ -130,7 +131,8 @@ def json_schema() -> dict:
             "$id": "urn:kmeans-pipeline:job", "title": "kmeans-pipeline job file",
             "description": "A job for `kmeans-pipeline run` (see configs/example.yaml).",
             "type": "object", "additionalProperties": False,
-            "required": [s for s, keys in _SCHEMA.items() if any(k.required for k in keys.values())],
+            "required": [s for s, keys in _SCHEMA.items()
+                         if any(k.required for k in keys.values())],
             "properties": properties}
 
 

@@ -111,7 +111,8 @@ class Key:
         elif self.kind == "mapping":
             return "must be a mapping"
         elif self.kind == "size":
-            return f"must be 'auto', or a size of at least {MIN_WORKER_MEMORY // 2**20}MiB like '2GiB'"
+            return (f"must be 'auto', or a size of at least {MIN_WORKER_MEMORY // 2**20}MiB "
+                    "like '2GiB'")
         else:
             raise ValueError(f"{self.path}: unknown kind {self.kind!r}")
         return text + "".join(f" or {a!r}" for a in self.also)

@@ -52,6 +52,20 @@ def test_schedulers_and_chunkings_agree(tmp_path, collection, local_cluster, alg
 
 
 def test_run_uses_the_active_distributed_client(tmp_path, collection, local_cluster):
+    # Issue 10 §5: this used to count ok images only; the cluster run must give the threads
+    # run's model and label maps, and its tasks must run on the cluster's workers.
+    from distributed import Client, get_task_stream
+
+    _, truth = collection
     job = write_job(tmp_path, output={"masks": False})
-    report = _run_with(job, client_of=local_cluster)
-    assert report["totals"]["ok"] == 5
+    _run_with(job, "threads", output__dir="out_threads")
+    with Client(local_cluster) as client, get_task_stream(client) as tasks:
+        report = run(load_config(job))
+    assert report["totals"]["ok"] == len(truth)
+    workers = set(local_cluster.scheduler_info["workers"])
+    assert tasks.data and {task["worker"] for task in tasks.data} <= workers
+    centroids, labels = _outputs(tmp_path / "out", truth)
+    reference_centroids, reference_labels = _outputs(tmp_path / "out_threads", truth)
+    assert np.allclose(centroids, reference_centroids, rtol=0, atol=1e-6)
+    for name in truth:
+        assert (labels[name] == reference_labels[name]).all()

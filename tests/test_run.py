@@ -7,7 +7,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from conftest import COLOURS, write_job
+from conftest import COLOURS, blocks_image, layout, read_json, run_cli, save, write_job
 from pipeline.cli import main
 from pipeline.config import load_config
 
@@ -112,13 +112,42 @@ def test_resume_refuses_outputs_of_another_job(tmp_path, collection, capsys):
 
 
 def test_k_larger_than_distinct_colours_and_k_one_give_valid_results(tmp_path, collection):
-    job = write_job(tmp_path, kmeans={"k": 7})
-    assert _run(job) == 0
-    doc = json.loads((tmp_path / "out" / "model.json").read_text())
-    assert np.isfinite(np.array(doc["centroids"])).all()
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert any("distinct colour" in w for w in report["warnings"]) or len(
-        {tuple(c) for c in doc["palette"]}) <= 7
+    # Issue 10 §5: this test used to pass whatever the palette was (`or len(palette) <= 7`).
+    exact = tmp_path / "exact"
+    truth = {}
+    for i, (h, w) in enumerate([(40, 60), (33, 47), (64, 64)]):
+        truth[f"img{i}"] = layout(h, w, len(COLOURS), seed=i)
+        save(exact / "images" / f"img{i}.png", blocks_image(truth[f"img{i}"], noise=0))
+    result = run_cli("run", write_job(exact, kmeans={"k": 7}), "-q")
+    assert result.code == 0, result.err
+    doc, report = read_json(exact / "out", "model.json"), read_json(exact / "out")
+    assert report["warnings"] == ["found 4 distinct colour(s), fewer than k=7; 3 cluster(s) "
+                                  "will stay empty"]
+    centroids = np.array(doc["centroids"])
+    assert centroids.shape == (7, 3) and np.isfinite(centroids).all()
+    assert {tuple(c) for c in doc["palette"]} == {tuple(c) for c in COLOURS.tolist()}
+    used = [j for j, n in enumerate(doc["counts"]) if n]
+    assert len(used) == 4 and doc["counts"].count(0) == 3 and doc["inertia"] == 0
+    pixels = np.concatenate([lay.ravel() for lay in truth.values()])
+    assert sorted(doc["counts"][j] for j in used) == sorted(np.bincount(pixels).tolist())
+    for name, lay in truth.items():
+        labels = iio.imread(exact / "out" / "labels" / f"{name}.png")
+        assert set(np.unique(labels)) <= set(used)
+        assert (np.array(doc["palette"], np.uint8)[labels] == COLOURS[lay]).all()
+        assert (iio.imread(exact / "out" / "segmented" / f"{name}.png") == COLOURS[lay]).all()
+
+    # Four noisy colours, k=7: every centroid splits a true colour; the regions stay exact.
+    assert _run(write_job(tmp_path, kmeans={"k": 7})) == 0
+    doc = read_json(tmp_path / "out", "model.json")
+    centroids = np.array(doc["centroids"])
+    order = _match(centroids)
+    assert centroids.shape == (7, 3) and sorted(set(order.tolist())) == [0, 1, 2, 3]
+    assert np.abs(centroids - COLOURS[order]).max() <= 2.0
+    assert len({tuple(c) for c in doc["palette"]}) == 7 and 0 not in doc["counts"]
+    assert not any("distinct colour" in w for w in read_json(tmp_path / "out")["warnings"])
+    for name, lay in collection[1].items():
+        assert (order[iio.imread(tmp_path / "out" / "labels" / f"{name}.png")] == lay).all()
+
     job1 = write_job(tmp_path, kmeans={"k": 1}, output={"dir": "out1"})
     assert _run(job1) == 0
     doc1 = json.loads((tmp_path / "out1" / "model.json").read_text())
