@@ -198,3 +198,9 @@ def test_a_bad_job_dict_lists_every_problem_naming_its_source():
     ]
     with pytest.raises(ConfigError, match="^<dict>: a job must be a mapping of sections"):
         config_from_dict([("input", {})], ".")
+
+
+def test_set_fills_a_section_left_empty_in_the_job_file(tmp_path):
+    # `kmeans:` with nothing under it is null in YAML; --set used to be dropped silently there.
+    cfg = load_config(_job(tmp_path, "input: {paths: [a]}\nkmeans:\n"), ["kmeans.k=3"])
+    assert cfg.kmeans.k == 3 and "kmeans.k" in cfg.given
