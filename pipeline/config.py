@@ -7,6 +7,7 @@ before raising, so ``kmeans-pipeline validate`` can list them all at once.  No d
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -342,7 +343,25 @@ def load_config(path: str, overrides: list[str] = (), scheduler: str | None = No
     ConfigError
         Listing every problem found, one per line, each naming the file and key.
     """
-    raw = _read_yaml(path)
+    return build_config(_read_yaml(path), path, overrides, scheduler)
+
+
+def build_config(raw: dict, source: str, overrides: list[str] = (),
+                 scheduler: str | None = None, base_dir: str | None = None) -> JobConfig:
+    """Validate a job given as a mapping of sections (what a job file holds).
+
+    ``source`` names the job in messages; relative paths are relative to ``base_dir``
+    (default: the folder of ``source``).  ``overrides`` and ``scheduler`` as for `load_config`.
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem found, one per line, each naming the job and key.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: job must be a mapping of sections (input, kmeans, ...), "
+                          f"got {type(raw).__name__}")
+    raw = copy.deepcopy(raw)
     problems: list[str] = []
     for item in overrides:
         _apply_override(raw, item, problems)
@@ -350,10 +369,15 @@ def load_config(path: str, overrides: list[str] = (), scheduler: str | None = No
         raw.setdefault("dask", {})
         if isinstance(raw["dask"], dict):
             raw["dask"]["scheduler"] = scheduler
-    job = _build(raw, path, problems)
+    job = _build(raw, source, problems, base_dir)
     if problems:
-        raise ConfigError("\n".join(f"{path}: {p}" for p in problems))
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
     return job
+
+
+def read_job_file(path: str) -> dict:
+    """A job file's mapping of sections, before validation (see `build_config`)."""
+    return _read_yaml(path)
 
 
 def _read_yaml(path: str) -> dict:
@@ -409,8 +433,9 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def _build(raw: dict, path: str, problems: list[str]) -> JobConfig:
-    base_dir = os.path.dirname(os.path.abspath(path))
+def _build(raw: dict, path: str, problems: list[str], base_dir: str | None = None) -> JobConfig:
+    base_dir = os.path.abspath(base_dir) if base_dir is not None else \
+        os.path.dirname(os.path.abspath(path))
     sections = {}
     named: set[str] = set()
     for section_name in raw:

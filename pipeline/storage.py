@@ -14,7 +14,9 @@ reads (`open_read`); decoding fetches the whole object once (`read_bytes`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import glob
 import importlib
 import io
 import logging
@@ -22,7 +24,9 @@ import os
 import posixpath
 import re
 import time
-from typing import Any, Callable, TypeVar
+from dataclasses import dataclass, field
+from stat import S_ISREG
+from typing import Any, Callable, ContextManager, TypeVar
 
 from pipeline.errors import ConfigError, StorageError
 
@@ -115,6 +119,93 @@ def join(base: str, rel: str) -> str:
 def canonical(path: str) -> str:
     """One spelling per file or object (to find duplicates and the output folder)."""
     return path.rstrip("/") if is_url(path) else os.path.realpath(path)
+
+
+@dataclass(frozen=True)
+class Location:
+    """A local path or an object URL, with the ``storage_options`` that reach it.
+
+    The one seam between the pipeline and where its files live: every listing, read and probe
+    of an input or output goes through a Location, which sends a local path to the standard
+    library and a URL to fsspec.  Callers never branch on which it is.
+    """
+
+    path: str
+    options: dict | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def remote(self) -> bool:
+        return is_url(self.path)
+
+    @property
+    def separator(self) -> str:
+        return "/" if self.remote else os.sep
+
+    def join(self, rel: str) -> "Location":
+        return Location(join(self.path, rel), self.options)
+
+    def canonical(self) -> str:
+        return canonical(self.path)
+
+    def stat_file(self) -> tuple[int, int, bool]:
+        """(size in bytes, modification time in ns, whether it is a regular file or object).
+
+        Raises ``OSError`` (missing, unreadable) or `StorageError` (store unreachable)."""
+        if self.remote:
+            return (*stat(self.path, self.options), True)
+        result = os.stat(self.path)
+        return result.st_size, result.st_mtime_ns, S_ISREG(result.st_mode)
+
+    def open_read(self, size: int | None = None) -> io.BufferedIOBase:
+        """A seekable binary file; over an object, one that makes range reads."""
+        if self.remote:
+            return open_read(self.path, self.options, size)
+        return open(self.path, "rb")
+
+    def header_source(self, size: int | None = None) -> ContextManager:
+        """What a decoder opens to read a header: the local path itself (the decoder opens
+        and seeks the file), or a range-reading file over the object."""
+        if self.remote:
+            return open_read(self.path, self.options, size)
+        return contextlib.nullcontext(self.path)
+
+    def read_bytes(self) -> bytes:
+        """The whole file or object."""
+        if self.remote:
+            return read_bytes(self.path, self.options)
+        with open(self.path, "rb") as handle:
+            return handle.read()
+
+    def fetch(self) -> str | io.BytesIO:
+        """What a decoder opens to read everything: the local path, or the object's bytes
+        fetched in one GET."""
+        return io.BytesIO(read_bytes(self.path, self.options)) if self.remote else self.path
+
+    def exists(self) -> bool:
+        return exists(self.path, self.options)
+
+    def expand(self, extensions: frozenset[str], ignored: list[str],
+               problems: list[str]) -> list[tuple[str, str]]:
+        """(path, output name) for every file or object this ``input.paths`` entry names: a
+        glob, a folder (searched recursively, hidden names left out) or one file.  Files in a
+        folder whose extension is not in ``extensions`` go to ``ignored``; a missing or
+        unlistable entry adds a line to ``problems``."""
+        if self.remote:
+            return _expand_remote(self.path, self.options, extensions, ignored, problems)
+        return _expand_local(self.path, extensions, ignored, problems)
+
+    def check_writable(self, probe: str) -> None:
+        """Create the folder if needed, then write and delete a probe file or object under it.
+
+        Raises ``OSError`` or `StorageError` when that is not possible."""
+        if self.remote:
+            check_writable(self.path, self.options, probe)
+            return
+        os.makedirs(self.path, exist_ok=True)
+        target = os.path.join(self.path, probe)
+        with open(target, "wb"):
+            pass
+        os.unlink(target)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,8 +414,8 @@ def sizes(root: str, options: dict | None) -> dict[str, int]:
 # Listing
 
 
-def expand(entry: str, options: dict | None, extensions: frozenset[str], ignored: list[str],
-           problems: list[str]) -> list[tuple[str, str]]:
+def _expand_remote(entry: str, options: dict | None, extensions: frozenset[str],
+                   ignored: list[str], problems: list[str]) -> list[tuple[str, str]]:
     """(URL, output name) for every object an ``input.paths`` URL names, like a local entry:
     a glob, a folder (prefix, searched recursively) or one object.  http(s) URLs name one
     object each (HTTP has no listing), so ``?`` in them is a query, not a wildcard."""
@@ -349,6 +440,56 @@ def expand(entry: str, options: dict | None, extensions: frozenset[str], ignored
     except (OSError, StorageError) as exc:  # the store refuses, or cannot be reached
         problems.append(f"input.paths: {entry!r}: cannot list ({describe(exc)})")
     return []
+
+
+def _expand_local(entry: str, extensions: frozenset[str], ignored: list[str],
+            problems: list[str]) -> list[tuple[str, str]]:
+    """(path, name) for every file an input entry names; name is relative, extension dropped."""
+    if _GLOB_CHARS.search(entry):
+        base = _glob_base(entry)
+        files = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
+        return [(p, _name(p, base)) for p in files]
+    if os.path.isdir(entry):
+        return [(p, _name(p, entry)) for p in _walk(entry, extensions, ignored)]
+    if os.path.isfile(entry):
+        return [(entry, _name(entry, os.path.dirname(entry)))]
+    if os.path.lexists(entry):
+        problems.append(f"input.paths: {entry!r} is not a readable file or folder")
+    else:
+        problems.append(f"input.paths: {entry!r} does not exist; check the path (relative "
+                        "paths are relative to the job file)")
+    return []
+
+
+def _glob_base(pattern: str) -> str:
+    head = _GLOB_CHARS.split(pattern, maxsplit=1)[0]
+    return head if head.endswith(os.sep) else os.path.dirname(head)
+
+
+def _name(path: str, base: str) -> str:
+    rel = os.path.relpath(path, base) if base else os.path.basename(path)
+    return os.path.splitext(rel)[0].replace(os.sep, "/")
+
+
+def _walk(root: str, extensions: frozenset[str], ignored: list[str]) -> list[str]:
+    files: list[str] = []
+    seen_dirs: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen_dirs:  # a symlink loop, or a folder reached twice
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = os.path.join(folder, name)
+            if os.path.splitext(name)[1].lower() in extensions:
+                files.append(path)
+            else:
+                ignored.append(path)
+    return files
 
 
 def _expand_glob(fs: Any, entry: str, pattern: str) -> list[tuple[str, str]]:

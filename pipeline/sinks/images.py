@@ -26,7 +26,8 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from pipeline import segment, storage
+from pipeline import storage
+from pipeline.sinks import segment
 from pipeline.config import OutputConfig
 from pipeline.errors import StorageError
 
