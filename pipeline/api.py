@@ -483,6 +483,7 @@ class Model:
         from pipeline.sinks import images as files
 
         path = os.fspath(path)
+        path = path if "://" in path else os.path.abspath(path)
         files.write_json(path, self.doc, True, storage_options)
         self.path = path
 
