@@ -19,7 +19,7 @@ import dask
 import numpy as np
 
 from pipeline import cluster, fitting, kmeans, storage, tasks
-from pipeline.config import JobConfig, KMeansConfig
+from pipeline.config import JobConfig
 from pipeline.errors import (ConfigError, ImageReadError, JobCancelled, OutputError,
                              PipelineError, StorageError)
 from pipeline.record import RunRecord

@@ -24,6 +24,7 @@ import os
 import posixpath
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from stat import S_ISREG
 from typing import Any, Callable, ContextManager, TypeVar
@@ -125,9 +126,10 @@ def canonical(path: str) -> str:
 class Location:
     """A local path or an object URL, with the ``storage_options`` that reach it.
 
-    The one seam between the pipeline and where its files live: every listing, read and probe
-    of an input or output goes through a Location, which sends a local path to the standard
-    library and a URL to fsspec.  Callers never branch on which it is.
+    The one seam between the pipeline and where its files live: every listing, read, write and
+    probe of an input or output goes through a Location, which sends a local path to the
+    standard library and a URL to fsspec.  Callers branch on ``remote`` only where the two
+    differ by design (a marker file that only a shared folder can carry).
     """
 
     path: str
@@ -193,6 +195,86 @@ class Location:
         if self.remote:
             return _expand_remote(self.path, self.options, extensions, ignored, problems)
         return _expand_local(self.path, extensions, ignored, problems)
+
+    def write_atomic(self, write: Callable[[Any], None], temp_prefix: str,
+                     make_folder: bool = True) -> int:
+        """Write through ``write(handle)`` so that a reader sees the whole file or none: a
+        local file under a hidden temporary name (``temp_prefix``...) in its folder, then
+        renamed; an object written to memory, then stored with one PUT.  Returns the size.
+
+        ``make_folder=False``: the folder must exist (it is not created again if removed)."""
+        if self.remote:
+            buffer = io.BytesIO()
+            write(buffer)
+            data = buffer.getvalue()
+            put_bytes(self.path, data, self.options)
+            return len(data)
+        folder, base = os.path.split(self.path)
+        if make_folder:
+            os.makedirs(folder, exist_ok=True)
+        temp = os.path.join(folder, f"{temp_prefix}{uuid.uuid4().hex[:12]}-{base}")
+        try:
+            with open(temp, "wb") as handle:
+                write(handle)
+                size = handle.tell()
+            os.replace(temp, self.path)
+        except BaseException:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+            raise
+        return size
+
+    def remove(self, attempts: int = 0) -> None:
+        """Delete the file or object (one that is already gone is no error)."""
+        if self.remote:
+            remove(self.path, self.options, attempts)
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def make_folders(self, rel_folder: str) -> None:
+        """Create ``rel_folder`` below this folder, which must still exist (object storage
+        has no folders: nothing to do)."""
+        if self.remote:
+            return
+        if not os.path.isdir(self.path):
+            raise FileNotFoundError(errno.ENOENT, "the output folder was removed", self.path)
+        folder = self.path
+        for part in rel_folder.split("/"):
+            folder = os.path.join(folder, part)
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                pass
+
+    def folder_gone(self) -> bool:
+        """Whether a local folder no longer exists (a store's prefix never goes away)."""
+        return not self.remote and not os.path.isdir(self.path)
+
+    def sizes(self) -> dict[str, int] | None:
+        """For object storage, every object's size below this prefix from one listing (a
+        request per file would be slow); None for a local folder, where a stat is cheap."""
+        return sizes(self.path, self.options) if self.remote else None
+
+    def remove_temp_files(self, temp_prefix: str) -> int:
+        """Delete the temporary files killed writers left below this folder; returns how many.
+        Object storage has none: an object is written with one PUT."""
+        if self.remote:
+            return 0
+        removed = 0
+        for folder, _, names in os.walk(self.path):
+            for name in names:
+                if name.startswith(temp_prefix):
+                    try:
+                        os.unlink(os.path.join(folder, name))
+                        removed += 1
+                    except OSError:
+                        pass
+        return removed
 
     def check_writable(self, probe: str) -> None:
         """Create the folder if needed, then write and delete a probe file or object under it.

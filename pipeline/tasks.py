@@ -8,7 +8,6 @@ tasks and records what they return.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 
 import numpy as np
@@ -110,7 +109,7 @@ def write_image(out_dir: str, info: ImageInfo, pixels: np.ndarray, labels: np.nd
 
 
 def _folder_removed(out_dir: str) -> bool:
-    return not storage.is_url(out_dir) and not os.path.isdir(out_dir)
+    return storage.Location(out_dir).folder_gone()
 
 
 def _write_thumbs(out_dir: str, info: ImageInfo, pixels: np.ndarray, labels: np.ndarray,
