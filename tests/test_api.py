@@ -21,7 +21,7 @@ from pipeline.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 API_NAMES = {"Job", "Model", "run", "open_collection", "fit", "validate", "apply", "submit",
-             "status", "cancel", "KMeans", "PipelineError", "ConfigError", "exit_status"}
+             "status", "cancel", "PipelineError", "ConfigError", "exit_status"}
 
 
 def test_import_pipeline_loads_no_dask_pillow_or_sklearn():
@@ -32,6 +32,12 @@ def test_import_pipeline_loads_no_dask_pillow_or_sklearn():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_star_import_gives_every_listed_name():
+    namespace: dict = {}
+    exec("from pipeline import *", namespace)  # noqa: S102
+    assert set(pipeline.__all__) <= set(namespace)
 
 
 def test_every_api_name_is_listed_and_loads_on_first_use():
