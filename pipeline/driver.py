@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Callable
 
 import dask
@@ -35,6 +36,13 @@ REPORT = "report.json"
 MODEL = "model.json"
 _REPORT_EVERY = 2.0  # seconds between rewrites of report.json while images finish
 _CHECK_INPUTS = 8  # inputs, spread over the listing, that every worker must be able to read
+
+
+@dataclass
+class _Written:
+    """What this run wrote that the page shows: model.json's content, once written."""
+
+    model: dict | None = None
 
 
 class _Silent:
@@ -81,15 +89,16 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
     for path, reason in listing.failed:
         log.info("%s: %s", path, reason)
     kept = collection.Decoded()  # the sampling pass's decoded pixels, for the segment pass
-    model_doc = None
+    written = _Written()
     try:
         _save(record)
         _preflight(cfg, listing)
         _resume(record, previous, listing.images)
         if cfg.kmeans.scope == "collection":
-            model_doc = _run_collection(record, listing.images, previous, phases, init, kept)
-        else:
-            model_doc = _run_per_image(record, listing.images, phases, init)
+            outcome, good = _fit(record, listing.images, previous, phases, init, kept)
+            _segment(record, good, outcome, phases, kept, written)
+        else:  # one palette per image: each task fits, segments and writes its image
+            _run_per_image(record, listing.images, phases, init, written)
         files.remove_temp_files(cfg.output.dir)  # left by workers killed while writing
         record.status = "done"
     except (PipelineError, KeyboardInterrupt, Exception) as exc:
@@ -108,7 +117,7 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
         # First: on a full disk report.json matters more than the page.  When even it cannot
         # be written (an unreachable store: each try takes its retries), the page would not be.
         if _save_quietly(record):
-            _write_html(record, model_doc)
+            _write_html(record, written.model)
             _save_quietly(record)
     return record.to_dict()
 
@@ -349,17 +358,15 @@ def _image_failed(record: RunRecord, info: ImageInfo, error: str) -> None:
 # Collection scope: one palette
 
 
-def _run_collection(record: RunRecord, images: list[ImageInfo], previous: dict | None,
-                    phases: _Phases, init: np.ndarray | None,
-                    kept: collection.Decoded) -> dict:
-    """Fit one palette, segment and write every image; returns model.json's content."""
+def _segment(record: RunRecord, good: list[ImageInfo], outcome: fitting.FitOutcome,
+             phases: _Phases, kept: collection.Decoded, written: _Written) -> None:
+    """Segment and write every image with the collection's palette, then the palette files."""
     cfg = record.cfg
-    outcome, good = _fit(record, images, previous, phases, init, kept)
     record.warnings += outcome.warnings
     record.auto_k = outcome.auto_k
     for message in outcome.warnings:
         log.warning(message)
-    _save_model(record, outcome)
+    _save_model(record, outcome, written)
     clock = time.perf_counter()
     todo = record.pending(good)
     whole = whole_table_pays(sum(i.n_pixels for i in good), len(outcome.centroids),
@@ -374,10 +381,9 @@ def _run_collection(record: RunRecord, images: list[ImageInfo], previous: dict |
         for group in groups]
     _compute_images(record, groups, segment_tasks, phases, "segment")
     record.timings["segment"] = time.perf_counter() - clock
-    doc = _save_model(record, outcome)
+    doc = _save_model(record, outcome, written)
     report.write_palette_files(record.out_dir, outcome.palette, doc["counts"], cfg.source,
                                cfg.output.storage_options)
-    return doc
 
 
 def _fit(record: RunRecord, images: list[ImageInfo], previous: dict | None, phases: _Phases,
@@ -477,7 +483,7 @@ def persist_histograms(cfg: JobConfig, images: list[ImageInfo]) -> bool:
     return 12 * sum(i.n_pixels for i in images) < cluster.memory_budget() // 4
 
 
-def _save_model(record: RunRecord, outcome: fitting.FitOutcome) -> dict:
+def _save_model(record: RunRecord, outcome: fitting.FitOutcome, written: _Written) -> dict:
     counts = np.zeros(len(outcome.centroids), np.int64)
     inertia = 0.0
     for entry in record.images:
@@ -487,6 +493,7 @@ def _save_model(record: RunRecord, outcome: fitting.FitOutcome) -> dict:
     doc = model.collection_document(record.cfg, outcome, counts, inertia)
     _write_json(storage.join(record.out_dir, MODEL), doc,
                 storage_options=record.cfg.output.storage_options)
+    written.model = doc
     return doc
 
 
@@ -495,7 +502,7 @@ def _save_model(record: RunRecord, outcome: fitting.FitOutcome) -> dict:
 
 
 def _run_per_image(record: RunRecord, images: list[ImageInfo], phases: _Phases,
-                   init: np.ndarray | None) -> dict:
+                   init: np.ndarray | None, written: _Written) -> None:
     cfg = record.cfg
     clock = time.perf_counter()
     _check_decodable(record, images, phases)
@@ -512,7 +519,7 @@ def _run_per_image(record: RunRecord, images: list[ImageInfo], phases: _Phases,
     doc = model.image_document(cfg, palettes)
     _write_json(storage.join(record.out_dir, MODEL), doc,
                 storage_options=cfg.output.storage_options)
-    return doc
+    written.model = doc
 
 
 # ---------------------------------------------------------------------------------------------

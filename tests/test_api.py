@@ -183,3 +183,18 @@ def test_the_exit_status_table_is_the_readme_table():
     table = text.split("### Exit statuses\n", 1)[1].split("\n#", 1)[0]
     rows = dict(re.findall(r"^\| (\d+) \| (.*) \|$", table, re.M))
     assert {int(k): v for k, v in rows.items()} == EXIT_STATUSES
+
+
+def test_the_page_is_drawn_from_the_run_not_from_model_json_read_back(tmp_path, collection,
+                                                                     monkeypatch):
+    from pipeline.sinks import images
+
+    read = []
+    real = images.read_json
+    monkeypatch.setattr(images, "read_json", lambda path, *a: read.append(path) or real(path, *a))
+    job = write_job(tmp_path, output={"masks": False})
+    pipeline.run(pipeline.Job.from_yaml(job))
+    assert not [p for p in read if p.endswith("model.json")]
+    palette = json.loads((tmp_path / "out" / "model.json").read_text())["palette"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert all("#%02x%02x%02x" % tuple(c) in page for c in palette)
