@@ -168,7 +168,8 @@ class Image:
 
         token = dask.base.tokenize(self.info)
         block = dask.delayed(photos.decode, pure=True)(self.info, dask_key_name=f"image-{token}")
-        return da.from_delayed(block, shape=self.shape, dtype=np.uint8, name=f"pixels-{token}")
+        return da.from_delayed(block, shape=self.shape, dtype=np.uint8,
+                               name=f"image-pixels-{token}")
 
     def __repr__(self) -> str:
         return f"Image({self.name!r}, {self.info.width}x{self.info.height}, {self.info.format})"
