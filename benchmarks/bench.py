@@ -172,9 +172,11 @@ def _ours_in_memory(images: list[np.ndarray], k: int) -> tuple[float, np.ndarray
 
     from types import SimpleNamespace
 
-    from pipeline import fit, read, segment
+    from pipeline import fitting as fit
+    from pipeline.sinks import segment
+    from pipeline.sources import collection as read
     from pipeline.config import KMeansConfig
-    from pipeline.run import _allocate
+    from pipeline.sources.collection import allocate as _allocate
 
     km = KMeansConfig(k=k)
     started = time.perf_counter()

@@ -18,14 +18,16 @@ import dataclasses
 import logging
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any
 
 import dask
 
-from pipeline import cluster, storage, write
+from pipeline import cluster, storage
 from pipeline.config import LOCAL_SCHEDULERS, DaskConfig, JobConfig
-from pipeline.errors import ConfigError, JobCancelled, PipelineError
-from pipeline.run import REPORT, Progress, run
+from pipeline.driver import REPORT, run
+from pipeline.errors import ConfigError, JobCancelled, PipelineError, exit_status
+from pipeline.sinks import images as write
+from pipeline.sources.collection import Progress
 
 log = logging.getLogger(__name__)
 SUBMISSION = "submission.json"
@@ -95,7 +97,7 @@ def drive(cfg: JobConfig, job_id: str) -> dict:
         cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, if_exists="resume"))
     try:
         with dask.config.set(cfg.dask.config), cluster.watch_cancel(job_id) as cancelled:
-            report = run(cfg, _CancelWatch(job_id, cancelled), job_id=job_id)
+            report = run(cfg, job_id=job_id, cancelled=cancelled)
     except PipelineError as exc:
         status = "cancelled" if isinstance(exc, JobCancelled) else "failed"
         error = str(exc).splitlines()[0]
@@ -106,28 +108,10 @@ def drive(cfg: JobConfig, job_id: str) -> dict:
         return {"status": status, "exit_code": exc.exit_code, "error": error, "totals": None,
                 "problems": []}
     totals = report["totals"]
-    return {"status": "done", "exit_code": 3 if totals["skipped"] or totals["failed"] else 0,
+    return {"status": "done", "exit_code": exit_status(totals),
             "error": None, "totals": totals,
             "problems": [{"path": r["path"], "error": r["error"]} for r in report["images"]
                          if r["status"] != "ok" and r["error"]]}
-
-
-class _CancelWatch:
-    """The driver's progress: stops the run, between images, once `cancel` asked for it."""
-
-    def __init__(self, job_id: str, cancelled: Callable[[], bool]):
-        self.job_id, self.cancelled = job_id, cancelled
-
-    def phase(self, name: str, images: int, pixels: int) -> None:
-        self._check()
-
-    def advance(self, images: int, pixels: int) -> None:
-        self._check()
-
-    def _check(self) -> None:
-        if self.cancelled():
-            raise JobCancelled(f"job {self.job_id} was cancelled; its completed images stay "
-                               "valid: run or submit it again with output.if_exists: resume")
 
 
 def _update_submission(out_dir: str, job_id: str, options: dict | None,

@@ -1,7 +1,7 @@
-"""Command line: argv -> load_config -> cluster.connect -> run; prints errors, returns exit codes.
+"""Command line: argv -> Job -> the API (`pipeline.api`); prints, maps errors to exit statuses.
 
-Exit statuses: 0 every image done; 3 finished with some images skipped; 2 bad job file or
-arguments, or nothing could start; 1 the job failed; 130 interrupted.
+The exit statuses are `pipeline.errors.EXIT_STATUSES`.  Nothing here is unreachable from Python:
+each command is one API call.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import traceback
 import warnings
 
 from pipeline import __version__
-from pipeline.errors import ConfigError, PipelineError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from pipeline.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
+                             PipelineError, exit_status)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,21 +94,12 @@ def _add_folder_commands(commands) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from pipeline.config import load_config
+    from pipeline.api import Job
 
     overrides = list(args.set)
-    if getattr(args, "model", None):
-        # `apply`: the model's palette (and so its k) wins over the job's kmeans keys.
-        remote = "://" in args.model  # a URL: read through pipeline.storage
-        if not remote and not os.path.isfile(args.model):
-            raise ConfigError(f"{args.model}: model file not found; give the model.json "
-                              "written by an earlier run")
-        model_path = json.dumps(args.model if remote else os.path.abspath(args.model))
-        overrides += [f"kmeans.init={model_path}", "kmeans.max_iter=0",
-                      "kmeans.scope=collection"]
     if args.scheduler_file:
         overrides.append(f"dask.scheduler_file={args.scheduler_file}")
-    return load_config(args.job, overrides, args.scheduler)
+    return Job.from_yaml(args.job, overrides, args.scheduler)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -120,35 +110,23 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from pipeline import read
-    from pipeline.run import resolve_init
+    from pipeline import api
 
-    cfg = _load(args)
-    listing = read.list_inputs(cfg.input, cfg.preprocess, cfg.output.dir)
-    problems = [f"{path}: {reason}" for path, reason in listing.failed]
-    if cfg.kmeans.init_is_model:
-        try:
-            resolve_init(cfg)
-        except ConfigError as exc:
-            problems.append(str(exc))
-    summary = {"job": args.job, "valid": not problems, "problems": problems,
-               "images": [{"path": i.path, "name": i.name, "width": i.width,
-                           "height": i.height, "format": i.format} for i in listing.images],
-               "ignored": listing.ignored,
-               "renamed": [{"path": p, "name": n} for p, n in listing.renamed],
-               "pixels": sum(i.n_pixels for i in listing.images)}
+    summary = api.validate(_load(args))
+    summary["job"] = args.job
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps({k: v for k, v in summary.items() if k != "output_dir"}))
     elif not args.quiet:
-        for info in listing.images:
-            print(f"{info.path} -> {info.name} ({info.width}x{info.height} {info.format})")
-        for path in listing.ignored:
+        for info in summary["images"]:
+            print(f"{info['path']} -> {info['name']} ({info['width']}x{info['height']} "
+                  f"{info['format']})")
+        for path in summary["ignored"]:
             print(f"ignored (not an image type): {path}")
-        print(f"{len(listing.images)} image(s), {summary['pixels'] / 1e6:.1f} Mpx; "
-              f"output to {cfg.output.dir}")
-    for problem in problems:
+        print(f"{len(summary['images'])} image(s), {summary['pixels'] / 1e6:.1f} Mpx; "
+              f"output to {summary['output_dir']}")
+    for problem in summary["problems"]:
         _print_error(problem)
-    return EXIT_USAGE if problems else EXIT_OK
+    return EXIT_USAGE if summary["problems"] else EXIT_OK
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
@@ -157,24 +135,29 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline import cluster
-    from pipeline.run import run
+    from pipeline import api
 
-    cfg = _load(args)
+    job = _load(args)
     show = None if (args.quiet or args.json) else _Progress(sys.stderr)
     started = time.perf_counter()
-    with cluster.connect(cfg.dask) as connection:
+    connected = []
+
+    def on_connect(connection) -> None:
+        connected.append(connection)
         if connection.dashboard and show:
             print(f"dask dashboard: {connection.dashboard}", file=sys.stderr)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            report = run(cfg, show)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if getattr(args, "model", None):
+            report = api.apply(args.model, job, show, on_connect=on_connect)
+        else:
+            report = api.run(job, show, on_connect=on_connect)
     totals = report["totals"]
-    code = EXIT_SKIPPED if totals["skipped"] or totals["failed"] else EXIT_OK
     skipped = [{"path": r["path"], "error": r["error"]} for r in report["images"]
                if r["status"] != "ok" and r["error"]]
-    return _summary(args, report["status"], code, totals, cfg.output.dir,
-                    time.perf_counter() - started, connection.scheduler, skipped)
+    return _summary(args, report["status"], exit_status(totals), totals, job.out_dir,
+                    time.perf_counter() - started, connected[0].scheduler, skipped)
 
 
 def _summary(args: argparse.Namespace, status: str, code: int, totals: dict, out_dir: str,
@@ -196,40 +179,41 @@ def _summary(args: argparse.Namespace, status: str, code: int, totals: dict, out
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline import batch, cluster
+    from pipeline import api
 
-    cfg = _load(args)
-    batch.check_remote(cfg.dask)
+    job = _load(args)
     started = time.perf_counter()
-    with cluster.connect(cfg.dask) as connection:
-        job = batch.submit(cfg, connection.scheduler)
-        out = cfg.output.dir
-        if not args.wait:
-            if args.json:
-                print(json.dumps({k: v for k, v in job.items() if k != "future"}))
-            else:
-                print(job["job_id"])
-                if not args.quiet:
-                    print(f"submitted job {job['job_id']} to {connection.scheduler}; see "
-                          f"`kmeans-pipeline status {out}`, stop it with `kmeans-pipeline "
-                          f"cancel {out}`", file=sys.stderr)
-            return EXIT_OK
-        if not (args.quiet or args.json):
-            print(f"submitted job {job['job_id']}; following it (Ctrl-C stops following, "
+    follow = None if (args.quiet or args.json) else _Progress(sys.stderr)
+
+    def on_submit(entry: dict) -> None:
+        if args.wait and follow is not None:
+            print(f"submitted job {entry['job_id']}; following it (Ctrl-C stops following, "
                   "not the job)", file=sys.stderr)
-        result = batch.follow(job, out, cfg.output.storage_options,
-                              None if (args.quiet or args.json) else _Progress(sys.stderr))
+
+    entry = api.submit(job, wait=args.wait, progress=follow, on_submit=on_submit)
+    out = job.out_dir
+    if not args.wait:
+        if args.json:
+            print(json.dumps(entry))
+        else:
+            print(entry["job_id"])
+            if not args.quiet:
+                print(f"submitted job {entry['job_id']} to {entry['scheduler']}; see "
+                      f"`kmeans-pipeline status {out}`, stop it with `kmeans-pipeline "
+                      f"cancel {out}`", file=sys.stderr)
+        return EXIT_OK
+    result = entry["result"]
     if result["error"]:
         _print_error(result["error"])
         return result["exit_code"]
     return _summary(args, result["status"], result["exit_code"], result["totals"], out,
-                    time.perf_counter() - started, connection.scheduler, result["problems"])
+                    time.perf_counter() - started, entry["scheduler"], result["problems"])
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from pipeline import batch
+    from pipeline import api
 
-    state = batch.status(args.out)
+    state = api.status(args.out)
     if args.json:
         print(json.dumps(state))
     else:
@@ -238,9 +222,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    from pipeline import batch
+    from pipeline import api
 
-    state = batch.cancel(args.out, args.timeout)
+    state = api.cancel(args.out, args.timeout)
     if args.json:
         print(json.dumps(state))
         return EXIT_OK

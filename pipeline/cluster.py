@@ -106,6 +106,19 @@ def _remote(cfg: DaskConfig, need_workers: bool) -> Iterator[Connection]:
                          len(info.get("workers", {})))
 
 
+def active() -> Connection | None:
+    """The distributed client already active in this process (a notebook's), or None.
+
+    Never imports ``distributed``: without it imported there is no client."""
+    if "distributed" not in sys.modules or dask.config.get("scheduler", None) in LOCAL_SCHEDULERS:
+        return None
+    client = _client()
+    if client is None:
+        return None
+    return Connection(client.scheduler.address, client.dashboard_link,
+                      len(client.scheduler_info().get("workers", {})))
+
+
 def _client() -> Any:
     """The active distributed client, or None when a local scheduler is in use."""
     if dask.config.get("scheduler", None) in LOCAL_SCHEDULERS:

@@ -200,6 +200,21 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: str, source: str = "<dict
                       scheduler)
 
 
+def build_config(raw: Mapping[str, Any], source: str,
+                 overrides: Sequence[str] | Mapping[str, Any] = (),
+                 scheduler: str | None = None, base_dir: str | None = None) -> JobConfig:
+    """`config_from_dict` with relative paths relative to ``base_dir``, by default the
+    folder of ``source`` (a job file's path), as `load_config` resolves them."""
+    if base_dir is None:
+        base_dir = os.path.dirname(os.path.abspath(source))
+    return config_from_dict(raw, base_dir, source, overrides, scheduler)
+
+
+def read_job_file(path: str) -> dict:
+    """A job file's mapping of sections, before validation (see `build_config`)."""
+    return _read_yaml(path)
+
+
 def _configure(raw: dict, base_dir: str, source: str,
                overrides: Sequence[str] | Mapping[str, Any], scheduler: str | None) -> JobConfig:
     problems: list[str] = []

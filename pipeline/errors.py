@@ -1,16 +1,41 @@
-"""The exceptions a user can meet, each mapped to one exit status by the CLI."""
+"""The exceptions a user can meet, and the one table of exit statuses.
+
+`EXIT_STATUSES` is the table: the CLI returns these codes, every `PipelineError` subclass carries
+its own as ``exit_code``, and a finished run's code comes from its totals (`exit_status`).
+"""
+
+EXIT_OK = 0  # every image done (images kept by resume count as done)
+EXIT_FAILED = 1  # the job failed (any PipelineError without its own code, or a bug)
+EXIT_USAGE = 2  # a bad job file or argument, or nothing could start
+EXIT_SKIPPED = 3  # finished, but some images were skipped (on_error: skip)
+EXIT_INTERRUPTED = 130  # Ctrl-C, or a submitted job cancelled
+
+EXIT_STATUSES = {
+    EXIT_OK: "every image done (images kept by `resume` count as done)",
+    EXIT_SKIPPED: "finished, but some images were skipped (`on_error: skip`)",
+    EXIT_USAGE: "bad job file or arguments, or nothing could start (e.g. scheduler "
+                "unreachable): one line per problem, no traceback",
+    EXIT_FAILED: "the job failed (e.g. an unreadable image with `on_error: fail`, disk full)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C), or a submitted job cancelled (`submit --wait`); "
+                      "rerun with `if_exists: resume`",
+}
+
+
+def exit_status(totals: dict) -> int:
+    """The exit status of a run that finished, from report.json's ``totals``."""
+    return EXIT_SKIPPED if totals.get("skipped") or totals.get("failed") else EXIT_OK
 
 
 class PipelineError(Exception):
     """A failure the CLI reports in one line, without a traceback (exit 1)."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class ConfigError(PipelineError):
     """A bad job file, argument or input listing: nothing was started (exit 2)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class ImageReadError(PipelineError):
@@ -28,13 +53,13 @@ class ClusterError(PipelineError):
 class ClusterUnreachable(ClusterError):
     """The scheduler cannot be reached at start: nothing could start (exit 2)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class JobCancelled(PipelineError):
     """A submitted job was cancelled (``kmeans-pipeline cancel``); completed images stay valid."""
 
-    exit_code = 130
+    exit_code = EXIT_INTERRUPTED
 
 
 class PipelineWarning(UserWarning):

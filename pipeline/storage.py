@@ -14,7 +14,9 @@ reads (`open_read`); decoding fetches the whole object once (`read_bytes`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import glob
 import importlib
 import io
 import logging
@@ -22,7 +24,10 @@ import os
 import posixpath
 import re
 import time
-from typing import Any, Callable, TypeVar
+import uuid
+from dataclasses import dataclass, field
+from stat import S_ISREG
+from typing import Any, Callable, ContextManager, TypeVar
 
 from pipeline.errors import ConfigError, StorageError
 
@@ -115,6 +120,174 @@ def join(base: str, rel: str) -> str:
 def canonical(path: str) -> str:
     """One spelling per file or object (to find duplicates and the output folder)."""
     return path.rstrip("/") if is_url(path) else os.path.realpath(path)
+
+
+@dataclass(frozen=True)
+class Location:
+    """A local path or an object URL, with the ``storage_options`` that reach it.
+
+    The one seam between the pipeline and where its files live: every listing, read, write and
+    probe of an input or output goes through a Location, which sends a local path to the
+    standard library and a URL to fsspec.  Callers branch on ``remote`` only where the two
+    differ by design (a marker file that only a shared folder can carry).
+    """
+
+    path: str
+    options: dict | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def remote(self) -> bool:
+        return is_url(self.path)
+
+    @property
+    def separator(self) -> str:
+        return "/" if self.remote else os.sep
+
+    def join(self, rel: str) -> "Location":
+        return Location(join(self.path, rel), self.options)
+
+    def canonical(self) -> str:
+        return canonical(self.path)
+
+    def stat_file(self) -> tuple[int, int, bool]:
+        """(size in bytes, modification time in ns, whether it is a regular file or object).
+
+        Raises ``OSError`` (missing, unreadable) or `StorageError` (store unreachable)."""
+        if self.remote:
+            return (*stat(self.path, self.options), True)
+        result = os.stat(self.path)
+        return result.st_size, result.st_mtime_ns, S_ISREG(result.st_mode)
+
+    def open_read(self, size: int | None = None) -> io.BufferedIOBase:
+        """A seekable binary file; over an object, one that makes range reads."""
+        if self.remote:
+            return open_read(self.path, self.options, size)
+        return open(self.path, "rb")
+
+    def header_source(self, size: int | None = None) -> ContextManager:
+        """What a decoder opens to read a header: the local path itself (the decoder opens
+        and seeks the file), or a range-reading file over the object."""
+        if self.remote:
+            return open_read(self.path, self.options, size)
+        return contextlib.nullcontext(self.path)
+
+    def read_bytes(self) -> bytes:
+        """The whole file or object."""
+        if self.remote:
+            return read_bytes(self.path, self.options)
+        with open(self.path, "rb") as handle:
+            return handle.read()
+
+    def fetch(self) -> str | io.BytesIO:
+        """What a decoder opens to read everything: the local path, or the object's bytes
+        fetched in one GET."""
+        return io.BytesIO(read_bytes(self.path, self.options)) if self.remote else self.path
+
+    def exists(self) -> bool:
+        return exists(self.path, self.options)
+
+    def expand(self, extensions: frozenset[str], ignored: list[str],
+               problems: list[str]) -> list[tuple[str, str]]:
+        """(path, output name) for every file or object this ``input.paths`` entry names: a
+        glob, a folder (searched recursively, hidden names left out) or one file.  Files in a
+        folder whose extension is not in ``extensions`` go to ``ignored``; a missing or
+        unlistable entry adds a line to ``problems``."""
+        if self.remote:
+            return _expand_remote(self.path, self.options, extensions, ignored, problems)
+        return _expand_local(self.path, extensions, ignored, problems)
+
+    def write_atomic(self, write: Callable[[Any], None], temp_prefix: str,
+                     make_folder: bool = True) -> int:
+        """Write through ``write(handle)`` so that a reader sees the whole file or none: a
+        local file under a hidden temporary name (``temp_prefix``...) in its folder, then
+        renamed; an object written to memory, then stored with one PUT.  Returns the size.
+
+        ``make_folder=False``: the folder must exist (it is not created again if removed)."""
+        if self.remote:
+            buffer = io.BytesIO()
+            write(buffer)
+            data = buffer.getvalue()
+            put_bytes(self.path, data, self.options)
+            return len(data)
+        folder, base = os.path.split(self.path)
+        if make_folder:
+            os.makedirs(folder, exist_ok=True)
+        temp = os.path.join(folder, f"{temp_prefix}{uuid.uuid4().hex[:12]}-{base}")
+        try:
+            with open(temp, "wb") as handle:
+                write(handle)
+                size = handle.tell()
+            os.replace(temp, self.path)
+        except BaseException:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+            raise
+        return size
+
+    def remove(self, attempts: int = 0) -> None:
+        """Delete the file or object (one that is already gone is no error)."""
+        if self.remote:
+            remove(self.path, self.options, attempts)
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def make_folders(self, rel_folder: str) -> None:
+        """Create ``rel_folder`` below this folder, which must still exist (object storage
+        has no folders: nothing to do)."""
+        if self.remote:
+            return
+        if not os.path.isdir(self.path):
+            raise FileNotFoundError(errno.ENOENT, "the output folder was removed", self.path)
+        folder = self.path
+        for part in rel_folder.split("/"):
+            folder = os.path.join(folder, part)
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                pass
+
+    def folder_gone(self) -> bool:
+        """Whether a local folder no longer exists (a store's prefix never goes away)."""
+        return not self.remote and not os.path.isdir(self.path)
+
+    def sizes(self) -> dict[str, int] | None:
+        """For object storage, every object's size below this prefix from one listing (a
+        request per file would be slow); None for a local folder, where a stat is cheap."""
+        return sizes(self.path, self.options) if self.remote else None
+
+    def remove_temp_files(self, temp_prefix: str) -> int:
+        """Delete the temporary files killed writers left below this folder; returns how many.
+        Object storage has none: an object is written with one PUT."""
+        if self.remote:
+            return 0
+        removed = 0
+        for folder, _, names in os.walk(self.path):
+            for name in names:
+                if name.startswith(temp_prefix):
+                    try:
+                        os.unlink(os.path.join(folder, name))
+                        removed += 1
+                    except OSError:
+                        pass
+        return removed
+
+    def check_writable(self, probe: str) -> None:
+        """Create the folder if needed, then write and delete a probe file or object under it.
+
+        Raises ``OSError`` or `StorageError` when that is not possible."""
+        if self.remote:
+            check_writable(self.path, self.options, probe)
+            return
+        os.makedirs(self.path, exist_ok=True)
+        target = os.path.join(self.path, probe)
+        with open(target, "wb"):
+            pass
+        os.unlink(target)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,8 +496,8 @@ def sizes(root: str, options: dict | None) -> dict[str, int]:
 # Listing
 
 
-def expand(entry: str, options: dict | None, extensions: frozenset[str], ignored: list[str],
-           problems: list[str]) -> list[tuple[str, str]]:
+def _expand_remote(entry: str, options: dict | None, extensions: frozenset[str],
+                   ignored: list[str], problems: list[str]) -> list[tuple[str, str]]:
     """(URL, output name) for every object an ``input.paths`` URL names, like a local entry:
     a glob, a folder (prefix, searched recursively) or one object.  http(s) URLs name one
     object each (HTTP has no listing), so ``?`` in them is a query, not a wildcard."""
@@ -349,6 +522,56 @@ def expand(entry: str, options: dict | None, extensions: frozenset[str], ignored
     except (OSError, StorageError) as exc:  # the store refuses, or cannot be reached
         problems.append(f"input.paths: {entry!r}: cannot list ({describe(exc)})")
     return []
+
+
+def _expand_local(entry: str, extensions: frozenset[str], ignored: list[str],
+            problems: list[str]) -> list[tuple[str, str]]:
+    """(path, name) for every file an input entry names; name is relative, extension dropped."""
+    if _GLOB_CHARS.search(entry):
+        base = _glob_base(entry)
+        files = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
+        return [(p, _name(p, base)) for p in files]
+    if os.path.isdir(entry):
+        return [(p, _name(p, entry)) for p in _walk(entry, extensions, ignored)]
+    if os.path.isfile(entry):
+        return [(entry, _name(entry, os.path.dirname(entry)))]
+    if os.path.lexists(entry):
+        problems.append(f"input.paths: {entry!r} is not a readable file or folder")
+    else:
+        problems.append(f"input.paths: {entry!r} does not exist; check the path (relative "
+                        "paths are relative to the job file)")
+    return []
+
+
+def _glob_base(pattern: str) -> str:
+    head = _GLOB_CHARS.split(pattern, maxsplit=1)[0]
+    return head if head.endswith(os.sep) else os.path.dirname(head)
+
+
+def _name(path: str, base: str) -> str:
+    rel = os.path.relpath(path, base) if base else os.path.basename(path)
+    return os.path.splitext(rel)[0].replace(os.sep, "/")
+
+
+def _walk(root: str, extensions: frozenset[str], ignored: list[str]) -> list[str]:
+    files: list[str] = []
+    seen_dirs: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen_dirs:  # a symlink loop, or a folder reached twice
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = os.path.join(folder, name)
+            if os.path.splitext(name)[1].lower() in extensions:
+                files.append(path)
+            else:
+                ignored.append(path)
+    return files
 
 
 def _expand_glob(fs: Any, entry: str, pattern: str) -> list[tuple[str, str]]:

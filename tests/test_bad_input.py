@@ -25,7 +25,8 @@ from conftest import write_job
 from pipeline import cli
 from pipeline.cli import main
 from pipeline.config import InputConfig, PreprocessConfig
-from pipeline.read import decode, list_inputs
+from pipeline.sources.listing import list_inputs
+from pipeline.sources.photos import decode
 
 SIZES = [(40, 56), (48, 64), (36, 50)]  # the good images: (height, width)
 

@@ -3,7 +3,7 @@
 import dask
 import numpy as np
 
-from pipeline import fit
+from pipeline import fitting as fit
 from pipeline.config import KMeansConfig
 
 

@@ -6,10 +6,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+import pipeline
 from conftest import write_job
-from pipeline import cluster
-from pipeline.config import load_config
-from pipeline.run import run
 
 
 def _outputs(out, names):
@@ -19,15 +17,14 @@ def _outputs(out, names):
 
 
 def _run_with(job, scheduler=None, client_of=None, **overrides):
-    cfg = load_config(job, [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()],
-                      scheduler)
+    job = pipeline.Job.from_yaml(job, {k.replace("__", "."): v for k, v in overrides.items()},
+                                 scheduler)
     if client_of is not None:
         from distributed import Client
 
         with Client(client_of):
-            return run(cfg)
-    with cluster.connect(cfg.dask):
-        return run(cfg)
+            return pipeline.run(job)
+    return pipeline.run(job)
 
 
 @pytest.mark.parametrize("algorithm", ["minibatch", "lloyd"])
@@ -60,7 +57,7 @@ def test_run_uses_the_active_distributed_client(tmp_path, collection, local_clus
     job = write_job(tmp_path, output={"masks": False})
     _run_with(job, "threads", output__dir="out_threads")
     with Client(local_cluster) as client, get_task_stream(client) as tasks:
-        report = run(load_config(job))
+        report = pipeline.run(pipeline.Job.from_yaml(job))
     assert report["totals"]["ok"] == len(truth)
     workers = set(local_cluster.scheduler_info["workers"])
     assert tasks.data and {task["worker"] for task in tasks.data} <= workers

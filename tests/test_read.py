@@ -6,7 +6,8 @@ import numpy as np
 
 from conftest import save
 from pipeline.config import InputConfig, PreprocessConfig
-from pipeline.read import decode, list_inputs, read_header
+from pipeline.sources.listing import list_inputs
+from pipeline.sources.photos import decode, read_header
 
 
 def _list(tmp_path, paths, exclude=(), out="out"):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import save, write_job
-from pipeline import report
+from pipeline.sinks import report
 from pipeline.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

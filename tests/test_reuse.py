@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import blocks_image, layout, save, write_job
-from pipeline import cluster, fit, kmeans, segment
+import pipeline
+from pipeline import fitting as fit
+from pipeline import kmeans
+from pipeline.sinks import segment
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.run import run
 
 # Six well separated colours (pairwise CIELAB Delta-E 76 > 40).
 SIX = np.array([[200, 30, 40], [20, 160, 60], [30, 60, 210], [240, 220, 200],
@@ -220,11 +222,9 @@ def test_spatial_run_is_the_same_on_threads_and_a_local_cluster(tmp_path, collec
     job = write_job(tmp_path, preprocess={"spatial_weight": 0.3},
                     kmeans={"batch_pixels": 512, "sample_pixels": 3000},
                     output={"masks": False})
-    cfg = load_config(job, ["output.dir=a"], "threads")
-    with cluster.connect(cfg.dask):
-        run(cfg)
+    pipeline.run(pipeline.Job.from_yaml(job, {"output.dir": "a"}, scheduler="threads"))
     with Client(local_cluster):
-        run(load_config(job, ["output.dir=b"]))
+        pipeline.run(pipeline.Job.from_yaml(job, {"output.dir": "b"}))
     for name in collection[1]:
         assert (_labels(tmp_path / "a", name) == _labels(tmp_path / "b", name)).all()
     assert (json.loads((tmp_path / "a" / "model.json").read_text())["centroids_working"]

@@ -19,7 +19,8 @@ from PIL import Image
 from conftest import write_job
 from objectstore import (FileServer, Proxy, S3Server, aws_environment, free_port,
                          stop_process)
-from pipeline import storage, write
+from pipeline import storage
+from pipeline.sinks import images as write
 from pipeline.cli import main
 from pipeline.errors import StorageError
 

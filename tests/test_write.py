@@ -7,7 +7,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from pipeline import write
+from pipeline.sinks import images as write
 from pipeline.config import OutputConfig
 
 

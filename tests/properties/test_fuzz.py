@@ -18,7 +18,7 @@ import badfiles
 from pipeline.cli import main
 from pipeline.config import example_keys
 from pipeline.errors import ImageReadError
-from pipeline.read import decode, read_header
+from pipeline.sources.photos import decode, read_header
 
 SOURCES = {"png": badfiles.png_bytes(badfiles.photo(12, 16)),
            "jpg": badfiles.jpeg_bytes(badfiles.photo(16, 16))}

@@ -13,20 +13,19 @@ than level 6 on label maps.  zlib releases the GIL while it compresses, so threa
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import os
 from datetime import datetime, timezone
 import struct
-import uuid
 import zlib
 from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
-from pipeline import segment, storage
+from pipeline import storage
+from pipeline.sinks import segment
 from pipeline.config import OutputConfig
 from pipeline.errors import StorageError
 
@@ -56,28 +55,8 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None],
     int
         The size of the written file in bytes.
     """
-    if storage.is_url(path):
-        buffer = io.BytesIO()
-        write(buffer)
-        data = buffer.getvalue()
-        storage.put_bytes(path, data, storage_options)
-        return len(data)
-    folder, base = os.path.split(path)
-    if make_folder:
-        os.makedirs(folder, exist_ok=True)
-    temp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{base}")
-    try:
-        with open(temp, "wb") as handle:
-            write(handle)
-            size = handle.tell()
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
-    return size
+    return storage.Location(path, storage_options).write_atomic(write, TEMP_PREFIX,
+                                                                make_folder)
 
 
 def write_json(path: str, data: Any, make_folder: bool = True,
@@ -232,10 +211,7 @@ def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np
     except BaseException:
         for path in written:
             try:
-                if storage.is_url(path):
-                    storage.remove(path, cfg.storage_options, attempts=1)
-                else:
-                    os.unlink(path)
+                storage.Location(path, cfg.storage_options).remove(attempts=1)
             except (OSError, StorageError):
                 pass
         raise
@@ -243,19 +219,10 @@ def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np
 
 
 def _make_folders(out_dir: str, rel_folder: str) -> None:
-    """Create ``rel_folder`` below ``out_dir``, which must still exist (object storage has
-    no folders)."""
-    if storage.is_url(out_dir):
-        return
-    if not os.path.isdir(out_dir):
-        raise FileNotFoundError(errno.ENOENT, "the output folder was removed", out_dir)
-    folder = out_dir
-    for part in rel_folder.split("/"):
-        folder = os.path.join(folder, part)
-        try:
-            os.mkdir(folder)
-        except FileExistsError:
-            pass
+    """Create ``rel_folder`` below ``out_dir``, which must still exist."""
+    storage.Location(out_dir).make_folders(rel_folder)
+
+
 def _join(out_dir: str, rel: str) -> str:
     return storage.join(out_dir, rel)
 
@@ -281,26 +248,13 @@ def outputs_complete(out_dir: str, files: dict[str, list],
 def output_sizes(out_dir: str, storage_options: dict | None) -> dict[str, int] | None:
     """For object storage, every object's size under ``out_dir`` from one listing (a request
     per file would be slow); None for a local folder, where a stat per file is cheap."""
-    if not storage.is_url(out_dir):
-        return None
-    return storage.sizes(out_dir, storage_options)
+    return storage.Location(out_dir, storage_options).sizes()
 
 
 def remove_temp_files(out_dir: str) -> int:
     """Delete temporary files a killed run left behind; returns how many.  Object storage
     has none: an object is written with one PUT, never under a temporary name."""
-    if storage.is_url(out_dir):
-        return 0
-    removed = 0
-    for folder, _, names in os.walk(out_dir):
-        for name in names:
-            if name.startswith(TEMP_PREFIX):
-                try:
-                    os.unlink(os.path.join(folder, name))
-                    removed += 1
-                except OSError:
-                    pass
-    return removed
+    return storage.Location(out_dir).remove_temp_files(TEMP_PREFIX)
 
 
 def read_json(path: str, storage_options: dict | None = None) -> Any:
@@ -312,10 +266,7 @@ def read_json(path: str, storage_options: dict | None = None) -> Any:
         An object store could not be reached (missing and unreachable differ there).
     """
     try:
-        if storage.is_url(path):
-            return json.loads(storage.read_bytes(path, storage_options))
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(storage.Location(path, storage_options).read_bytes())
     except StorageError:
         raise
     except (OSError, ValueError):

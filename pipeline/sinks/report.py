@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline import storage, write
+from pipeline import storage
+from pipeline.sinks import images
 
 HTML = "report.html"
 GPL = "palette.gpl"
@@ -74,11 +75,11 @@ def write_thumbnails(out_dir: str, name: str, pixels: np.ndarray, labels: np.nda
     base = f"thumbs/{name}"
     files = []
     rel = f"{base}/before.jpg"
-    files.append([rel, write.atomic_write(
+    files.append([rel, images.atomic_write(
         _path(out_dir, rel), lambda handle: before.save(handle, format="JPEG", quality=85),
         storage_options=storage_options)])
     for rel, image in ((f"{base}/after.png", after), (f"{base}/masks.png", strip)):
-        files.append([rel, write.write_png(_path(out_dir, rel), image, compress_level,
+        files.append([rel, images.write_png(_path(out_dir, rel), image, compress_level,
                                            storage_options=storage_options)])
     return files
 
@@ -147,9 +148,9 @@ def write_palette_files(out_dir: str, palette: np.ndarray, counts: list[int],
                      f"({100 * count / total:.1f}%)")
     text = ("\n".join(lines) + "\n").encode()
     strip = np.repeat(np.repeat(palette[None].astype(np.uint8), _SWATCH, 0), _SWATCH, 1)
-    return [[GPL, write.atomic_write(_path(out_dir, GPL), lambda h: h.write(text),
+    return [[GPL, images.atomic_write(_path(out_dir, GPL), lambda h: h.write(text),
                                      storage_options=storage_options)],
-            [PALETTE_PNG, write.write_png(_path(out_dir, PALETTE_PNG),
+            [PALETTE_PNG, images.write_png(_path(out_dir, PALETTE_PNG),
                                           Image.fromarray(strip, mode="RGB"), 6,
                                           storage_options=storage_options)]]
 
@@ -182,7 +183,7 @@ def write_html(out_dir: str, report: dict, model_doc: dict | None,
         The page's size in bytes.
     """
     text = render_html(report, model_doc).encode()
-    return write.atomic_write(_path(out_dir, HTML), lambda handle: handle.write(text),
+    return images.atomic_write(_path(out_dir, HTML), lambda handle: handle.write(text),
                               storage_options=storage_options)
 
 

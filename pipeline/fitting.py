@@ -373,3 +373,85 @@ def palette_error(features: np.ndarray, weights: np.ndarray, centroids: np.ndarr
     errors = kmeans.delta_e76(kmeans.colour_lab(features, color_space), painted_lab[labels])
     w = weights.astype(np.float64)
     return float(np.dot(errors, w) / w.sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# The fit stage's result
+
+
+@dataclass
+class FitOutcome:
+    """A fitted palette and how the fit went: everything model.json and the report say of it.
+
+    ``centroids`` : ndarray of shape (n_clusters, n_features), float64, working space (colour
+    first, then scaled positions with ``spatial_weight``); ``palette`` : ndarray of shape
+    (n_clusters, 3), uint8, the colours painted.
+    """
+
+    centroids: np.ndarray
+    palette: np.ndarray
+    steps: list[kmeans.Step] = field(default_factory=list)
+    converged: bool = False
+    warnings: list[str] = field(default_factory=list)
+    auto_k: dict | None = None  # the k: auto search (`AutoK.as_dict`), with the final "error"
+
+    @property
+    def n_iter(self) -> int:
+        return len(self.steps)
+
+    @classmethod
+    def of(cls, result: FitResult, color_space: str, auto: AutoK | None = None,
+           cfg: KMeansConfig | None = None, error: float | None = None) -> "FitOutcome":
+        """The outcome of ``result``; with ``auto`` (and ``cfg`` for the message) the k: auto
+        search, whose unmet target is the first warning."""
+        warnings = list(result.warnings)
+        auto_k = None
+        if auto is not None:
+            auto_k = auto.as_dict()
+            if error is not None:
+                auto_k["error"] = error
+            if not auto.met:
+                warnings.insert(0, auto_k_unmet(cfg))
+        return cls(result.centroids, palette_of(result.centroids, color_space), result.steps,
+                   result.converged, warnings, auto_k)
+
+
+def palette_of(centroids: np.ndarray, color_space: str) -> np.ndarray:
+    """The colour each cluster is painted with: ndarray of shape (n_clusters, 3), uint8."""
+    return np.rint(kmeans.centroids_to_rgb(centroids[:, :3], color_space)).astype(np.uint8)
+
+
+def auto_k_unmet(cfg: KMeansConfig) -> str:
+    return (f"k: auto: no k <= kmeans.max_k ({cfg.max_k}) meets kmeans.max_error "
+            f"({cfg.max_error}); using k={cfg.max_k}; raise max_k or max_error")
+
+
+def fit_palette(sample: np.ndarray, pixels: da.Array | None, cfg: KMeansConfig,
+                color_space: str, spatial_weight: float, init: np.ndarray | None,
+                persist: bool, auto: AutoK | None = None) -> FitOutcome:
+    """The collection's palette from its sample (and, for ``lloyd``, full passes over
+    ``pixels``): `fit_features` with positions, else `fit_collection`.
+
+    Parameters
+    ----------
+    sample : ndarray of shape (n, 3), uint8, or (n, 5), float64 spatial features
+    pixels, cfg, color_space, init, persist : as for `fit_collection`
+    spatial_weight : float
+    auto : AutoK, optional
+        The k: auto search that chose ``cfg.k``; its final palette's error is added.
+    """
+    if spatial_weight > 0:
+        result = fit_features(sample, cfg, init)
+    else:
+        result = fit_collection(sample, pixels, cfg, color_space, init, persist)
+    error = sample_error(sample, result.centroids, color_space) if auto is not None else None
+    return FitOutcome.of(result, color_space, auto, cfg, error)
+
+
+def sample_counts(sample: np.ndarray, centroids: np.ndarray,
+                  color_space: str) -> tuple[np.ndarray, float]:
+    """Rows of the sample per cluster, ndarray (n_clusters,) int64, and their inertia."""
+    points = _Points.from_pixels(sample, color_space) if sample.dtype == np.uint8 else \
+        _Points(sample, np.ones(len(sample), np.int64))
+    partial = kmeans.partial_sums(points.features, points.weights, centroids)[0]
+    return np.asarray(partial.counts, np.int64), float(partial.inertia)

@@ -1,45 +1,32 @@
-"""Find the input images, read every file's header first, and decode pixels inside dask tasks.
+"""Photos: read a file's header (no pixels) and decode it to 8-bit RGB, with Pillow and
+libjpeg-turbo (simplejpeg).
 
-Listing and header reading happen on the client and touch only metadata (Pillow reads the
-header on ``Image.open``; pixels are decoded by ``load``).  Decoding happens in tasks that carry
-the file path and return ``uint8`` RGB pixels, so no pixels travel from the client.  A path may
-be a URL (s3://, gs://, az://, http(s)://; see `pipeline.storage`): its header comes from range
-reads of the object's first bytes, and the task that decodes it fetches the object itself.
+Header reading happens on the client and touches only metadata (Pillow reads the header on
+``Image.open``; pixels are decoded by ``load``).  Decoding happens in tasks that carry the file
+path and return ``uint8`` RGB pixels, so no pixels travel from the client.  A path may be a URL
+(s3://, gs://, az://, http(s)://; see `pipeline.storage`): its header comes from range reads of
+the object's first bytes, and the task that decodes it fetches the object itself.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
-import io
 import logging
-import os
-import re
 import struct
-import threading
 import warnings
 import zlib
-from dataclasses import dataclass, field
-from stat import S_ISREG
-from typing import TYPE_CHECKING
 
-import dask
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageCms, ImageOps
 
 from pipeline import storage
-from pipeline.config import InputConfig, PreprocessConfig
-from pipeline.errors import ConfigError, ImageReadError, StorageError
-
-if TYPE_CHECKING:
-    import dask.array as da
+from pipeline.errors import ImageReadError, StorageError
+from pipeline.sources import ImageInfo
 
 log = logging.getLogger(__name__)
 
 # We enforce input.max_pixels ourselves, from the header, before any decoding.
 Image.MAX_IMAGE_PIXELS = None
-_GLOB_CHARS = re.compile(r"[*?\[]")
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
 
@@ -53,204 +40,6 @@ def readable_extensions() -> frozenset[str]:
     routed = {e.extension.lower() for e in imageio.config.extension_list
               if "pillow" in e.priority}
     return frozenset(routed & openable)
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """One input image, as known from its header.
-
-    ``width`` and ``height`` are those of the pixels the pipeline works on: after EXIF
-    orientation and ``preprocess.scale``.
-    """
-
-    index: int
-    path: str
-    name: str
-    width: int
-    height: int
-    format: str
-    mode: str
-    n_frames: int = 1
-    size_bytes: int = 0
-    mtime_ns: int = 0
-    # input.storage_options, carried by the tasks that fetch the object (``path`` is a URL)
-    storage_options: dict | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def n_pixels(self) -> int:
-        return self.width * self.height
-
-
-@dataclass
-class Listing:
-    """What the input section found: images to process and everything the report must tell."""
-
-    images: list[ImageInfo]
-    failed: list[tuple[str, str]]  # (path, one-line reason): cannot be opened from the header
-    ignored: list[str]  # files in input folders with extensions imageio cannot read
-    renamed: list[tuple[str, str]]  # (path, name): output-name collisions resolved by a suffix
-    notes: list[tuple[str, str]]  # (path, note): e.g. "first frame of 12 used"
-
-
-# ---------------------------------------------------------------------------------------------
-# Listing
-
-
-def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig, output_dir: str) -> Listing:
-    """Find every input file, read its header and give each a unique output name.
-
-    Parameters
-    ----------
-    cfg : InputConfig
-        ``paths`` are already absolute (resolved against the job file).
-    preprocess : PreprocessConfig
-        For the working size of each image (``scale``).
-    output_dir : str
-        Never read as input.
-
-    Returns
-    -------
-    Listing
-
-    Raises
-    ------
-    ConfigError
-        An input path does not exist, or the inputs match no file.
-    """
-    extensions = readable_extensions()
-    skip_root = storage.canonical(output_dir)
-    found: dict[str, str] = {}  # realpath -> name (first entry wins)
-    paths: dict[str, str] = {}
-    ignored: list[str] = []
-    problems: list[str] = []
-    for entry in cfg.paths:
-        expanded = storage.expand(entry, cfg.storage_options, extensions, ignored, problems) \
-            if storage.is_url(entry) else _expand(entry, extensions, ignored, problems)
-        for path, name in expanded:
-            real = storage.canonical(path)
-            if real in found or _excluded(path, cfg.exclude):
-                continue
-            if real == skip_root or real.startswith(skip_root + _separator(skip_root)):
-                continue
-            found[real] = name
-            paths[real] = path
-    if problems:
-        raise ConfigError("\n".join(problems))
-    if not found:
-        raise ConfigError("input.paths: no image files found in "
-                          + ", ".join(map(repr, cfg.paths))
-                          + "; check the paths, globs and input.exclude")
-    named = _unique_names([(paths[real], name) for real, name in found.items()])
-    images, failed, notes = [], [], []
-    for path, name, renamed in named:
-        try:
-            info, note = read_header(path, name, len(images), preprocess.scale, cfg.max_pixels,
-                                     cfg.storage_options)
-        except ImageReadError as exc:
-            failed.append((path, str(exc)))
-            continue
-        images.append(info)
-        if note:
-            notes.append((path, note))
-    renamed = [(path, name) for path, name, was_renamed in named if was_renamed]
-    return Listing(images, failed, sorted(set(ignored)), renamed, notes)
-
-
-def _separator(path: str) -> str:
-    return "/" if storage.is_url(path) else os.sep
-
-
-def _expand(entry: str, extensions: frozenset[str], ignored: list[str],
-            problems: list[str]) -> list[tuple[str, str]]:
-    """(path, name) for every file an input entry names; name is relative, extension dropped."""
-    if _GLOB_CHARS.search(entry):
-        base = _glob_base(entry)
-        files = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
-        return [(p, _name(p, base)) for p in files]
-    if os.path.isdir(entry):
-        return [(p, _name(p, entry)) for p in _walk(entry, extensions, ignored)]
-    if os.path.isfile(entry):
-        return [(entry, _name(entry, os.path.dirname(entry)))]
-    if os.path.lexists(entry):
-        problems.append(f"input.paths: {entry!r} is not a readable file or folder")
-    else:
-        problems.append(f"input.paths: {entry!r} does not exist; check the path (relative "
-                        "paths are relative to the job file)")
-    return []
-
-
-def _glob_base(pattern: str) -> str:
-    head = _GLOB_CHARS.split(pattern, maxsplit=1)[0]
-    return head if head.endswith(os.sep) else os.path.dirname(head)
-
-
-def _name(path: str, base: str) -> str:
-    rel = os.path.relpath(path, base) if base else os.path.basename(path)
-    return os.path.splitext(rel)[0].replace(os.sep, "/")
-
-
-def _walk(root: str, extensions: frozenset[str], ignored: list[str]) -> list[str]:
-    files: list[str] = []
-    seen_dirs: set[str] = set()
-    for folder, dirs, names in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen_dirs:  # a symlink loop, or a folder reached twice
-            dirs[:] = []
-            continue
-        seen_dirs.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith("."):
-                continue
-            path = os.path.join(folder, name)
-            if os.path.splitext(name)[1].lower() in extensions:
-                files.append(path)
-            else:
-                ignored.append(path)
-    return files
-
-
-def _excluded(path: str, patterns: tuple[str, ...]) -> bool:
-    normal = path.replace(os.sep, "/")
-    return any(_glob_regex(p).search(normal) for p in patterns)
-
-
-def _glob_regex(pattern: str) -> re.Pattern:
-    """A glob where ``**/`` spans folders, matched against the end of a path."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:[^/]*/)*")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    anchor = "^" if pattern.startswith("/") else "(?:^|/)"
-    return re.compile(anchor + "".join(out) + "$")
-
-
-def _unique_names(items: list[tuple[str, str]]) -> list[tuple[str, str, bool]]:
-    """Sort by (name, path); a name met again gets -2, -3, ... (never another input's name)."""
-    taken = {name for _, name in items}
-    used: set[str] = set()
-    out = []
-    for path, name in sorted(items, key=lambda item: (item[1], item[0])):
-        final, n = name, 1
-        while final in used or (final != name and final in taken):
-            n += 1
-            final = f"{name}-{n}"
-        used.add(final)
-        out.append((path, final, final != name))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,23 +63,21 @@ def read_header(path: str, name: str, index: int, scale: float, max_pixels: int,
     StorageError
         An object store could not be reached through every retry.
     """
-    remote = storage.is_url(path)
+    where = storage.Location(path, storage_options)
+    remote = where.remote
     try:
-        stat = None if remote else os.stat(path)
-        size, mtime_ns = storage.stat(path, storage_options) if remote \
-            else (stat.st_size, stat.st_mtime_ns)
+        size, mtime_ns, regular = where.stat_file()
     except StorageError:
         raise
     except OSError as exc:
         raise ImageReadError(f"cannot open file ({exc.strerror or exc}); fix or remove it") \
             from exc
-    if stat is not None and not S_ISREG(stat.st_mode):
+    if not regular:
         raise ImageReadError("not a regular file (a pipe, device or socket); remove it")
     if size == 0:
         raise ImageReadError("file is empty (0 bytes); fix or remove it")
     try:
-        with (storage.open_read(path, storage_options, size) if remote
-              else contextlib.nullcontext(path)) as source, Image.open(source) as im:
+        with where.header_source(size) as source, Image.open(source) as im:
             width, height = im.size
             if width * height > max_pixels:  # before anything else reads further
                 raise ImageReadError(f"{width}x{height} = {width * height} pixels is over "
@@ -342,8 +129,7 @@ def _orientation(im: Image.Image, remote: bool = False) -> int:
 def _first_bytes(path: str, storage_options: dict | None = None) -> str:
     """How the file starts, for a message: text is quoted up to its first line end."""
     try:
-        with (storage.open_read(path, storage_options) if storage.is_url(path)
-              else open(path, "rb")) as handle:
+        with storage.Location(path, storage_options).open_read() as handle:
             head = handle.read(64)
     except (OSError, StorageError):
         return "its first bytes cannot be read"
@@ -377,8 +163,7 @@ def decode(info: ImageInfo) -> np.ndarray:
         Pillow would silently paint over (see `_load_checked`).
     """
     try:
-        source = io.BytesIO(storage.read_bytes(info.path, info.storage_options)) \
-            if storage.is_url(info.path) else info.path
+        source = storage.Location(info.path, info.storage_options).fetch()
         with Image.open(source) as im, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's EXIF/ICC chatter is not the user's problem
             im.seek(0)
@@ -605,102 +390,3 @@ def _icc_to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
         log.warning("ignoring an unusable ICC profile (%s)", exc)
         return im
-
-
-def read_pixels(info: ImageInfo) -> np.ndarray:
-    """Decoded pixel rows of one image: ndarray of shape (n_pixels, 3), uint8."""
-    return decode(info).reshape(-1, 3)
-
-
-def pixel_array(images: list[ImageInfo], chunk_pixels: int) -> da.Array:
-    """All images' pixel rows as one lazy array of shape (n_pixels, 3), uint8.
-
-    Each image is decoded by one task that carries its path; an image over ``chunk_pixels`` is
-    split into row bands of at most that many pixels, sliced from the decoded image on the same
-    worker.  Images are never merged into one chunk, which would move pixels between tasks.
-    """
-    import dask.array as da  # here, not at the top: it costs a quarter second of start-up
-
-    parts = []
-    for info in images:
-        token = dask.base.tokenize(info)
-        block = dask.delayed(read_pixels, pure=True)(info, dask_key_name=f"decode-{token}")
-        part = da.from_delayed(block, shape=(info.n_pixels, 3), dtype=np.uint8,
-                               name=f"pixels-{token}")
-        if info.n_pixels > chunk_pixels:
-            part = part.rechunk(((_bands(info.n_pixels, chunk_pixels)), (3,)))
-        parts.append(part)
-    return da.concatenate(parts, axis=0)
-
-
-def _bands(n: int, size: int) -> tuple[int, ...]:
-    full, rest = divmod(n, size)
-    return (size,) * full + ((rest,) if rest else ())
-
-
-def sample_image(info: ImageInfo, n_sample: int, seed: int, keep: bool = False) -> np.ndarray:
-    """A reproducible random sample of one image's pixels (the one pass that feeds the fit).
-
-    The positions depend only on ``(seed, sample_key(info), n_sample)``: never on chunking,
-    nor on which other images the run holds (a skipped neighbour changes nothing).  With
-    ``keep`` the decoded pixels stay in this process for `decode_kept` (see below).
-
-    Returns
-    -------
-    ndarray of shape (n_sample, 3), uint8, in increasing pixel order.
-    """
-    if keep:
-        keep_decoded(info, decode(info))
-        pixels = _KEPT[info].reshape(-1, 3)
-    else:
-        pixels = read_pixels(info)
-    if n_sample >= len(pixels):
-        return pixels
-    return pixels[sample_positions(info, n_sample, seed)]
-
-
-def sample_positions(info: ImageInfo, n_sample: int, seed: int) -> np.ndarray:
-    """Flat positions (increasing) of `sample_image`'s pixels: all of them when the image
-    has at most ``n_sample``; ndarray of shape (min(n_sample, n_pixels),), int64."""
-    if n_sample >= info.n_pixels:
-        return np.arange(info.n_pixels)
-    rng = np.random.default_rng([seed, sample_key(info)])
-    # One position in each of n_sample equal strata of the raster order: without repeats and
-    # already sorted, in O(n_sample).  rng.choice(replace=False) permutes every pixel once the
-    # share is over 2 % (0.4 s of the small benchmark collection's 2 s, issue 5).
-    edges = np.arange(n_sample + 1, dtype=np.int64) * info.n_pixels // n_sample
-    return edges[:-1] + (rng.random(n_sample) * np.diff(edges)).astype(np.int64)
-
-
-def sample_key(info: ImageInfo) -> int:
-    """The image's own random stream number: from its output name, unique within a run."""
-    return zlib.crc32(info.name.encode("utf-8"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoded pixels kept in this process between the sampling pass and the segment pass (issue 5:
-# decoding twice was a quarter of a run).  Only for schedulers whose tasks run in this process;
-# the caller decides (memory budget) and forgets what it kept when the run ends.
-
-_KEPT: dict[ImageInfo, np.ndarray] = {}
-_KEPT_LOCK = threading.Lock()
-
-
-def keep_decoded(info: ImageInfo, pixels: np.ndarray) -> None:
-    """Keep one image's decoded pixels (height, width, 3) for `decode_kept`."""
-    with _KEPT_LOCK:
-        _KEPT[info] = pixels
-
-
-def decode_kept(info: ImageInfo) -> np.ndarray:
-    """`decode`, served (once) from the kept pixels when the sampling pass kept them."""
-    with _KEPT_LOCK:
-        pixels = _KEPT.pop(info, None)
-    return decode(info) if pixels is None else pixels
-
-
-def forget_decoded(images: list[ImageInfo]) -> None:
-    """Drop whatever is still kept of ``images``."""
-    with _KEPT_LOCK:
-        for info in images:
-            _KEPT.pop(info, None)

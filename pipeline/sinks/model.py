@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import __version__, storage
+from pipeline import __version__, kmeans, storage
 from pipeline.errors import ConfigError, StorageError
+
+if TYPE_CHECKING:
+    from pipeline.config import JobConfig
+    from pipeline.fitting import FitOutcome
 
 SCHEMA_VERSION = 1
 
@@ -68,12 +72,30 @@ def load_palette(path: str, color_space: str, spatial_weight: float = 0.0,
         space, spatial weight) differs from the job's.
     """
     where = f"kmeans.init: {path}"
+    doc = read_model(path, storage_options, where)
+    if doc.get("color_space") != color_space:
+        raise ConfigError(f"{where}: model colour space is {doc.get('color_space')!r}, the job's "
+                          f"is {color_space!r}; set preprocess.color_space to match")
+    weight = doc.get("spatial_weight", 0.0)
+    if weight != spatial_weight:
+        raise ConfigError(f"{where}: model features use preprocess.spatial_weight {weight!r}, "
+                          f"the job's is {spatial_weight!r}; set it to match")
+    return model_centroids(doc, where)
+
+
+def read_model(path: str, storage_options: dict | None = None,
+               where: str | None = None) -> dict[str, Any]:
+    """A saved collection model.json, checked for its schema and scope.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or not a collection model.json of this schema; the message
+        starts with ``where`` (default: the path).
+    """
+    where = where or path
     try:
-        if storage.is_url(path):
-            doc = json.loads(storage.read_bytes(path, storage_options))
-        else:
-            with open(path, encoding="utf-8") as handle:
-                doc = json.load(handle)
+        doc = json.loads(storage.Location(path, storage_options).read_bytes())
     except (OSError, StorageError) as exc:
         raise ConfigError(f"{where}: cannot read model "
                           f"({getattr(exc, 'strerror', None) or exc})") from exc
@@ -85,13 +107,12 @@ def load_palette(path: str, color_space: str, spatial_weight: float = 0.0,
     if doc.get("scope") != "collection" or "centroids_working" not in doc:
         raise ConfigError(f"{where}: holds one palette per image; reuse needs a model fitted "
                           "with kmeans.scope: collection")
-    if doc.get("color_space") != color_space:
-        raise ConfigError(f"{where}: model colour space is {doc.get('color_space')!r}, the job's "
-                          f"is {color_space!r}; set preprocess.color_space to match")
-    weight = doc.get("spatial_weight", 0.0)
-    if weight != spatial_weight:
-        raise ConfigError(f"{where}: model features use preprocess.spatial_weight {weight!r}, "
-                          f"the job's is {spatial_weight!r}; set it to match")
+    return doc
+
+
+def model_centroids(doc: dict[str, Any], where: str) -> np.ndarray:
+    """A collection model's working-space centroids, checked: ndarray (k, 3) or (k, 5)."""
+    spatial_weight = doc.get("spatial_weight", 0.0)
     try:
         centroids = np.asarray(doc["centroids_working"], dtype=np.float64)
     except (TypeError, ValueError):
@@ -103,3 +124,28 @@ def load_palette(path: str, color_space: str, spatial_weight: float = 0.0,
                           f"{n_features} finite numbers; use a model.json written by "
                           "kmeans-pipeline run")
     return centroids
+
+
+def collection_document(cfg: JobConfig, outcome: FitOutcome, counts: np.ndarray,
+                        inertia: float) -> dict[str, Any]:
+    """model.json of a collection-scope run: its palette, with the pixels per cluster and the
+    inertia of the images segmented so far."""
+    space = cfg.preprocess.color_space
+    rgb = kmeans.centroids_to_rgb(outcome.centroids[:, :3], space)
+    entry = palette_entry(outcome.centroids, rgb, counts, inertia, outcome.n_iter,
+                          outcome.converged)
+    entry["palette"] = outcome.palette.tolist()
+    entry["history"] = [{"kind": s.kind, "shift": s.shift, "inertia": s.inertia}
+                        for s in outcome.steps]
+    doc = model_document(len(outcome.centroids), space, "collection", cfg.kmeans.seed,
+                         cfg.to_dict(), cfg.job_hash(), entry, cfg.preprocess.spatial_weight)
+    if outcome.auto_k:
+        doc["auto_k"] = outcome.auto_k
+    return doc
+
+
+def image_document(cfg: JobConfig, palettes: dict[str, dict]) -> dict[str, Any]:
+    """model.json of an image-scope run: one palette per image name."""
+    return model_document(cfg.kmeans.k, cfg.preprocess.color_space, cfg.kmeans.scope,
+                          cfg.kmeans.seed, cfg.to_dict(), cfg.job_hash(), palettes,
+                          cfg.preprocess.spatial_weight)

@@ -1,0 +1,550 @@
+"""run(job): list -> preflight -> sample -> fit -> segment and write -> report.
+
+The only module that imports every stage.  Each stage takes values and returns values (a
+`Listing`, a `Sample`, a `FitOutcome`); the run's `RunRecord` says what happened to every image,
+and only this module saves it (report.json).  It never picks a scheduler: tasks go to whatever
+scheduler is active (see `pipeline.cluster.compute_each`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+import dask
+import numpy as np
+
+from pipeline import cluster, fitting, kmeans, storage, tasks
+from pipeline.config import JobConfig
+from pipeline.errors import (ConfigError, ImageReadError, JobCancelled, OutputError,
+                             PipelineError, StorageError)
+from pipeline.record import RunRecord
+from pipeline.sinks import images as files
+from pipeline.sinks import model, report
+from pipeline.sinks.segment import whole_table_pays
+from pipeline.sources import ImageInfo, collection
+from pipeline.sources.collection import Progress
+from pipeline.sources.listing import Listing, list_inputs, unreadable_message
+
+log = logging.getLogger(__name__)
+REPORT = "report.json"
+MODEL = "model.json"
+_REPORT_EVERY = 2.0  # seconds between rewrites of report.json while images finish
+_CHECK_INPUTS = 8  # inputs, spread over the listing, that every worker must be able to read
+
+
+@dataclass
+class _Written:
+    """What this run wrote that the page shows: model.json's content, once written."""
+
+    model: dict | None = None
+
+
+class _Silent:
+    def phase(self, name: str, images: int, pixels: int) -> None:
+        pass
+
+    def advance(self, images: int, pixels: int) -> None:
+        pass
+
+
+def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = None,
+        cancelled: Callable[[], bool] | None = None) -> dict:
+    """Run a job on the active scheduler and write every output.
+
+    Parameters
+    ----------
+    cfg : JobConfig
+    progress : Progress, optional
+        Told about each phase and each finished image; it observes only.
+    job_id : str, optional
+        The id of a submitted job (see `pipeline.batch`), recorded in report.json.
+    cancelled : callable, optional
+        Asked between images; when it returns True the run stops with `JobCancelled`.
+
+    Returns
+    -------
+    dict
+        The final report (also written to ``report.json``).
+
+    Raises
+    ------
+    ConfigError
+        Bad inputs or output folder; nothing was written but possibly report.json.
+    PipelineError
+        The run failed; report.json says how far it got.
+    """
+    clock = time.perf_counter()
+    cfg, init, notes = resolve_init(cfg)  # a wrong model is refused before anything
+    listing = list_inputs(cfg.input, cfg.preprocess, cfg.output.dir)
+    previous = _prepare_output(cfg)
+    record = RunRecord.of_listing(cfg, listing, job_id, notes)
+    phases = _Phases(record, progress or _Silent(), cancelled)
+    record.timings["list"] = time.perf_counter() - clock
+    for path, reason in listing.failed:
+        log.info("%s: %s", path, reason)
+    kept = collection.Decoded()  # the sampling pass's decoded pixels, for the segment pass
+    written = _Written()
+    try:
+        _save(record)
+        _preflight(cfg, listing)
+        _resume(record, previous, listing.images)
+        if cfg.kmeans.scope == "collection":
+            outcome, good = _fit(record, listing.images, previous, phases, init, kept)
+            _segment(record, good, outcome, phases, kept, written)
+        else:  # one palette per image: each task fits, segments and writes its image
+            _run_per_image(record, listing.images, phases, init, written)
+        files.remove_temp_files(cfg.output.dir)  # left by workers killed while writing
+        record.status = "done"
+    except (PipelineError, KeyboardInterrupt, Exception) as exc:
+        explained = cluster.explain(exc)
+        record.status = "cancelled" if isinstance(exc, JobCancelled) else "failed"
+        record.error = str(explained or exc) or type(exc).__name__
+        record.stopped()
+        if isinstance(exc, OutputError):
+            _mark_lost(record)
+        if explained is not None:
+            raise explained from exc
+        raise
+    finally:
+        kept.clear()  # kept by the sampling pass, even if the run failed
+        record.timings["total"] = time.perf_counter() - clock
+        # First: on a full disk report.json matters more than the page.  When even it cannot
+        # be written (an unreachable store: each try takes its retries), the page would not be.
+        if _save_quietly(record):
+            _write_html(record, written.model)
+            _save_quietly(record)
+    return record.to_dict()
+
+
+def resolve_init(cfg: JobConfig) -> tuple[JobConfig, np.ndarray | None, list[str]]:
+    """A model named by kmeans.init fixes k: its palette wins over the job's kmeans.k."""
+    km = cfg.kmeans
+    if not km.init_is_model:
+        return cfg, None, []
+    init = model.load_palette(km.init, cfg.preprocess.color_space, cfg.preprocess.spatial_weight,
+                              cfg.input.storage_options)
+    notes = []
+    if "kmeans.k" in cfg.given and km.k != len(init) and km.max_iter > 0:
+        # Fitting from a palette: a k the user wrote that the model cannot start is a mistake.
+        raise ConfigError(f"kmeans.init: {km.init}: model has k={len(init)}, the job has "
+                          f"kmeans.k: {km.k}; set kmeans.k: {len(init)}, or kmeans.max_iter: 0 "
+                          "to apply the model's palette as it is")
+    if "kmeans.k" in cfg.given and km.k != len(init):
+        notes.append(f"kmeans.k: the job has {km.k}, the model {km.init} has k={len(init)}; "
+                     "using the model's palette")
+        log.warning(notes[-1])
+    if km.k == len(init):
+        return cfg, init, notes
+    return dataclasses.replace(cfg, kmeans=dataclasses.replace(km, k=len(init))), init, notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving the record (here only)
+
+
+def _save(record: RunRecord, final: bool = False) -> None:
+    # Mid-run, a missing output folder is an error, not something to re-create; the final
+    # report is written even then, so that it says what happened.
+    _write_json(storage.join(record.out_dir, REPORT), record.to_dict(), make_folder=final,
+                storage_options=record.cfg.output.storage_options)
+
+
+def _write_json(path: str, doc: dict, make_folder: bool = False,
+                storage_options: dict | None = None) -> None:
+    try:
+        files.write_json(path, doc, make_folder, storage_options)
+    except StorageError as exc:
+        raise OutputError(str(exc)) from exc  # it names the object and says what to do
+    except FileNotFoundError as exc:
+        raise OutputError(f"the output folder {os.path.dirname(path)!r} was removed during the "
+                          "run; stopped; rerun to write the outputs again") from exc
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); free space or fix the "
+                          "output folder, then rerun with output.if_exists: resume") from exc
+
+
+def _save_quietly(record: RunRecord) -> bool:
+    try:
+        _save(record, final=True)
+    except OutputError as exc:  # the disk is still full: the CLI reports the first error
+        log.error("%s", exc)
+        return False
+    return True
+
+
+class _Phases:
+    """The driver's side of progress: keeps the record's ``progress`` current, saves the record
+    (every 2 s and every 5 % of a phase's images: a killed run redoes little on resume), asks
+    whether to stop, and tells the caller's progress hook, which only observes."""
+
+    def __init__(self, record: RunRecord, hook: Progress,
+                 cancelled: Callable[[], bool] | None):
+        self.record, self.hook, self.cancelled = record, hook, cancelled
+        self.last_saved = 0.0
+
+    def phase(self, name: str, images: int, pixels: int) -> None:
+        self.record.progress = {"phase": name, "done": 0, "total": images, "pixels_done": 0,
+                                "pixels": pixels}
+        self.save()
+        self.hook.phase(name, images, pixels)
+        self._check()
+
+    def advance(self, images: int, pixels: int) -> None:
+        now = self.record.progress
+        now.update(done=now["done"] + images, pixels_done=now["pixels_done"] + pixels)
+        self.save(force=now["done"] % max(1, now["total"] // 20) == 0)
+        self.hook.advance(images, pixels)
+        self._check()
+
+    def save(self, force: bool = True) -> None:
+        now = time.monotonic()
+        if force or now - self.last_saved >= _REPORT_EVERY:
+            _save(self.record)
+            self.last_saved = now
+
+    def _check(self) -> None:
+        if self.cancelled is not None and self.cancelled():
+            raise JobCancelled(f"job {self.record.job_id} was cancelled; its completed images "
+                               "stay valid: run or submit it again with output.if_exists: "
+                               "resume")
+
+
+def _write_html(record: RunRecord, model_doc: dict | None) -> None:
+    """report.html next to report.json, drawn from the run's values; a failure here never
+    hides the run's own outcome."""
+    clock = time.perf_counter()
+    try:
+        report.write_html(record.out_dir, record.to_dict(), model_doc,
+                          record.cfg.output.storage_options)
+    except Exception as exc:  # noqa: BLE001 - the page is a view; the run's result stands
+        log.error("could not write %s: %s", report.HTML, exc)
+    record.timings["report"] = time.perf_counter() - clock
+
+
+def _mark_lost(record: RunRecord) -> None:
+    """After an output failure, say which finished images no longer have all their files."""
+    if storage.is_url(record.out_dir):
+        return  # a stored object stays; nothing to check again over a failing connection
+    for entry in record.images:
+        if entry["status"] == "ok" and not files.outputs_complete(record.out_dir,
+                                                                  entry["outputs"]):
+            entry.update(status="failed", error="its outputs were removed during the run; "
+                                                "rerun to write them again")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output folder, preflight and resume
+
+
+def _prepare_output(cfg: JobConfig) -> dict | None:
+    """Create the output folder, apply ``if_exists``; returns the previous report, if reusable."""
+    out_dir, options = cfg.output.dir, cfg.output.storage_options
+    try:
+        storage.Location(out_dir, options).check_writable(f"{files.TEMP_PREFIX}probe")
+    except (OSError, StorageError) as exc:
+        raise ConfigError(f"output.dir: cannot write to {out_dir!r} "
+                          f"({getattr(exc, 'strerror', None) or exc}); choose a writable "
+                          "folder") from exc
+    files.remove_temp_files(out_dir)
+    previous = files.read_json(storage.join(out_dir, REPORT), options)
+    has_outputs = previous is not None or any(
+        storage.exists(storage.join(out_dir, d), options) for d in (*files.SUBDIRS, MODEL))
+    policy = cfg.output.if_exists
+    if policy == "fail" and has_outputs:
+        raise ConfigError(f"output.dir: {out_dir!r} already holds outputs; set "
+                          "output.if_exists: overwrite or resume, or choose another folder")
+    if policy == "overwrite" or not isinstance(previous, dict):
+        return None
+    if previous.get("job_hash") != cfg.job_hash():
+        raise ConfigError(f"output.dir: {out_dir!r} holds outputs of a different job (job hash "
+                          f"{previous.get('job_hash')} != {cfg.job_hash()}); resume only "
+                          "continues the same job: set output.if_exists: overwrite")
+    return previous
+
+
+def _preflight(cfg: JobConfig, listing: Listing) -> None:
+    """Before any cluster work: workers must see the files, and with ``on_error: fail`` every
+    image must open."""
+    _check_workers(cfg, listing.images)
+    if listing.failed and cfg.input.on_error == "fail":
+        raise ImageReadError(unreadable_message(listing.failed, listing.images))
+
+
+def _check_workers(cfg: JobConfig, images: list[ImageInfo]) -> None:
+    """Fail early, one line per problem, when cluster workers cannot see the job's files.
+
+    Each worker reads a spread of the inputs.  A local output folder gets a marker file from
+    this process, which each worker must find (else it sees another folder of that name) and
+    write next to; in object storage each worker writes and deletes a probe object.
+    """
+    if not cluster.on_cluster():
+        return
+    out_dir, probe = cfg.output.dir, f"{files.TEMP_PREFIX}probe-{uuid.uuid4().hex[:12]}"
+    spread = images[::max(1, len(images) // _CHECK_INPUTS)][:_CHECK_INPUTS] + images[-1:]
+    paths = sorted({i.path for i in spread})
+    args = (paths, cfg.input.storage_options, out_dir, cfg.output.storage_options, probe)
+    if storage.is_url(out_dir):
+        cluster.check_on_workers(_worker_sees, *args)
+        return
+    marker = os.path.join(out_dir, probe)
+    with open(marker, "wb"):
+        pass
+    try:
+        cluster.check_on_workers(_worker_sees, *args)
+    finally:
+        os.unlink(marker)
+
+
+def _worker_sees(paths: list[str], in_options: dict | None, out_dir: str,
+                 out_options: dict | None, probe: str) -> list[str]:
+    problems = []
+    for path in paths:
+        try:
+            with storage.Location(path, in_options).open_read() as handle:
+                handle.read(1)
+        except (OSError, StorageError, ConfigError) as exc:
+            problems.append(f"cannot read input {path} ({getattr(exc, 'strerror', None) or exc})")
+    mine = f"{probe}-{uuid.uuid4().hex[:8]}"
+    if storage.is_url(out_dir):
+        try:
+            storage.check_writable(out_dir, out_options, mine)
+        except (OSError, StorageError, ConfigError) as exc:
+            problems.append(f"cannot write to output.dir {out_dir} ({exc})")
+        return problems
+    if not os.path.exists(os.path.join(out_dir, probe)):
+        return problems + [f"output.dir {out_dir}: not the folder the client made (no "
+                           f"{probe} in it)"]
+    try:
+        storage.Location(out_dir).check_writable(mine)
+    except OSError as exc:
+        problems.append(f"cannot write to output.dir {out_dir} ({exc.strerror or exc})")
+    return problems
+
+
+def _resume(record: RunRecord, previous: dict | None, images: list[ImageInfo]) -> None:
+    if not previous:
+        return
+    done = {r.get("path"): r for r in previous.get("images", [])
+            if r.get("status") == "ok" and r.get("outputs") is not None}
+    # On object storage, the sizes of every object from one listing.
+    sizes = files.output_sizes(record.out_dir, record.cfg.output.storage_options) \
+        if done else None
+    n = 0
+    for info in images:
+        old = done.get(info.path)
+        if (old and old.get("name") == info.name
+                and files.outputs_complete(record.out_dir, old["outputs"], sizes)):
+            record.kept(info, old)
+            n += 1
+    if n:
+        log.info("resume: %d image(s) already complete", n)
+
+
+def _image_failed(record: RunRecord, info: ImageInfo, error: str) -> None:
+    record.refused(info, error)
+    log.info("%s: %s", info.path, error)  # the CLI lists skipped images when the run ends
+    if record.cfg.input.on_error == "fail":
+        raise ImageReadError(f"{info.path}: {error} (input.on_error: fail; no image outputs "
+                             "were written)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Collection scope: one palette
+
+
+def _segment(record: RunRecord, good: list[ImageInfo], outcome: fitting.FitOutcome,
+             phases: _Phases, kept: collection.Decoded, written: _Written) -> None:
+    """Segment and write every image with the collection's palette, then the palette files."""
+    cfg = record.cfg
+    record.warnings += outcome.warnings
+    record.auto_k = outcome.auto_k
+    for message in outcome.warnings:
+        log.warning(message)
+    _save_model(record, outcome, written)
+    clock = time.perf_counter()
+    todo = record.pending(good)
+    whole = whole_table_pays(sum(i.n_pixels for i in good), len(outcome.centroids),
+                             cfg.preprocess.color_space)
+    groups = collection.groups(todo)
+    use_kept = kept if len(kept) else None
+    segment_tasks = [
+        dask.delayed(collection.each, pure=True)(
+            tasks.segment_task, [(info,) for info in group], outcome.centroids,
+            cfg.preprocess.color_space, outcome.palette, cfg.output, record.out_dir,
+            cfg.preprocess.spatial_weight, whole, use_kept)
+        for group in groups]
+    _compute_images(record, groups, segment_tasks, phases, "segment")
+    record.timings["segment"] = time.perf_counter() - clock
+    doc = _save_model(record, outcome, written)
+    report.write_palette_files(record.out_dir, outcome.palette, doc["counts"], cfg.source,
+                               cfg.output.storage_options)
+
+
+def _fit(record: RunRecord, images: list[ImageInfo], previous: dict | None, phases: _Phases,
+         init: np.ndarray | None,
+         kept: collection.Decoded) -> tuple[fitting.FitOutcome, list[ImageInfo]]:
+    """The palette: the model this job saved before (resume), the init model's (max_iter: 0),
+    or fitted on a sample; and the images to segment with it."""
+    cfg = record.cfg
+    km, space, weight = cfg.kmeans, cfg.preprocess.color_space, cfg.preprocess.spatial_weight
+    saved = files.read_json(storage.join(record.out_dir, MODEL),
+                            cfg.output.storage_options) if previous else None
+    if saved and saved.get("job_hash") == cfg.job_hash() and "centroids_working" in saved:
+        steps = [kmeans.Step(**step) for step in saved.get("history", [])]
+        result = fitting.FitResult(np.asarray(saved["centroids_working"]), steps,
+                                   bool(saved.get("converged")))
+        good = [i for i in images if record.status_of(i) != "skipped"]
+        _check_decodable(record, good, phases)
+        outcome = fitting.FitOutcome.of(result, space)
+        outcome.auto_k = saved.get("auto_k")
+        return outcome, good
+    if km.max_iter == 0:
+        _check_decodable(record, images, phases)
+        return fitting.FitOutcome.of(fitting.FitResult(init, [], True), space), images
+    clock = time.perf_counter()
+    keep = km.algorithm == "minibatch" and weight == 0 and _keep_decoded(cfg, images)
+    sample = _sample(record, images, phases, kept if keep else None)
+    record.timings["sample"] = time.perf_counter() - clock
+    auto = _choose_k(record, sample.rows)
+    if auto is not None:
+        km = dataclasses.replace(km, k=auto.k)
+    clock = time.perf_counter()
+    good = sample.good
+    pixels = collection.pixel_array(good, cfg.dask.chunk_pixels) \
+        if km.algorithm == "lloyd" else None
+    phases.phase("fit", len(good), sum(i.n_pixels for i in good))
+    outcome = fitting.fit_palette(sample.rows, pixels, km, space, weight, init, persist_histograms(cfg, good),
+                                  auto)
+    record.timings["fit"] = time.perf_counter() - clock
+    return outcome, good
+
+
+def _sample(record: RunRecord, images: list[ImageInfo], phases: _Phases,
+            kept: collection.Decoded | None) -> collection.Sample:
+    """The reproducible sample of the images that decode; the others are skipped."""
+    cfg = record.cfg
+    pre = cfg.preprocess
+    features = (pre.color_space, pre.spatial_weight) if pre.spatial_weight > 0 else None
+    sample = collection.draw_sample(images, cfg.kmeans.sample_pixels, cfg.kmeans.seed,
+                                    features, phases, kept,
+                                    stop_at_failure=cfg.input.on_error == "fail")
+    for info, error in sample.failed:
+        _image_failed(record, info, error)
+    if not sample.good:
+        raise ImageReadError("no image could be decoded; nothing to fit")
+    return sample
+
+
+def _choose_k(record: RunRecord, sample: np.ndarray) -> fitting.AutoK | None:
+    """``kmeans.k: auto``: the smallest k meeting ``kmeans.max_error`` on the sample."""
+    km, space = record.cfg.kmeans, record.cfg.preprocess.color_space
+    if not km.auto_k:
+        return None
+    clock = time.perf_counter()
+    auto = fitting.choose_k(sample, km, space)
+    record.timings["choose_k"] = time.perf_counter() - clock
+    record.auto_k = auto.as_dict()
+    log.info("k: auto chose k=%d after %d fits", auto.k, len(auto.tried))
+    return auto
+
+
+def _check_decodable(record: RunRecord, images: list[ImageInfo], phases: _Phases) -> None:
+    """With on_error: fail, decode every image before the first output is written."""
+    if record.cfg.input.on_error != "fail":
+        return
+    todo = record.pending(images)
+    results = collection.sample_pass(todo, [0] * len(todo), 0, phases, "check")
+    for info, (_, error) in zip(todo, results):
+        if error is not None:
+            _image_failed(record, info, error)
+
+
+def _keep_decoded(cfg: JobConfig, images: list[ImageInfo]) -> bool:
+    """Whether the sampling pass keeps decoded pixels (3 bytes each) for the segment pass: only
+    when tasks run in this process (threads), and as ``dask.persist`` says (auto: when they
+    take under a quarter of the memory available)."""
+    if cfg.dask.persist == "never" or not cluster.tasks_run_here():
+        return False
+    return cfg.dask.persist == "always" or \
+        3 * sum(i.n_pixels for i in images) < cluster.memory_budget() // 4
+
+
+def persist_histograms(cfg: JobConfig, images: list[ImageInfo]) -> bool:
+    """Whether lloyd keeps per-chunk colour histograms in memory across passes."""
+    if cfg.dask.persist != "auto":
+        return cfg.dask.persist == "always"
+    # Per-chunk histograms take at most 12 bytes per pixel; keep them when they fit easily.
+    return 12 * sum(i.n_pixels for i in images) < cluster.memory_budget() // 4
+
+
+def _save_model(record: RunRecord, outcome: fitting.FitOutcome, written: _Written) -> dict:
+    counts = np.zeros(len(outcome.centroids), np.int64)
+    inertia = 0.0
+    for entry in record.images:
+        if entry["status"] == "ok":
+            counts += np.asarray(entry["counts"], np.int64)
+            inertia += entry["inertia"]
+    doc = model.collection_document(record.cfg, outcome, counts, inertia)
+    _write_json(storage.join(record.out_dir, MODEL), doc,
+                storage_options=record.cfg.output.storage_options)
+    written.model = doc
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------
+# Image scope: one palette per image
+
+
+def _run_per_image(record: RunRecord, images: list[ImageInfo], phases: _Phases,
+                   init: np.ndarray | None, written: _Written) -> None:
+    cfg = record.cfg
+    clock = time.perf_counter()
+    _check_decodable(record, images, phases)
+    groups = collection.groups(record.pending(images))
+    image_tasks = [
+        dask.delayed(collection.each, pure=True)(
+            tasks.fit_segment_task, [(info,) for info in group], cfg.kmeans,
+            cfg.preprocess.color_space, init, cfg.output, record.out_dir,
+            cfg.preprocess.spatial_weight)
+        for group in groups]
+    _compute_images(record, groups, image_tasks, phases, "fit+segment")
+    record.timings["fit+segment"] = time.perf_counter() - clock
+    palettes = {r["name"]: r["palette"] for r in record.images if r["status"] == "ok"}
+    doc = model.image_document(cfg, palettes)
+    _write_json(storage.join(record.out_dir, MODEL), doc,
+                storage_options=cfg.output.storage_options)
+    written.model = doc
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing images
+
+
+def _compute_images(record: RunRecord, groups: list[list[ImageInfo]], image_tasks: list,
+                    phases: _Phases, phase: str) -> None:
+    todo = [info for group in groups for info in group]
+    phases.phase(phase, len(todo), sum(i.n_pixels for i in todo))
+
+    def done(g: int, results: list[dict]) -> None:
+        for info, result in zip(groups[g], results):
+            error = result.pop("error", None)
+            if result.pop("output_error", False):  # disk full, folder removed: stop the run
+                record.failed(info, error)
+                raise OutputError(error)
+            if error is not None:
+                _image_failed(record, info, error)
+            else:
+                record.done(info, result, files.utc_now())
+                for message in (result.get("palette") or {}).get("warnings", []):
+                    record.warnings.append(f"{info.name}: {message}")
+                    log.warning("%s: %s", info.path, message)
+        collection.advance(phases, groups[g])
+        phases.save(force=False)
+
+    cluster.compute_each(image_tasks, done)

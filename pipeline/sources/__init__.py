@@ -1,0 +1,36 @@
+"""Finding inputs and reading them.
+
+``listing`` finds the files and objects and reads their headers; ``photos`` decodes
+Pillow / libjpeg-turbo images; ``collection`` makes lazy images, chunked pixel arrays and the
+reproducible sample.  What every source knows of one input from its header is an `ImageInfo`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One input image, as known from its header.
+
+    ``width`` and ``height`` are those of the pixels the pipeline works on: after EXIF
+    orientation and ``preprocess.scale``.
+    """
+
+    index: int
+    path: str
+    name: str
+    width: int
+    height: int
+    format: str
+    mode: str
+    n_frames: int = 1
+    size_bytes: int = 0
+    mtime_ns: int = 0
+    # input.storage_options, carried by the tasks that fetch the object (``path`` is a URL)
+    storage_options: dict | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def n_pixels(self) -> int:
+        return self.width * self.height

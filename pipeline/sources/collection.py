@@ -1,0 +1,318 @@
+"""The collection as values: lazy images, chunked pixel arrays and the reproducible sample.
+
+Pixels are decoded inside dask tasks that carry the file path (`pipeline.sources.photos.decode`),
+so no pixels travel from the client.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+import dask
+import numpy as np
+
+from pipeline import kmeans
+from pipeline.errors import ImageReadError
+from pipeline.sources import ImageInfo, photos
+
+if TYPE_CHECKING:
+    import dask.array as da
+
+
+def read_pixels(info: ImageInfo) -> np.ndarray:
+    """Decoded pixel rows of one image: ndarray of shape (n_pixels, 3), uint8."""
+    return photos.decode(info).reshape(-1, 3)
+
+
+def pixel_array(images: list[ImageInfo], chunk_pixels: int) -> da.Array:
+    """All images' pixel rows as one lazy array of shape (n_pixels, 3), uint8.
+
+    Each image is decoded by one task that carries its path; an image over ``chunk_pixels`` is
+    split into row bands of at most that many pixels, sliced from the decoded image on the same
+    worker.  Images are never merged into one chunk, which would move pixels between tasks.
+    """
+    import dask.array as da  # here, not at the top: it costs a quarter second of start-up
+
+    parts = []
+    for info in images:
+        token = dask.base.tokenize(info)
+        block = dask.delayed(read_pixels, pure=True)(info, dask_key_name=f"decode-{token}")
+        part = da.from_delayed(block, shape=(info.n_pixels, 3), dtype=np.uint8,
+                               name=f"pixels-{token}")
+        if info.n_pixels > chunk_pixels:
+            part = part.rechunk(((_bands(info.n_pixels, chunk_pixels)), (3,)))
+        parts.append(part)
+    return da.concatenate(parts, axis=0)
+
+
+def _bands(n: int, size: int) -> tuple[int, ...]:
+    full, rest = divmod(n, size)
+    return (size,) * full + ((rest,) if rest else ())
+
+
+def sample_image(info: ImageInfo, n_sample: int, seed: int,
+                 kept: "Decoded | None" = None) -> np.ndarray:
+    """A reproducible random sample of one image's pixels (the one pass that feeds the fit).
+
+    The positions depend only on ``(seed, sample_key(info), n_sample)``: never on chunking,
+    nor on which other images the run holds (a skipped neighbour changes nothing).  With
+    ``kept`` the decoded pixels stay there for the segment pass (see `Decoded`).
+
+    Returns
+    -------
+    ndarray of shape (n_sample, 3), uint8, in increasing pixel order.
+    """
+    if kept is not None:
+        decoded = photos.decode(info)
+        kept.keep(info, decoded)
+        pixels = decoded.reshape(-1, 3)
+    else:
+        pixels = read_pixels(info)
+    if n_sample >= len(pixels):
+        return pixels
+    return pixels[sample_positions(info, n_sample, seed)]
+
+
+def sample_positions(info: ImageInfo, n_sample: int, seed: int) -> np.ndarray:
+    """Flat positions (increasing) of `sample_image`'s pixels: all of them when the image
+    has at most ``n_sample``; ndarray of shape (min(n_sample, n_pixels),), int64."""
+    if n_sample >= info.n_pixels:
+        return np.arange(info.n_pixels)
+    rng = np.random.default_rng([seed, sample_key(info)])
+    # One position in each of n_sample equal strata of the raster order: without repeats and
+    # already sorted, in O(n_sample).  rng.choice(replace=False) permutes every pixel once the
+    # share is over 2 % (0.4 s of the small benchmark collection's 2 s, issue 5).
+    edges = np.arange(n_sample + 1, dtype=np.int64) * info.n_pixels // n_sample
+    return edges[:-1] + (rng.random(n_sample) * np.diff(edges)).astype(np.int64)
+
+
+def sample_key(info: ImageInfo) -> int:
+    """The image's own random stream number: from its output name, unique within a run."""
+    return zlib.crc32(info.name.encode("utf-8"))
+
+
+class Decoded:
+    """Decoded pixels kept between a run's sampling pass and its segment pass (issue 5:
+    decoding twice was a quarter of a run).
+
+    Owned by one run, which creates it only for schedulers whose tasks run in its process and
+    when the memory budget allows, and clears it when the run ends.  Each image is served once.
+    """
+
+    def __init__(self) -> None:
+        self._pixels: dict[ImageInfo, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self._token = uuid.uuid4().hex
+
+    def __dask_tokenize__(self) -> str:
+        return self._token  # one store per run: tasks of the same run share their keys
+
+    def keep(self, info: ImageInfo, pixels: np.ndarray) -> None:
+        """Keep one image's decoded pixels (height, width, 3)."""
+        with self._lock:
+            self._pixels[info] = pixels
+
+    def take(self, info: ImageInfo) -> np.ndarray:
+        """`photos.decode`, served (once) from the kept pixels when the sampling pass kept them."""
+        with self._lock:
+            pixels = self._pixels.pop(info, None)
+        return photos.decode(info) if pixels is None else pixels
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pixels.clear()
+
+    def __len__(self) -> int:
+        return len(self._pixels)
+
+
+def take_decoded(info: ImageInfo, kept: Decoded | None) -> np.ndarray:
+    """An image's pixels (height, width, 3), uint8: from ``kept`` if there, else decoded."""
+    return photos.decode(info) if kept is None else kept.take(info)
+
+
+class Image:
+    """One input image, lazily: known from its header, decoded only when its pixels are computed.
+
+    Attributes
+    ----------
+    info : ImageInfo
+        What the header said (path, output name, working size, format, mode).
+    """
+
+    def __init__(self, info: ImageInfo) -> None:
+        self.info = info
+
+    @property
+    def name(self) -> str:
+        """The output name: the path relative to the input entry it came from, no extension."""
+        return self.info.name
+
+    @property
+    def path(self) -> str:
+        return self.info.path
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(height, width, 3) of the pixels the pipeline works on (EXIF-oriented, scaled)."""
+        return (self.info.height, self.info.width, 3)
+
+    @property
+    def pixels(self) -> da.Array:
+        """dask array of shape (height, width, 3), uint8: one task decodes the file."""
+        import dask.array as da
+
+        token = dask.base.tokenize(self.info)
+        block = dask.delayed(photos.decode, pure=True)(self.info, dask_key_name=f"image-{token}")
+        return da.from_delayed(block, shape=self.shape, dtype=np.uint8,
+                               name=f"image-pixels-{token}")
+
+    def __repr__(self) -> str:
+        return f"Image({self.name!r}, {self.info.width}x{self.info.height}, {self.info.format})"
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampling pass: one task per image (or per group of small images) decodes it and keeps a
+# reproducible sample of its pixels; it also finds the images that only fail when decoded.
+
+# In runs of more than _GROUP_ABOVE images, images smaller than _TASK_PIXELS share a task (in
+# listing order): the scheduler's per-task cost and tokenizing each task's arguments outweighed
+# the work of 2,000 images of 0.05 Mpx (issue 5).  Fewer images keep one task each, so that
+# progress, failures and reports stay per image where the overhead does not matter.
+_TASK_PIXELS = 1 << 21
+_GROUP_ABOVE = 256
+
+
+class Progress(Protocol):
+    """Told about each phase and each finished group of images; observes, never decides."""
+
+    def phase(self, name: str, images: int, pixels: int) -> None: ...
+
+    def advance(self, images: int, pixels: int) -> None: ...
+
+
+@dataclass
+class Sample:
+    """What the sampling pass found: the sample rows, the images they came from, the others."""
+
+    rows: np.ndarray  # (n, 3) uint8 pixels, or (n, 5) float64 colour + position features
+    good: list[ImageInfo]
+    failed: list[tuple[ImageInfo, str]] = field(default_factory=list)  # (image, reason)
+
+
+def draw_sample(images: list[ImageInfo], sample_pixels: int, seed: int,
+                features: tuple[str, float] | None, progress: Progress,
+                kept: Decoded | None = None, stop_at_failure: bool = False) -> Sample:
+    """One pass: decode every image, keep a reproducible sample; finds undecodable images.
+
+    A skipped image must not change the palette: when one fails to decode and the images
+    were sampled (not taken whole), the others are sampled again with the shares they would
+    have had without it, so the result equals a run on the good images alone.  With
+    ``stop_at_failure`` (``on_error: fail``) a failure returns at once, without that pass.
+
+    Raises
+    ------
+    ImageReadError
+        An image decoded in the first pass failed in the second (the file changed).
+    """
+    sizes = allocate([i.n_pixels for i in images], sample_pixels)
+    results = sample_pass(images, sizes, seed, progress, "sample", features, kept)
+    good, parts, failed = [], [], []
+    for info, (pixels, error) in zip(images, results):
+        if error is not None:
+            failed.append((info, error))
+        else:
+            good.append(info)
+            parts.append(pixels)
+    if not good or (failed and stop_at_failure):
+        return Sample(np.zeros((0, 3), np.uint8), good, failed)
+    shares = allocate([i.n_pixels for i in good], sample_pixels)
+    if len(good) < len(images) and shares != [len(p) for p in parts]:
+        results = sample_pass(good, shares, seed, progress, "resample", features)
+        for info, (_, error) in zip(good, results):
+            if error is not None:  # the file changed since the first pass
+                raise ImageReadError(f"{info.path}: {error} (changed during the run; rerun)")
+        parts = [pixels for pixels, _ in results]
+    return Sample(np.concatenate(parts), good, failed)
+
+
+def sample_pass(images: list[ImageInfo], sizes: list[int], seed: int, progress: Progress,
+                phase: str, features: tuple[str, float] | None = None,
+                kept: Decoded | None = None) -> list[tuple[np.ndarray | None, str | None]]:
+    """(sample, None) or (None, reason) for each image, in order (see `draw_sample`)."""
+    from pipeline import cluster
+
+    grouped = groups(images)
+    share = dict(zip(images, sizes))
+    tasks = [dask.delayed(each, pure=True)(_sample_task, [(i, share[i]) for i in group],
+                                           seed, features, kept)
+             for group in grouped]
+    progress.phase(phase, len(images), sum(i.n_pixels for i in images))
+    results = cluster.compute_each(tasks, lambda g, r: advance(progress, grouped[g]))
+    return [r for group in results for r in group]
+
+
+def _sample_task(info: ImageInfo, n_sample: int, seed: int,
+                 features: tuple[str, float] | None = None,
+                 kept: Decoded | None = None) -> tuple[np.ndarray | None, str | None]:
+    """The image's sample: uint8 pixels, or with ``features=(color_space, spatial_weight)``
+    float64 colour + position features (the positions only exist here, in the task).  With
+    ``kept`` the decoded pixels stay in memory for the segment pass."""
+    try:
+        if features is None:
+            return sample_image(info, n_sample, seed, kept), None
+        where = sample_positions(info, n_sample, seed)
+        rows = read_pixels(info)[where]
+        return kmeans.spatial_features(rows, where, info.width, info.height, *features), None
+    except ImageReadError as exc:
+        return None, reason(exc, info)
+
+
+def reason(exc: Exception, info: ImageInfo) -> str:
+    """An error's message without the image path it starts with (the report names it)."""
+    text = str(exc)
+    prefix = f"{info.path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def allocate(sizes: list[int], total: int) -> list[int]:
+    """Split a sample of ``total`` pixels over images in proportion to their sizes
+    (largest remainder, ties to the earlier image); all pixels when the collection is smaller."""
+    n = sum(sizes)
+    if n <= total:
+        return list(sizes)
+    exact = [s * total / n for s in sizes]
+    shares = [int(e) for e in exact]
+    order = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - shares[i]), i))
+    for i in order[:total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def groups(images: list[ImageInfo]) -> list[list[ImageInfo]]:
+    """Consecutive images in groups of at least ``_TASK_PIXELS`` pixels (the last may be
+    smaller); an image that large is a group of its own.  One image per group for short runs."""
+    if len(images) <= _GROUP_ABOVE:
+        return [[info] for info in images]
+    grouped: list[list[ImageInfo]] = []
+    pixels = _TASK_PIXELS
+    for info in images:
+        if pixels >= _TASK_PIXELS:
+            grouped.append([])
+            pixels = 0
+        grouped[-1].append(info)
+        pixels += info.n_pixels
+    return grouped
+
+
+def each(task: Callable, firsts: list[tuple], *rest: Any) -> list:
+    """One dask task for a group of images: ``task(*first, *rest)`` for each, in order."""
+    return [task(*first, *rest) for first in firsts]
+
+
+def advance(progress: Progress, group: list[ImageInfo]) -> None:
+    progress.advance(len(group), sum(i.n_pixels for i in group))
