@@ -17,7 +17,8 @@ from typing import Any, Callable, Protocol
 import dask
 import numpy as np
 
-from pipeline import cluster, fit, kmeans, model, read, report, segment, storage, write
+from pipeline import cluster, fit, model, read, report, segment, storage, write
+from pipeline.engine import kmeans
 from pipeline.config import JobConfig, KMeansConfig, OutputConfig
 from pipeline.errors import (ConfigError, ImageReadError, JobCancelled, OutputError,
                              PipelineError, StorageError)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline import kmeans
+from pipeline.engine import kmeans
 
 
 def test_assign_partial_sums_and_inertia_by_hand():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import blocks_image, layout, save, write_job
-from pipeline import cluster, fit, kmeans, segment
+from pipeline import cluster, fit, segment
+from pipeline.engine import kmeans
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.run import run

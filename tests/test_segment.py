@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline import kmeans, segment
+from pipeline import segment
+from pipeline.engine import kmeans
 
 
 def test_colour_codes_round_trip_and_match_the_channels():
