@@ -38,8 +38,9 @@ from pipeline.engine import kmeans
 log = logging.getLogger(__name__)
 
 _SPLIT_EVERY = 8  # fan-in of the tree reduction of per-chunk partial sums
-# Random stream of the sample positions; the starts use streams (seed, 0..n_init - 1).
+# Random streams (seed, stream): the sample positions, the jumps; starts use 0..n_init - 1.
 _SAMPLE_STREAM = 1 << 30
+_JUMP_STREAM = _SAMPLE_STREAM + 1
 _INITS = ("k-means++", "random")
 _ALGORITHMS = ("minibatch", "lloyd")
 
@@ -252,7 +253,7 @@ class KMeans:
         """Opposite of the (weighted) inertia of X's rows on the fitted centres."""
         rows = self._check_predict_rows(X, "score")
         weights = _check_weights(sample_weight, rows)
-        return -_labels_and_inertia(rows, weights, self.cluster_centers_)[1]
+        return -_full_partial(rows, weights, self.cluster_centers_).inertia
 
     # -----------------------------------------------------------------------------------------
 
@@ -289,13 +290,19 @@ class KMeans:
     def _fit_sample(self, sample: np.ndarray, sample_w: np.ndarray, init: np.ndarray | None,
                     tol_abs: float, seed: int) -> tuple[np.ndarray, list[kmeans.Step]]:
         """The best of the starts on the sample (the first of equals)."""
-        iterate = self.algorithm == "minibatch" and self.max_iter > 0
+        iterate = self.max_iter > 0
         starts = range(1 if init is not None else self.n_init)
         outcomes = [_start(sample, sample_w, self.init if init is None else init,
                            self.n_clusters, [seed, start], iterate, self.batch_size,
                            self.max_iter, tol_abs) for start in starts]
-        best = min(outcomes, key=lambda outcome: outcome[0])
-        return best[1], best[2]
+        _, centroids, steps = min(outcomes, key=lambda outcome: outcome[0])
+        if iterate:
+            rng = np.random.default_rng([seed, _JUMP_STREAM])
+            centroids, jump_steps, kept = kmeans.jumps(sample, sample_w, centroids,
+                                                       self.max_iter, tol_abs, rng)
+            log.debug("%d jump(s) kept", kept)
+            steps = steps + jump_steps
+        return centroids, steps
 
     def _check_predict_rows(self, X: Any, method: str) -> Any:
         if not hasattr(self, "cluster_centers_"):
@@ -324,8 +331,11 @@ def _start(sample: np.ndarray, sample_w: np.ndarray, init: str | np.ndarray, n_c
         centroids = kmeans.kmeans_plusplus(sample, sample_w, n_clusters, rng)
     steps: list[kmeans.Step] = []
     if iterate:
+        # Mini-batch steps pay while they are cheaper than Lloyd steps on the sample: two
+        # epochs of it at most, then Lloyd steps finish.
+        n_steps = min(max_iter, -(-2 * len(sample) // batch_size))
         centroids, steps, _ = kmeans.minibatch(sample, sample_w, centroids, batch_size,
-                                               max_iter, tol_abs, rng)
+                                               n_steps, tol_abs, rng)
         centroids, lloyd_steps, _ = kmeans.lloyd(sample, sample_w, centroids, max_iter, tol_abs)
         steps += lloyd_steps
     score = kmeans.partial_sums(sample, sample_w, centroids)[0].inertia
@@ -409,15 +419,16 @@ def _check_weights(sample_weight: Any, rows: Any) -> Any:
     if sample_weight is None:
         return None
     n_samples = rows.shape[0]
-    if _is_dask(sample_weight) or _is_dask(rows):
+    if _is_dask(rows):  # values are checked in the sampling pass
         import dask.array as da
 
         weights = da.asarray(sample_weight).astype(np.float64)
         if weights.shape != (n_samples,):
             raise ValueError(f"sample_weight.shape == {weights.shape}, expected "
                              f"({n_samples},)!")
-        weights = weights.rechunk((rows.chunks[0],)) if _is_dask(rows) else weights.compute()
-        return weights
+        return weights.rechunk((rows.chunks[0],))
+    if _is_dask(sample_weight):
+        sample_weight = sample_weight.compute()
     weights = np.asarray(sample_weight, dtype=np.float64)
     if weights.ndim == 0:
         weights = np.full(n_samples, float(weights))
@@ -514,9 +525,9 @@ def _draw_sample(rows: Any, weights: Any, sample_size: int,
     order; for a dask X, also checks every chunk's values in the same pass."""
     positions = sample_positions(rows.shape[0], sample_size, seed)
     if not _is_dask(rows):
-        sample = rows[positions]
+        sample = rows if len(positions) == len(rows) else rows[positions]
         return sample, (np.ones(len(sample), np.int64) if weights is None
-                        else weights[positions])
+                        else weights[positions].copy())
     import dask
 
     bounds = np.concatenate([[0], np.cumsum(rows.chunks[0])])

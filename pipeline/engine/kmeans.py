@@ -457,6 +457,65 @@ def minibatch(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray,
     return centroids, steps, False
 
 
+def jumps(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_iter: int,
+          tol_abs: float, rng: np.random.Generator,
+          patience: int = 3) -> tuple[np.ndarray, list[Step], int]:
+    """Non-local jumps out of a Lloyd local minimum (Fritzke 2017, "k-means-u*").
+
+    The centre whose removal would cost least (its rows' increase in squared distance when
+    they move to their second-nearest centre) jumps onto a row, drawn by weight, of the
+    cluster with the largest error (sum of weighted squared distances); Lloyd iterations then
+    settle the centres, and the jump is kept only if the inertia fell.  After a failed jump
+    the cluster with the next-largest error is tried; ``patience`` failures in a row end the
+    search.  Two centres in one blob and one centre between two blobs, the local minima that
+    restarts of k-means++ only escape by luck, are what this repairs.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n, n_features)
+    weights : ndarray of shape (n,)
+    centroids : ndarray of shape (n_clusters, n_features), float64
+        A Lloyd fixed point (the result of `lloyd`).
+    max_iter, tol_abs : as for `lloyd`, for each jump's iterations
+
+    Returns
+    -------
+    centroids : ndarray of shape (n_clusters, n_features), float64
+    steps : list of Step
+        The Lloyd steps of the jumps kept.
+    n_jumps : int
+        Jumps kept.
+    """
+    n_clusters = len(centroids)
+    w = weights.astype(np.float64)
+    steps: list[Step] = []
+    kept = failures = tries = 0
+    inertia = partial_sums(features, weights, centroids)[0].inertia
+    while n_clusters > 1 and failures < patience and tries < n_clusters + patience:
+        tries += 1
+        distances = np.partition(squared_distances(features, centroids), 1, axis=1)
+        labels, _ = assign(features, centroids)
+        utility = np.bincount(labels, w * (distances[:, 1] - distances[:, 0]), n_clusters)
+        error = np.bincount(labels, w * distances[:, 0], n_clusters)
+        a = int(np.argmin(utility))
+        order = [j for j in np.argsort(-error, kind="stable") if j != a]
+        rows = np.flatnonzero((labels == order[failures % len(order)]) & (w > 0))
+        if len(rows) < 2:
+            failures += 1
+            continue
+        trial = centroids.copy()
+        trial[a] = features[rows[int(rng.choice(len(rows), p=w[rows] / w[rows].sum()))]]
+        trial, trial_steps, _ = lloyd(features, weights, trial, max_iter, tol_abs)
+        trial_inertia = partial_sums(features, weights, trial)[0].inertia
+        if trial_inertia < inertia:
+            centroids, inertia, failures = trial, trial_inertia, 0
+            steps += trial_steps
+            kept += 1
+        else:
+            failures += 1
+    return centroids, steps, kept
+
+
 # ---------------------------------------------------------------------------------------------
 # Spatial features and perceptual error (issue 6)
 
