@@ -289,7 +289,8 @@ class KMeans:
 
     def _fit_sample(self, sample: np.ndarray, sample_w: np.ndarray, init: np.ndarray | None,
                     tol_abs: float, seed: int) -> tuple[np.ndarray, list[kmeans.Step]]:
-        """The best of the starts on the sample (the first of equals)."""
+        """The best of the starts on the sample (the first of equals), then its Lloyd steps
+        and jumps."""
         iterate = self.max_iter > 0
         starts = range(1 if init is not None else self.n_init)
         outcomes = [_start(sample, sample_w, self.init if init is None else init,
@@ -297,6 +298,12 @@ class KMeans:
                            self.max_iter, tol_abs) for start in starts]
         _, centroids, steps = min(outcomes, key=lambda outcome: outcome[0])
         if iterate:
+            # Only the best start goes on to Lloyd steps: the jumps, not more starts, are what
+            # escape poor local minima, and comparing starts after their Lloyd steps too
+            # (as the colour pipeline does) costs n_init convergences instead of one.
+            centroids, lloyd_steps, _ = kmeans.lloyd(sample, sample_w, centroids,
+                                                     self.max_iter, tol_abs)
+            steps = steps + lloyd_steps
             rng = np.random.default_rng([seed, _JUMP_STREAM])
             centroids, jump_steps, kept = kmeans.jumps(sample, sample_w, centroids,
                                                        self.max_iter, tol_abs, rng)
@@ -320,8 +327,8 @@ class KMeans:
 def _start(sample: np.ndarray, sample_w: np.ndarray, init: str | np.ndarray, n_clusters: int,
            stream: list[int], iterate: bool, batch_size: int, max_iter: int,
            tol_abs: float) -> tuple[float, np.ndarray, list[kmeans.Step]]:
-    """One start, as the pipeline runs it: seed, then mini-batch and Lloyd steps on the
-    sample; returns (inertia on the sample, centroids, steps)."""
+    """One start: seed, then mini-batch steps on the sample; returns (inertia on the sample,
+    centroids, steps)."""
     rng = np.random.default_rng(stream)
     if isinstance(init, np.ndarray):
         centroids = init.copy()
@@ -336,9 +343,7 @@ def _start(sample: np.ndarray, sample_w: np.ndarray, init: str | np.ndarray, n_c
         n_steps = min(max_iter, -(-2 * len(sample) // batch_size))
         centroids, steps, _ = kmeans.minibatch(sample, sample_w, centroids, batch_size,
                                                n_steps, tol_abs, rng)
-        centroids, lloyd_steps, _ = kmeans.lloyd(sample, sample_w, centroids, max_iter, tol_abs)
-        steps += lloyd_steps
-    score = kmeans.partial_sums(sample, sample_w, centroids)[0].inertia
+    score = kmeans.weighted_inertia(sample, sample_w, centroids)
     log.debug("start %s: sample inertia %.6g after %d steps", stream[1], score, len(steps))
     return score, centroids, steps
 
@@ -617,8 +622,8 @@ def _labels_and_inertia(rows: Any, weights: Any, centroids: np.ndarray) -> tuple
     """Labels of every row (numpy, or a persisted dask array chunked like the rows) and the
     weighted inertia, in one pass."""
     if not _is_dask(rows):
-        partial, labels, _ = kmeans.partial_sums(rows, weights, centroids)
-        return labels, partial.inertia
+        labels, distances = kmeans.assign(rows, centroids)
+        return labels, float(distances.sum() if weights is None else (distances * weights).sum())
     import dask
     import dask.array as da
 
@@ -635,8 +640,7 @@ def _labels_and_inertia(rows: Any, weights: Any, centroids: np.ndarray) -> tuple
 def _chunk_labels_inertia(block: np.ndarray, weights: np.ndarray | None,
                           centroids: np.ndarray) -> tuple[np.ndarray, float]:
     labels, distances = kmeans.assign(block, centroids)
-    inertia = float(distances.sum() if weights is None else (distances * weights).sum())
-    return labels, inertia
+    return labels, float(distances.sum() if weights is None else (distances * weights).sum())
 
 
 def _block_labels(block: np.ndarray, centroids: np.ndarray) -> np.ndarray:

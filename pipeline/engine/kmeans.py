@@ -175,6 +175,13 @@ def squared_distances(features: np.ndarray, centroids: np.ndarray) -> np.ndarray
     return out
 
 
+def weighted_inertia(features: np.ndarray, weights: np.ndarray | None,
+                     centroids: np.ndarray) -> float:
+    """Sum over rows of weight times squared distance to the nearest centroid."""
+    distances = assign(features, centroids)[1]
+    return float(distances.sum() if weights is None else (distances * weights).sum())
+
+
 @dataclass
 class Partial:
     """Per-cluster statistics of a block, mergeable in any order.
@@ -458,8 +465,8 @@ def minibatch(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray,
 
 
 def jumps(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_iter: int,
-          tol_abs: float, rng: np.random.Generator,
-          patience: int = 3) -> tuple[np.ndarray, list[Step], int]:
+          tol_abs: float, rng: np.random.Generator, patience: int = 3,
+          trial_iter: int = 10) -> tuple[np.ndarray, list[Step], int]:
     """Non-local jumps out of a Lloyd local minimum (Fritzke 2017, "k-means-u*").
 
     The centre whose removal would cost least (its rows' increase in squared distance when
@@ -468,7 +475,9 @@ def jumps(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_
     settle the centres, and the jump is kept only if the inertia fell.  After a failed jump
     the cluster with the next-largest error is tried; ``patience`` failures in a row end the
     search.  Two centres in one blob and one centre between two blobs, the local minima that
-    restarts of k-means++ only escape by luck, are what this repairs.
+    restarts of k-means++ only escape by luck, are what this repairs.  A trial gets at most
+    ``trial_iter`` Lloyd steps (a jump that helps shows it within a few); the centres kept
+    then finish their Lloyd steps.
 
     Parameters
     ----------
@@ -490,11 +499,13 @@ def jumps(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_
     w = weights.astype(np.float64)
     steps: list[Step] = []
     kept = failures = tries = 0
-    inertia = partial_sums(features, weights, centroids)[0].inertia
+    converged = True
+    inertia = weighted_inertia(features, weights, centroids)
     while n_clusters > 1 and failures < patience and tries < n_clusters + patience:
         tries += 1
-        distances = np.partition(squared_distances(features, centroids), 1, axis=1)
-        labels, _ = assign(features, centroids)
+        distances = squared_distances(features, centroids)
+        labels = distances.argmin(axis=1)  # the same labels as `assign` (same arithmetic)
+        distances = np.partition(distances, 1, axis=1)
         utility = np.bincount(labels, w * (distances[:, 1] - distances[:, 0]), n_clusters)
         error = np.bincount(labels, w * distances[:, 0], n_clusters)
         a = int(np.argmin(utility))
@@ -505,14 +516,19 @@ def jumps(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_
             continue
         trial = centroids.copy()
         trial[a] = features[rows[int(rng.choice(len(rows), p=w[rows] / w[rows].sum()))]]
-        trial, trial_steps, _ = lloyd(features, weights, trial, max_iter, tol_abs)
-        trial_inertia = partial_sums(features, weights, trial)[0].inertia
+        trial, trial_steps, trial_converged = lloyd(features, weights, trial,
+                                                    min(max_iter, trial_iter), tol_abs)
+        trial_inertia = weighted_inertia(features, weights, trial)
         if trial_inertia < inertia:
             centroids, inertia, failures = trial, trial_inertia, 0
+            converged = trial_converged
             steps += trial_steps
             kept += 1
         else:
             failures += 1
+    if kept and not converged:
+        centroids, final_steps, _ = lloyd(features, weights, centroids, max_iter, tol_abs)
+        steps += final_steps
     return centroids, steps, kept
 
 
