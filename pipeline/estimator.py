@@ -198,10 +198,11 @@ class KMeans:
         for i, step in enumerate(steps):
             log.debug("iteration %d (%s): centroid shift %.4g, inertia %.6g", i + 1, step.kind,
                       step.shift, step.inertia)
-        labels, inertia = _labels_and_inertia(rows, weights, centroids)
+        labels, final = _labels_and_inertia(rows, weights, centroids)
+        _warn_empty(final.counts)
         self.cluster_centers_ = centroids
         self.labels_ = labels
-        self.inertia_ = inertia
+        self.inertia_ = final.inertia
         self.n_iter_ = max(len(steps), 1)
         self.n_features_in_ = n_features
         if names is not None:
@@ -618,12 +619,12 @@ def _lloyd_passes(rows: Any, weights: Any, sample: np.ndarray, centroids: np.nda
     return centroids, steps
 
 
-def _labels_and_inertia(rows: Any, weights: Any, centroids: np.ndarray) -> tuple[Any, float]:
-    """Labels of every row (numpy, or a persisted dask array chunked like the rows) and the
-    weighted inertia, in one pass."""
+def _labels_and_inertia(rows: Any, weights: Any,
+                        centroids: np.ndarray) -> tuple[Any, kmeans.Partial]:
+    """Labels of every row (numpy, or a persisted dask array chunked like the rows), and the
+    weighted counts and inertia (a Partial without sums), in one pass."""
     if not _is_dask(rows):
-        labels, distances = kmeans.assign(rows, centroids)
-        return labels, float(distances.sum() if weights is None else (distances * weights).sum())
+        return _chunk_labels_inertia(rows, weights, centroids)
     import dask
     import dask.array as da
 
@@ -634,13 +635,26 @@ def _labels_and_inertia(rows: Any, weights: Any, centroids: np.ndarray) -> tuple
     labels = da.concatenate([da.from_delayed(out[0], shape=(n,), dtype=np.int64)
                              for out, n in zip(outs, rows.chunks[0])])
     labels, total = dask.persist(labels, _tree_sum([out[1] for out in outs]))
-    return labels, float(total.compute())
+    return labels, total.compute()
 
 
 def _chunk_labels_inertia(block: np.ndarray, weights: np.ndarray | None,
-                          centroids: np.ndarray) -> tuple[np.ndarray, float]:
+                          centroids: np.ndarray) -> tuple[np.ndarray, kmeans.Partial]:
     labels, distances = kmeans.assign(block, centroids)
-    return labels, float(distances.sum() if weights is None else (distances * weights).sum())
+    w = np.ones(len(block)) if weights is None else weights
+    counts = np.bincount(labels, weights=w, minlength=len(centroids))
+    inertia = float(distances.sum() if weights is None else (distances * weights).sum())
+    return labels, kmeans.Partial(np.zeros((len(centroids), 0)), counts, inertia)
+
+
+def _warn_empty(counts: np.ndarray) -> None:
+    """The empty-cluster policy's last word: a cluster that won no row keeps its place (a
+    duplicate of another centre), and says so."""
+    empty = int((counts <= 0).sum())
+    if empty:
+        log.warning("%d of %d clusters won no row (X has fewer distinct rows of positive "
+                    "weight than n_clusters); their centres duplicate others", empty,
+                    len(counts))
 
 
 def _block_labels(block: np.ndarray, centroids: np.ndarray) -> np.ndarray:

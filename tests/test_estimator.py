@@ -242,3 +242,16 @@ def test_init_random_and_array_init():
     assert rand.inertia_ <= 1.005 * plus.inertia_
     fixed = KMeans(5, init=plus.cluster_centers_, max_iter=0).fit(rows)
     np.testing.assert_array_equal(fixed.cluster_centers_, plus.cluster_centers_)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_fewer_distinct_rows_than_clusters_keep_finite_centres_and_warn(lazy, caplog):
+    rows = np.array([[0, 0], [0, 0], [5, 5], [5, 5], [5, 5], [9, 1]], np.int16)
+    x = da.from_array(rows, chunks=2) if lazy else rows
+    with caplog.at_level("WARNING", logger="pipeline.estimator"):
+        km = KMeans(5, random_state=0).fit(x)
+    labels = np.asarray(km.labels_)
+    assert np.isfinite(km.cluster_centers_).all() and km.inertia_ == 0.0
+    assert sorted(map(tuple, km.cluster_centers_[np.unique(labels)].tolist())) == \
+        [(0.0, 0.0), (5.0, 5.0), (9.0, 1.0)]
+    assert "2 of 5 clusters won no row" in caplog.text
