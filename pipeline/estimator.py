@@ -11,10 +11,11 @@ How a fit runs (the pipeline's design, README "How the fit works"):
    global row positions chosen from ``random_state`` and the number of rows alone, each chunk
    giving the rows it holds.  The sample therefore does not depend on the chunking, and a dask
    ``X`` is never gathered into one process (only the sample is).
-2. ``n_init`` starts on the sample, each with its own random stream: seeding, then for
-   ``minibatch`` mini-batch steps followed by Lloyd steps on the sample; the start with the
-   lowest inertia on the sample wins.  For ``lloyd`` the best seeding is followed by full
-   passes over the chunks: per-chunk partial sums (sums, counts, inertia), tree-reduced.
+2. ``n_init`` starts on the sample, each with its own random stream: seeding, then mini-batch
+   steps; the start with the lowest inertia on the sample goes on to Lloyd steps on the
+   sample and then jumps out of poor local minima (`kmeans.jumps`).  With ``lloyd``, full
+   passes over the chunks follow: per-chunk partial sums (sums, counts, inertia),
+   tree-reduced, until the centres move less than ``tol``.
 3. A last pass over the chunks gives ``labels_`` and ``inertia_`` for the fitted centres.
 
 Same ``random_state``, same centroids on any scheduler and for any chunking (``lloyd`` on float
@@ -82,8 +83,8 @@ class KMeans:
         Fixes the sample positions and every start's random stream.  None draws a seed from
         numpy's global random state.
     algorithm : {"minibatch", "lloyd"}
-        ``minibatch``: mini-batch steps, then Lloyd steps, all on the sample; ``lloyd``: seed
-        on the sample, then every step is a full pass over the rows.
+        ``minibatch``: mini-batch steps, Lloyd steps and jumps, all on the sample; ``lloyd``:
+        the same, then Lloyd steps that each make a full pass over the rows.
     batch_size : int
         Rows per mini-batch step (drawn from the sample with probability proportional to
         weight).
