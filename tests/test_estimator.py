@@ -255,3 +255,32 @@ def test_fewer_distinct_rows_than_clusters_keep_finite_centres_and_warn(lazy, ca
     assert sorted(map(tuple, km.cluster_centers_[np.unique(labels)].tolist())) == \
         [(0.0, 0.0), (5.0, 5.0), (9.0, 1.0)]
     assert "2 of 5 clusters won no row" in caplog.text
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return sum(_nbytes(v) for v in vars(value).values()) if hasattr(value, "__dict__") else 0
+
+
+@pytest.mark.parametrize("algorithm", ["minibatch", "lloyd"])
+def test_a_dask_fit_brings_only_the_sample_and_labels_into_this_process(algorithm):
+    import dask.threaded
+
+    rows = da.random.default_rng(0).normal(size=(200_000, 8), chunks=(30_000, 8))
+    returned = []
+
+    def recording_get(dsk, keys, **kwargs):
+        result = dask.threaded.get(dsk, keys, **kwargs)
+        returned.append(_nbytes(result))
+        return result
+
+    with dask.config.set(scheduler=recording_get):
+        km = KMeans(5, random_state=0, algorithm=algorithm, sample_size=1000).fit(rows)
+    # the sample is 64 kB; the persisted labels (int64) an eighth of X's 12.8 MB
+    assert returned and sum(returned) < rows.nbytes / 4
+    assert km.labels_.shape == (200_000,)
