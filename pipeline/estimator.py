@@ -649,13 +649,13 @@ def _chunk_labels_inertia(block: np.ndarray, weights: np.ndarray | None,
 
 
 def _warn_empty(counts: np.ndarray) -> None:
-    """The empty-cluster policy's last word: a cluster that won no row keeps its place (a
-    duplicate of another centre), and says so."""
+    """The empty-cluster policy's last word: a cluster that won no row keeps its place (in
+    the fit, empty clusters moved onto the farthest rows; what is left has none to take)."""
     empty = int((counts <= 0).sum())
     if empty:
-        log.warning("%d of %d clusters won no row (X has fewer distinct rows of positive "
-                    "weight than n_clusters); their centres duplicate others", empty,
-                    len(counts))
+        log.warning("%d of %d clusters won no row; their centres stay where the fit left "
+                    "them (X has fewer distinct rows of positive weight than n_clusters, or "
+                    "sample_size is too small to see them)", empty, len(counts))
 
 
 def _block_labels(block: np.ndarray, centroids: np.ndarray) -> np.ndarray:
