@@ -284,3 +284,16 @@ def test_a_dask_fit_brings_only_the_sample_and_labels_into_this_process(algorith
     # the sample is 64 kB; the persisted labels (int64) an eighth of X's 12.8 MB
     assert returned and sum(returned) < rows.nbytes / 4
     assert km.labels_.shape == (200_000,)
+
+
+def test_dataframe_column_names_are_kept_and_checked():
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(_blobs(n=600, n_features=3), columns=["r", "g", "b"])
+    km = KMeans(3, random_state=0).fit(frame)
+    assert km.feature_names_in_.tolist() == ["r", "g", "b"]
+    np.testing.assert_array_equal(km.predict(frame), km.labels_)
+    with pytest.raises(ValueError, match="Feature names must be in the same order"):
+        km.predict(frame[["b", "g", "r"]])
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        km.predict(frame.to_numpy())
+    assert not hasattr(KMeans(3, random_state=0).fit(frame.to_numpy()), "feature_names_in_")
