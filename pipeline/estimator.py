@@ -152,7 +152,7 @@ class KMeans:
                 changed.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(changed)})"
 
-    def __sklearn_tags__(self):  # only scikit-learn's tools call this, so it may import it
+    def __sklearn_tags__(self) -> Any:  # only scikit-learn's tools call this, so it may import it
         from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
 
         return Tags(estimator_type="clusterer", target_tags=TargetTags(required=False),
