@@ -13,7 +13,6 @@ nor scikit-learn; the first use of a name imports what it needs.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from typing import Any
 
 __version__ = "0.1.0"
@@ -38,10 +37,7 @@ _LAZY = {
     "exit_status": "pipeline.errors:exit_status",
     "EXIT_STATUSES": "pipeline.errors:EXIT_STATUSES",
 }
-# KMeans (pipeline/estimator.py) is listed once its module exists, so that `from pipeline
-# import *` never fails on a name that cannot load yet.
-__all__ = sorted(name for name, target in _LAZY.items()
-                 if importlib.util.find_spec(target.split(":")[0]) is not None)
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

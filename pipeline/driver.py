@@ -19,7 +19,8 @@ from typing import Callable
 import dask
 import numpy as np
 
-from pipeline import cluster, fitting, kmeans, storage, tasks
+from pipeline import cluster, fitting, storage, tasks
+from pipeline.engine import kmeans
 from pipeline.config import JobConfig
 from pipeline.errors import (ConfigError, ImageReadError, JobCancelled, OutputError,
                              PipelineError, StorageError)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import dask
 import numpy as np
 
-from pipeline import kmeans
+from pipeline.engine import kmeans
 from pipeline.config import KMeansConfig
 
 if TYPE_CHECKING:

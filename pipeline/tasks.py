@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from pipeline import fitting, kmeans, storage
+from pipeline import fitting, storage
+from pipeline.engine import kmeans
 from pipeline.config import KMeansConfig, OutputConfig
 from pipeline.errors import ImageReadError, OutputError, StorageError
 from pipeline.sinks import images as files

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline import kmeans
+from pipeline.engine import kmeans
 
 
 def test_assign_partial_sums_and_inertia_by_hand():
@@ -85,3 +85,31 @@ def test_kmeans_plusplus_picks_distinct_points_and_is_reproducible():
     b = kmeans.kmeans_plusplus(features, np.ones(4), 4, np.random.default_rng(1))
     assert a.tolist() == b.tolist()
     assert sorted(map(tuple, a)) == sorted(map(tuple, features))
+
+
+def test_a_jump_moves_a_doubled_centre_to_the_cluster_covering_two_blobs():
+    features = np.array([[0], [0], [1], [1], [10], [10], [11], [11], [20], [20], [21], [21]])
+    weights = np.ones(len(features), np.int64)
+    stuck = np.array([[0.0], [1.0], [15.5]])  # a Lloyd fixed point: two centres on one blob
+    assert kmeans.lloyd(features, weights, stuck, 10, 0.0)[0].tolist() == stuck.tolist()
+    jumped, _, kept = kmeans.jumps(features, weights, stuck, 10, 0.0, np.random.default_rng(0))
+    assert kept >= 1
+    assert sorted(jumped.ravel().tolist()) == [0.5, 10.5, 20.5]
+    assert kmeans.weighted_inertia(features, weights, jumped) == 12 * 0.25
+
+
+def test_integer_rows_sum_exactly_beyond_float64():
+    features = np.array([[2**60, 3], [1, -3], [7, 5]], np.int64)
+    partial, _, _ = kmeans.partial_sums(features, None, np.array([[0.0, 0.0]]))
+    assert partial.sums.dtype == np.int64
+    assert partial.sums.tolist() == [[2**60 + 8, 5]]  # float64 would give 2**60
+
+
+def test_kernels_take_any_width():
+    features = np.array([[0], [2], [10], [12]], np.uint8)
+    partial, labels, distances = kmeans.partial_sums(features, None, np.array([[1.0], [11.0]]))
+    assert labels.tolist() == [0, 0, 1, 1] and partial.sums.tolist() == [[2], [22]]
+    wide = np.arange(4 * 70, dtype=np.float32).reshape(4, 70)
+    labels, distances = kmeans.assign(wide, wide[[0, 3]].astype(np.float64))
+    assert labels.tolist() == [0, 0, 1, 1] and distances.tolist()[0] == 0.0
+    assert kmeans.squared_distances(wide, wide[[0]].astype(float))[1, 0] == 70 * 70 ** 2

@@ -9,7 +9,7 @@ import pytest
 from conftest import blocks_image, layout, save, write_job
 import pipeline
 from pipeline import fitting as fit
-from pipeline import kmeans
+from pipeline.engine import kmeans
 from pipeline.sinks import segment
 from pipeline.cli import main
 from pipeline.config import load_config

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline import kmeans
+from pipeline.engine import kmeans
 from pipeline.sinks import segment
 
 

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import __version__, kmeans, storage
+from pipeline import __version__, storage
+from pipeline.engine import kmeans
 from pipeline.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from pipeline import kmeans
+from pipeline.engine import kmeans
 
 _N_COLOURS = 1 << 24
 _BLOCK = 1 << 16  # pixels per step of `label_image`: codes, labels and distances stay in L2

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import dask
 import numpy as np
 
-from pipeline import kmeans
+from pipeline.engine import kmeans
 from pipeline.errors import ImageReadError
 from pipeline.sources import ImageInfo, photos
 

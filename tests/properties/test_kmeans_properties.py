@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from pipeline import fitting as fit
-from pipeline import kmeans
+from pipeline.engine import kmeans
 
 pixels_st = st.integers(1, 200).flatmap(
     lambda n: arrays(np.uint8, (n, 3), elements=st.integers(0, 255)))

@@ -1,7 +1,9 @@
-"""K-means math on one block of pixels, in numpy: features, assignment, partial sums, updates.
+"""K-means math on one block of feature rows, in numpy: features, assignment, partial sums, updates.
 
 No dask, no I/O, no logging.  Everything here is a pure function of its arguments, so the same
-inputs give bit-identical outputs on any scheduler.
+inputs give bit-identical outputs on any scheduler.  Rows may have any number of features (1 and
+up) and any integer or float dtype: they become float64 only inside the per-block kernels, and
+the per-cluster sums of integer rows (with integer weights, or none) are exact int64.
 
 Determinism notes.  Distances are computed elementwise (never with BLAS, whose summation order
 depends on the block size), so the label of a colour never depends on how the pixels around it
@@ -159,6 +161,27 @@ def squared_distance(features: np.ndarray, point: np.ndarray) -> np.ndarray:
     return d
 
 
+def squared_distances(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distance of every row to every centroid, elementwise (as `assign`).
+
+    Returns
+    -------
+    ndarray of shape (n, n_clusters), float64
+    """
+    out = np.empty((len(features), len(centroids)))
+    for start in range(0, len(features), _ASSIGN_BLOCK):
+        block = np.ascontiguousarray(features[start:start + _ASSIGN_BLOCK].T, dtype=np.float64)
+        out[start:start + _ASSIGN_BLOCK] = _distances_to(block, centroids).T
+    return out
+
+
+def weighted_inertia(features: np.ndarray, weights: np.ndarray | None,
+                     centroids: np.ndarray) -> float:
+    """Sum over rows of weight times squared distance to the nearest centroid."""
+    distances = assign(features, centroids)[1]
+    return float(distances.sum() if weights is None else (distances * weights).sum())
+
+
 @dataclass
 class Partial:
     """Per-cluster statistics of a block, mergeable in any order.
@@ -192,34 +215,68 @@ def partial_sums(features: np.ndarray, weights: np.ndarray | None,
 
     Parameters
     ----------
-    features : ndarray of shape (n, n_features), float64
+    features : ndarray of shape (n, n_features), any integer or float dtype
     weights : ndarray of shape (n,) or None
-        Pixel count of each row (a histogram), or None for one pixel each.
+        Weight of each row (the pixel count of a histogram entry), or None for one each.
     centroids : ndarray of shape (n_clusters, n_features), float64
 
     Returns
     -------
     partial : Partial
+        ``sums`` are int64, exact, for integer rows with integer weights (or none); float64
+        otherwise.
     labels, distances : as from `assign`
     """
     w = np.ones(len(features)) if weights is None else weights.astype(np.float64)
-    return _partial_sums(features, w, _weighted_columns(features, w), centroids)
+    return _partial_sums(features, w, _weighted_columns(features, weights, w), centroids)
 
 
-def _weighted_columns(features: np.ndarray, w: np.ndarray) -> list[np.ndarray]:
+def _weighted_columns(features: np.ndarray, weights: np.ndarray | None,
+                      w: np.ndarray) -> list[np.ndarray] | None:
+    """Each feature column times the weights (float64), or None when the sums are to be
+    exact integers (`_integer_sums`)."""
+    if _integer_rows(features, weights):
+        return None
     return [features[:, c] * w for c in range(features.shape[1])]
 
 
-def _partial_sums(features: np.ndarray, w: np.ndarray, weighted: list[np.ndarray],
+def _integer_rows(features: np.ndarray, weights: np.ndarray | None) -> bool:
+    return features.dtype.kind in "iub" and (weights is None or weights.dtype.kind in "iub")
+
+
+def _partial_sums(features: np.ndarray, w: np.ndarray, weighted: list[np.ndarray] | None,
                   centroids: np.ndarray) -> tuple[Partial, np.ndarray, np.ndarray]:
     """`partial_sums` with the weights as float64 and the weighted feature columns given
-    (Lloyd iterations compute them once, not every step)."""
+    (Lloyd iterations compute them once, not every step); ``weighted`` None: integer rows."""
     n_clusters = len(centroids)
     labels, distances = assign(features, centroids)
-    sums = np.stack([np.bincount(labels, weights=column, minlength=n_clusters)
-                     for column in weighted], axis=1)
+    if weighted is None:
+        sums = _integer_sums(features, w, labels, n_clusters)
+    else:
+        sums = np.stack([np.bincount(labels, weights=column, minlength=n_clusters)
+                         for column in weighted], axis=1)
     counts = np.bincount(labels, weights=w, minlength=n_clusters)
     return Partial(sums, counts, float((distances * w).sum())), labels, distances
+
+
+def _integer_sums(features: np.ndarray, w: np.ndarray, labels: np.ndarray,
+                  n_clusters: int) -> np.ndarray:
+    """Exact int64 per-cluster sums of integer rows with integral weights ``w`` (float64)."""
+    n_features = features.shape[1]
+    if len(features) == 0:
+        return np.zeros((n_clusters, n_features), np.int64)
+    # float64 bincounts are exact while every partial sum stays below 2**53: true for 8- and
+    # 16-bit rows while the total weight stays below 2**37; wider integers take the int64 path.
+    if features.dtype.itemsize <= 2 and float(w.sum()) * 65536 < 2.0 ** 53:
+        return np.stack([np.bincount(labels, weights=features[:, c] * w, minlength=n_clusters)
+                         for c in range(n_features)], axis=1).astype(np.int64)
+    rows = features.astype(np.int64) * w.astype(np.int64)[:, None]
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], np.arange(n_clusters))
+    present = np.bincount(labels, minlength=n_clusters) > 0
+    sums = np.zeros((n_clusters, n_features), np.int64)
+    sums[present] = np.add.reduceat(rows[order], starts[present], axis=0)
+    return sums
 
 
 def update(partial: Partial, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -326,9 +383,9 @@ def _distances_to(channels: np.ndarray, points: np.ndarray) -> np.ndarray:
 def random_init(features: np.ndarray, weights: np.ndarray, n_clusters: int,
                 rng: np.random.Generator) -> np.ndarray:
     """``n_clusters`` distinct rows drawn with probability proportional to weight (repeating
-    rows only when there are fewer rows than clusters)."""
+    rows only when there are fewer rows of positive weight than clusters), as float64."""
     w = weights.astype(np.float64)
-    take = min(n_clusters, len(features))
+    take = min(n_clusters, int(np.count_nonzero(w)))
     rows = rng.choice(len(features), size=take, replace=False, p=w / w.sum())
     rows = np.concatenate([rows, np.resize(rows, n_clusters - take)])
     return features[rows].astype(np.float64)
@@ -355,11 +412,13 @@ def lloyd(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_
     """
     steps: list[Step] = []
     w = weights.astype(np.float64)
-    weighted = _weighted_columns(features, w)
+    weighted = _weighted_columns(features, weights, w)
     for _ in range(max_iter):
         partial, _, distances = _partial_sums(features, w, weighted, centroids)
         new, empty = update(partial, centroids)
-        reseed_empty(new, empty, features, distances)
+        # A row of weight zero is not there: it never becomes a centre (histogram counts of
+        # the colour pipeline are all positive, so this changes nothing for it).
+        reseed_empty(new, empty, features, np.where(w > 0, distances, 0.0))
         moved = shift(centroids, new)
         steps.append(Step("lloyd", moved, partial.inertia))
         centroids = new
@@ -403,6 +462,74 @@ def minibatch(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray,
         if moved <= tol_abs:
             return centroids, steps, True
     return centroids, steps, False
+
+
+def jumps(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_iter: int,
+          tol_abs: float, rng: np.random.Generator, patience: int = 3,
+          trial_iter: int = 10) -> tuple[np.ndarray, list[Step], int]:
+    """Non-local jumps out of a Lloyd local minimum (Fritzke 2017, "k-means-u*").
+
+    The centre whose removal would cost least (its rows' increase in squared distance when
+    they move to their second-nearest centre) jumps onto a row, drawn by weight, of the
+    cluster with the largest error (sum of weighted squared distances); Lloyd iterations then
+    settle the centres, and the jump is kept only if the inertia fell.  After a failed jump
+    the cluster with the next-largest error is tried; ``patience`` failures in a row end the
+    search.  Two centres in one blob and one centre between two blobs, the local minima that
+    restarts of k-means++ only escape by luck, are what this repairs.  A trial gets at most
+    ``trial_iter`` Lloyd steps (a jump that helps shows it within a few); the centres kept
+    then finish their Lloyd steps.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n, n_features)
+    weights : ndarray of shape (n,)
+    centroids : ndarray of shape (n_clusters, n_features), float64
+        A Lloyd fixed point (the result of `lloyd`).
+    max_iter, tol_abs : as for `lloyd`, for each jump's iterations
+
+    Returns
+    -------
+    centroids : ndarray of shape (n_clusters, n_features), float64
+    steps : list of Step
+        The Lloyd steps of the jumps kept.
+    n_jumps : int
+        Jumps kept.
+    """
+    n_clusters = len(centroids)
+    w = weights.astype(np.float64)
+    steps: list[Step] = []
+    kept = failures = tries = 0
+    converged = True
+    inertia = weighted_inertia(features, weights, centroids)
+    while n_clusters > 1 and failures < patience and tries < n_clusters + patience:
+        tries += 1
+        distances = squared_distances(features, centroids)
+        labels = distances.argmin(axis=1)  # the same labels as `assign` (same arithmetic)
+        distances = np.partition(distances, 1, axis=1)
+        utility = np.bincount(labels, w * (distances[:, 1] - distances[:, 0]), n_clusters)
+        error = np.bincount(labels, w * distances[:, 0], n_clusters)
+        a = int(np.argmin(utility))
+        order = [j for j in np.argsort(-error, kind="stable") if j != a]
+        rows = np.flatnonzero((labels == order[failures % len(order)]) & (w > 0))
+        if len(rows) < 2:
+            failures += 1
+            continue
+        trial = centroids.copy()
+        trial[a] = features[rows[int(rng.choice(len(rows), p=w[rows] / w[rows].sum()))]]
+        trial, trial_steps, trial_converged = lloyd(features, weights, trial,
+                                                    min(max_iter, trial_iter), tol_abs)
+        trial_inertia = weighted_inertia(features, weights, trial)
+        if trial_inertia < inertia:
+            centroids, inertia, failures = trial, trial_inertia, 0
+            converged = trial_converged
+            steps += trial_steps
+            kept += 1
+        else:
+            failures += 1
+    if kept and not converged:
+        centroids, final_steps, _ = lloyd(features, weights, centroids, max_iter, tol_abs)
+        steps += final_steps
+    return centroids, steps, kept
 
 
 # ---------------------------------------------------------------------------------------------
