@@ -27,15 +27,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.command(args)
     except PipelineError as exc:
-        _print_error(str(exc))
-        return exc.exit_code
+        return _failed(args, str(exc), exc.exit_code, exc.report)
     except KeyboardInterrupt:
-        _print_error("interrupted; rerun with output.if_exists: resume to finish the job")
-        return EXIT_INTERRUPTED
+        return _failed(args, "interrupted; rerun with output.if_exists: resume to finish the "
+                             "job", EXIT_INTERRUPTED)
     except Exception:  # a bug: the one case that prints a traceback
         traceback.print_exc()
-        _print_error("unexpected internal error (a bug); please report it with the traceback")
-        return EXIT_FAILED
+        return _failed(args, "unexpected internal error (a bug); please report it with the "
+                             "traceback", EXIT_FAILED)
+
+
+def _failed(args: argparse.Namespace, message: str, code: int,
+            report: dict | None = None) -> int:
+    """An error: the images a failed run skipped (issue 11), the error, and with ``--json``
+    ``{"status": "error", "exit": N, "errors": [...], "problems": [...]}`` on stdout."""
+    problems = []
+    if report is not None:
+        from pipeline.record import NOT_PROCESSED
+
+        problems = [{"path": r["path"], "error": r["error"]} for r in report["images"]
+                    if r["status"] == "skipped" and r["error"] not in (None, NOT_PROCESSED)]
+    if not args.quiet:
+        for entry in problems:
+            print(f"skipped: {entry['path']}: {entry['error']}", file=sys.stderr)
+    _print_error(message)
+    if getattr(args, "json", False):
+        print(json.dumps({"status": "error", "exit": code, "errors": message.splitlines(),
+                          "problems": problems}))
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
