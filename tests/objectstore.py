@@ -247,3 +247,36 @@ def aws_environment(endpoint: str | None = None) -> dict[str, str]:
     if endpoint:
         env["AWS_ENDPOINT_URL"] = endpoint
     return env
+
+
+class Refuser:
+    """A TCP server on 127.0.0.1 that accepts every connection and closes it at once (a
+    store behind a failing load balancer), counting the connections: one per attempt."""
+
+    def __init__(self) -> None:
+        self.port, self.connections = free_port(), 0
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((HOST, self.port))
+        self._listener.listen(64)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            client.close()
+
+    def stop(self) -> None:
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()

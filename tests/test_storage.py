@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import write_job
-from objectstore import (FileServer, Proxy, S3Server, aws_environment, free_port,
+from objectstore import (FileServer, Proxy, Refuser, S3Server, aws_environment, free_port,
                          stop_process)
 from pipeline import storage
 from pipeline.sinks import images as write
@@ -393,3 +393,40 @@ def test_transient_and_permanent_errors_of_real_backends():
                  PermissionError("AccessDenied"), OSError(errno.EINVAL, "InvalidRange")]
     assert [storage.is_transient(e) for e in transient] == [True] * len(transient)
     assert [storage.is_transient(e) for e in permanent] == [False] * len(permanent)
+
+
+def test_backend_retries_do_not_multiply_ours_and_ours_have_a_deadline(monkeypatch):
+    """Issue 11 review: our 4 tries stacked on s3fs's 5 and botocore's 5 (up to ~100 tries,
+    no jitter, no deadline).  Against a store that drops every connection, one call makes
+    `storage.ATTEMPTS` requests, and no retry starts after `storage.DEADLINE`."""
+    for key, value in aws_environment().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(storage, "FIRST_DELAY", 0.05)
+    refuser = Refuser()
+    try:
+        options = {"client_kwargs": {"endpoint_url": refuser.endpoint}}
+        with pytest.raises(StorageError, match=r"read failed after 4 attempts \("):
+            storage.read_bytes("s3://bucket/photo.jpg", options)
+        # One try is one request (aiohttp may connect a second time for it); the backends'
+        # own loops made 50 connections per try before (5 x 5 x 2).
+        assert storage.ATTEMPTS <= refuser.connections <= 2 * storage.ATTEMPTS
+        monkeypatch.setattr(storage, "FIRST_DELAY", 50.0)  # waits far over the deadline
+        monkeypatch.setattr(storage, "DEADLINE", 0.5)
+        before, started = refuser.connections, time.monotonic()
+        with pytest.raises(StorageError, match=r"read failed after \d attempts within 0.5 s"):
+            storage.read_bytes("s3://bucket/photo.jpg", options)
+        assert time.monotonic() - started < 0.5 + 5  # one try's own timeouts at most
+        assert 1 <= refuser.connections - before < 2 * storage.ATTEMPTS
+    finally:
+        refuser.stop()
+
+
+def test_retry_waits_are_random_up_to_the_doubling_caps(monkeypatch):
+    waits = []
+    monkeypatch.setattr(storage.time, "sleep", waits.append)  # record instead of waiting
+    for _ in range(50):
+        with pytest.raises(StorageError):
+            storage.retry(lambda: (_ for _ in ()).throw(ConnectionResetError()), "s3://b/k")
+    rounds = [waits[i:i + 3] for i in range(0, len(waits), 3)]
+    assert all(0 <= a <= 0.5 and 0 <= b <= 1 and 0 <= c <= 2 for a, b, c in rounds)
+    assert len({round(a, 6) for a, _, _ in rounds}) > 40  # drawn, not fixed
