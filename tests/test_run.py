@@ -212,10 +212,11 @@ def test_image_scope_fit_warnings_reach_the_report(tmp_path, collection):
 
 _BUDGET_CHILD = """
 import json, sys
-from pipeline import cluster, read
+from pipeline import cluster
 from pipeline.cli import main
-calls, real = [], read.decode
-read.decode = lambda info: calls.append(info.name) or real(info)
+from pipeline.sources import photos
+calls, real = [], photos.decode
+photos.decode = lambda info: calls.append(info.name) or real(info)
 code = main(["run", sys.argv[1], "-q", "--scheduler", "threads"])
 print(json.dumps({"code": code, "budget": cluster.memory_budget(), "decodes": len(calls)}))
 """

@@ -230,7 +230,7 @@ def json_for_html(value: Any) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _template(name: str) -> string.Template:
-    """A file of ``pipeline/sinks/templates`` (package data): the page, its style and its script."""
+    """A file of ``pipeline/sinks/templates`` (package data): the page, its style, its script."""
     return string.Template(resources.files("pipeline.sinks").joinpath("templates", name)
                            .read_text(encoding="utf-8"))
 
