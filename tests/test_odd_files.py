@@ -349,7 +349,8 @@ def test_jpeg_header_warnings_are_accepted_with_a_note(tmp_path, clean, case):
 def test_library_warnings_while_listing_go_to_the_image_entry(tmp_path, capfd, caplog,
                                                               clean):
     """Issue 11, class 8: Pillow's "Tag data larger than file" was printed while listing,
-    naming no file.  It goes to the image's report entry, and to the log (naming the file) with -v."""
+    naming no file.  It goes to the image's report entry, and to the log (naming the file)
+    with -v."""
     _good_images(tmp_path / "images")
     pixels = badfiles.photo(30, 40, 9)
     odd = badfiles.tiff_with_bogus_tag(tmp_path / "images" / "tagged.tif", pixels)

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from conftest import write_job
-from objectstore import (FileServer, Proxy, ReadOnlyStore, Refuser, S3Server, aws_environment, free_port,
-                         stop_process)
+from objectstore import (FileServer, Proxy, ReadOnlyStore, Refuser, S3Server, aws_environment,
+                         free_port, stop_process)
 from pipeline import storage
 from pipeline.sinks import images as write
 from pipeline.cli import main
