@@ -284,20 +284,22 @@ def submit(job: Job, wait: bool = False, progress: Progress | None = None,
     return entry
 
 
-def status(out_dir: str | os.PathLike) -> dict:
+def status(out_dir: str | os.PathLike, storage_options: dict | None = None) -> dict:
     """How the job in an output folder is doing (``kmeans-pipeline status``): ``state``
-    (submitted | running | cancelling | done | failed | cancelled), image counts, phase."""
+    (submitted | running | cancelling | done | failed | cancelled), image counts, phase.
+    ``storage_options``: those of an ``output.dir`` URL (the saved files mask secrets)."""
     from pipeline import batch
 
-    return batch.status(os.fspath(out_dir))
+    return batch.status(os.fspath(out_dir), storage_options)
 
 
-def cancel(out_dir: str | os.PathLike, timeout: float = 10.0) -> dict:
+def cancel(out_dir: str | os.PathLike, timeout: float = 10.0,
+           storage_options: dict | None = None) -> dict:
     """Stop the job submitted to an output folder (``kmeans-pipeline cancel``); waits up to
     ``timeout`` s.  Returns its `status` afterwards, with ``requested``."""
     from pipeline import batch
 
-    return batch.cancel(os.fspath(out_dir), timeout)
+    return batch.cancel(os.fspath(out_dir), timeout, storage_options)
 
 
 # ---------------------------------------------------------------------------------------------

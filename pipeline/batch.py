@@ -25,7 +25,7 @@ import dask
 from pipeline import cluster, storage
 from pipeline.config import LOCAL_SCHEDULERS, DaskConfig, JobConfig
 from pipeline.driver import REPORT, run
-from pipeline.errors import ConfigError, JobCancelled, PipelineError, exit_status
+from pipeline.errors import ConfigError, JobCancelled, PipelineError, StorageError, exit_status
 from pipeline.sinks import images as write
 from pipeline.sources.collection import Progress
 
@@ -74,9 +74,10 @@ def submit(cfg: JobConfig, scheduler: str) -> dict:
              "status": "submitted", "error": None}
     try:
         write.write_json(storage.join(out_dir, SUBMISSION), entry, storage_options=options)
-    except OSError as exc:
-        raise ConfigError(f"output.dir: cannot write to {out_dir!r} ({exc.strerror or exc}); "
-                          "choose a folder the client and the workers share") from exc
+    except (OSError, StorageError) as exc:  # object stores raise StorageError (issue 11)
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"output.dir: cannot write to {out_dir!r} ({reason}); choose a "
+                          "folder the client and the workers share") from exc
     future = cluster.submit_driver(drive, (cfg, job_id), entry["key"])
     return {**entry, "future": future}
 
@@ -123,12 +124,15 @@ def _update_submission(out_dir: str, job_id: str, options: dict | None,
     entry.update(changes, updated=write.utc_now())
     try:
         write.write_json(path, entry, storage_options=options)
-    except OSError as exc:
+    except (OSError, StorageError) as exc:
         log.error("could not write %s: %s", path, exc)
 
 
-def status(out_dir: str) -> dict:
+def status(out_dir: str, options: dict | None = None) -> dict:
     """A job's state from its output folder: what `kmeans-pipeline status` prints.
+
+    ``options`` are the folder's storage options (``output.storage_options``: the saved
+    files mask their secrets, so they cannot come from there).
 
     Returns
     -------
@@ -142,8 +146,8 @@ def status(out_dir: str) -> dict:
     ConfigError
         The folder holds neither report.json nor submission.json.
     """
-    report = write.read_json(storage.join(out_dir, REPORT))
-    entry = write.read_json(storage.join(out_dir, SUBMISSION))
+    report = write.read_json(storage.join(out_dir, REPORT), options)
+    entry = write.read_json(storage.join(out_dir, SUBMISSION), options)
     report = report if isinstance(report, dict) else None
     entry = entry if isinstance(entry, dict) else None
     if report is None and entry is None:
@@ -211,8 +215,9 @@ def _show(now: dict, shown: dict, progress: Progress | None) -> None:
         shown.update(done=now.get("done", 0), pixels_done=now.get("pixels_done", 0))
 
 
-def cancel(out_dir: str, timeout: float) -> dict:
+def cancel(out_dir: str, timeout: float, options: dict | None = None) -> dict:
     """Ask the job submitted to ``out_dir`` to stop; wait up to ``timeout`` s until it has.
+    ``options``: as for `status`.
 
     Returns
     -------
@@ -227,20 +232,20 @@ def cancel(out_dir: str, timeout: float) -> dict:
     ClusterUnreachable
         Its scheduler cannot be reached.
     """
-    entry = write.read_json(storage.join(out_dir, SUBMISSION))
+    entry = write.read_json(storage.join(out_dir, SUBMISSION), options)
     if not isinstance(entry, dict) or not entry.get("key"):
         raise ConfigError(f"{out_dir}: no {SUBMISSION}; only a job started with "
                           "`kmeans-pipeline submit` can be cancelled (stop `run` with Ctrl-C)")
-    before = status(out_dir)
+    before = status(out_dir, options)
     if before["state"] in FINAL:
         return {**before, "requested": False}
     with cluster.connect(DaskConfig(scheduler=entry["scheduler"], timeout=timeout),
                          need_workers=False):
         cluster.request_cancel(entry["job_id"], entry["key"])
-    _update_submission(out_dir, entry["job_id"], None, status="cancelled")
+    _update_submission(out_dir, entry["job_id"], options, status="cancelled")
     deadline = time.monotonic() + timeout
-    after = status(out_dir)
+    after = status(out_dir, options)
     while after["state"] not in FINAL and time.monotonic() < deadline:
         time.sleep(0.1)
-        after = status(out_dir)
+        after = status(out_dir, options)
     return {**after, "requested": True}

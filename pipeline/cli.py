@@ -16,7 +16,7 @@ import traceback
 import warnings
 
 from pipeline import __version__
-from pipeline.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
+from pipeline.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError,
                              PipelineError, exit_status)
 
 
@@ -27,15 +27,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.command(args)
     except PipelineError as exc:
-        _print_error(str(exc))
-        return exc.exit_code
+        return _failed(args, str(exc), exc.exit_code, exc.report)
     except KeyboardInterrupt:
-        _print_error("interrupted; rerun with output.if_exists: resume to finish the job")
-        return EXIT_INTERRUPTED
+        return _failed(args, "interrupted; rerun with output.if_exists: resume to finish the "
+                             "job", EXIT_INTERRUPTED)
     except Exception:  # a bug: the one case that prints a traceback
         traceback.print_exc()
-        _print_error("unexpected internal error (a bug); please report it with the traceback")
-        return EXIT_FAILED
+        return _failed(args, "unexpected internal error (a bug); please report it with the "
+                             "traceback", EXIT_FAILED)
+
+
+def _failed(args: argparse.Namespace, message: str, code: int,
+            report: dict | None = None) -> int:
+    """An error: the images a failed run skipped (issue 11), the error, and with ``--json``
+    ``{"status": "error", "exit": N, "errors": [...], "problems": [...]}`` on stdout."""
+    problems = []
+    if report is not None:
+        from pipeline.record import NOT_PROCESSED
+
+        problems = [{"path": r["path"], "error": r["error"]} for r in report["images"]
+                    if r["status"] == "skipped" and r["error"] not in (None, NOT_PROCESSED)]
+    if not args.quiet:
+        for entry in problems:
+            print(f"skipped: {entry['path']}: {entry['error']}", file=sys.stderr)
+    _print_error(message)
+    if getattr(args, "json", False):
+        print(json.dumps({"status": "error", "exit": code, "errors": message.splitlines(),
+                          "problems": problems}))
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,6 +106,10 @@ def _add_folder_commands(commands) -> None:
         sub = commands.add_parser(name, help=text, description=text)
         sub.set_defaults(command=func, verbose=0, quiet=0)
         sub.add_argument("out", help="the job's output folder (output.dir)")
+        sub.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                         help="a storage option for an output.dir URL (repeatable; the value "
+                              "is YAML, a dotted key nests: client_kwargs.endpoint_url=URL); "
+                              "credentials come from the environment as usual")
         sub.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     commands.choices["cancel"].add_argument(
         "--timeout", type=float, default=10.0,
@@ -213,7 +236,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from pipeline import api
 
-    state = api.status(args.out)
+    state = api.status(args.out, _storage_options(args.storage_option))
     if args.json:
         print(json.dumps(state))
     else:
@@ -224,7 +247,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_cancel(args: argparse.Namespace) -> int:
     from pipeline import api
 
-    state = api.cancel(args.out, args.timeout)
+    state = api.cancel(args.out, args.timeout, _storage_options(args.storage_option))
     if args.json:
         print(json.dumps(state))
         return EXIT_OK
@@ -238,6 +261,33 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
         print(f"the job has not stopped yet; see `kmeans-pipeline status {args.out}`",
               file=sys.stderr)
     return EXIT_OK
+
+
+def _storage_options(items: list[str]) -> dict | None:
+    """``--storage-option KEY=VALUE`` arguments as storage options (issue 11: `status` and
+    `cancel` could not reach an output that needs them).  Values are YAML scalars or flow
+    mappings; ``a.b=v`` gives ``{"a": {"b": v}}``."""
+    import yaml
+
+    options: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--storage-option {item!r}: expected KEY=VALUE, e.g. "
+                              "client_kwargs.endpoint_url=http://127.0.0.1:9000")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--storage-option {key}: the value is not valid YAML "
+                              f"({str(exc).splitlines()[0]})") from None
+        *parents, leaf = key.strip().split(".")
+        where = options
+        for part in parents:
+            where = where.setdefault(part, {})
+            if not isinstance(where, dict):
+                raise ConfigError(f"--storage-option {key}: {part} is already given a value")
+        where[leaf] = value
+    return options or None
 
 
 def _describe(state: dict) -> str:

@@ -371,11 +371,17 @@ def memory_budget() -> int:
 
 
 def _available_memory() -> int:
+    """Memory this process may still take: the machine's available memory, but never more
+    than the container's limit (issue 11: /proc/meminfo alone ignores cgroup limits, so a
+    container sized ``persist: auto`` for the host's memory and was OOM-killed)."""
+    from distributed.system import memory_limit  # cgroup v1/v2 limits, RLIMIT_RSS, host RAM
+
+    limit = memory_limit()
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    return min(limit, int(line.split()[1]) * 1024)
     except OSError:
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    return min(limit, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)

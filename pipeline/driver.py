@@ -95,11 +95,15 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
         _save(record)
         _preflight(cfg, listing)
         _resume(record, previous, listing.images)
+        if not listing.images:
+            raise ImageReadError(_nothing_usable(record))
         if cfg.kmeans.scope == "collection":
             outcome, good = _fit(record, listing.images, previous, phases, init, kept)
             _segment(record, good, outcome, phases, kept, written)
         else:  # one palette per image: each task fits, segments and writes its image
             _run_per_image(record, listing.images, phases, init, written)
+        if not any(entry["status"] == "ok" for entry in record.images):
+            raise ImageReadError(_nothing_usable(record))
         files.remove_temp_files(cfg.output.dir)  # left by workers killed while writing
         record.status = "done"
     except (PipelineError, KeyboardInterrupt, Exception) as exc:
@@ -109,9 +113,12 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
         record.stopped()
         if isinstance(exc, OutputError):
             _mark_lost(record)
+        failure = explained or exc
         if explained is not None:
             raise explained from exc
         raise
+    else:
+        failure = None
     finally:
         kept.clear()  # kept by the sampling pass, even if the run failed
         record.timings["total"] = time.perf_counter() - clock
@@ -120,7 +127,15 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
         if _save_quietly(record):
             _write_html(record, written.model)
             _save_quietly(record)
+        if isinstance(failure, PipelineError):  # the CLI lists the skipped images (issue 11)
+            failure.report = record.to_dict()
     return record.to_dict()
+
+
+def _nothing_usable(record: RunRecord) -> str:
+    """Every input was skipped: exit 1, and the CLI prints each one's reason first."""
+    return (f"none of the {len(record.images)} input image(s) could be used: every one was "
+            "skipped (reasons above and in report.json); nothing to fit")
 
 
 def resolve_init(cfg: JobConfig) -> tuple[JobConfig, np.ndarray | None, list[str]]:
@@ -438,7 +453,7 @@ def _sample(record: RunRecord, images: list[ImageInfo], phases: _Phases,
     for info, error in sample.failed:
         _image_failed(record, info, error)
     if not sample.good:
-        raise ImageReadError("no image could be decoded; nothing to fit")
+        raise ImageReadError(_nothing_usable(record))
     return sample
 
 

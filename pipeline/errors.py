@@ -4,6 +4,8 @@
 its own as ``exit_code``, and a finished run's code comes from its totals (`exit_status`).
 """
 
+from __future__ import annotations
+
 EXIT_OK = 0  # every image done (images kept by resume count as done)
 EXIT_FAILED = 1  # the job failed (any PipelineError without its own code, or a bug)
 EXIT_USAGE = 2  # a bad job file or argument, or nothing could start
@@ -27,9 +29,14 @@ def exit_status(totals: dict) -> int:
 
 
 class PipelineError(Exception):
-    """A failure the CLI reports in one line, without a traceback (exit 1)."""
+    """A failure the CLI reports in one line, without a traceback (exit 1).
+
+    ``report`` is the run's final report when a run failed (the CLI prints its skipped
+    images before the error); None otherwise.
+    """
 
     exit_code = EXIT_FAILED
+    report: dict | None = None
 
 
 class ConfigError(PipelineError):

@@ -19,6 +19,8 @@ from pipeline.sources.listing import Listing
 
 STATUSES = ("ok", "skipped", "failed", "pending")
 
+NOT_PROCESSED = "not processed: the run stopped first"  # an image a failed run never reached
+
 
 @dataclass
 class RunRecord:
@@ -89,7 +91,7 @@ class RunRecord:
         """The run stopped: images not processed yet are skipped."""
         for entry in self.images:
             if entry["status"] == "pending":
-                entry.update(status="skipped", error="not processed: the run stopped first")
+                entry.update(status="skipped", error=NOT_PROCESSED)
 
     # -- what it computes
 

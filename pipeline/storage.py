@@ -3,9 +3,11 @@
 Local paths use the standard library exactly as before; URLs go through fsspec, whose backend
 (s3fs, gcsfs, adlfs, aiohttp) is an optional extra.  Every remote call goes through `retry`:
 transient failures (connection reset or refused, timeouts, 5xx, throttling) are retried with
-exponential backoff a bounded number of times, on top of the backend's own retries, then raise
+exponential backoff and full jitter a bounded number of times within a deadline, then raise
 `StorageError`; permanent ones (403, 404, no such bucket) are raised at once, as the
-``PermissionError`` / ``FileNotFoundError`` fsspec backends translate them to.
+``PermissionError`` / ``FileNotFoundError`` fsspec backends translate them to.  For S3 the
+backend's own retries (s3fs's loop and botocore's) are set to one attempt, so that they do not
+multiply ours (issue 11: up to ~100 attempts), unless ``storage_options`` set them.
 
 Objects are written with one PUT of the complete bytes (`put_bytes`): a store shows an object
 only once its upload is complete, so no temporary name is needed.  Reads of headers are range
@@ -22,6 +24,7 @@ import io
 import logging
 import os
 import posixpath
+import random
 import re
 import time
 import uuid
@@ -35,7 +38,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ATTEMPTS = 4  # tries of one remote call: the first plus 3 retries
-FIRST_DELAY = 0.5  # seconds before the first retry; doubled for each next one
+FIRST_DELAY = 0.5  # seconds: the longest wait before the first retry; doubled for each next
+DEADLINE = 60.0  # seconds: no retry of a call starts later than this after its first try
 HEADER_BLOCK = 1 << 16  # bytes per range read: most image headers fit in the first one
 _GLOB_CHARS = re.compile(r"[*?\[]")
 # protocol -> (module the fsspec backend needs, our extra that installs it)
@@ -104,10 +108,25 @@ def filesystem(url: str, options: dict | None) -> tuple[Any, str]:
     from fsspec.core import url_to_fs
 
     try:
-        return url_to_fs(url, **(options or {}))
+        fs, inner = url_to_fs(url, **_one_attempt(url, options))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{url!r}: storage_options not accepted by the {protocol(url)}:// "
                           f"backend ({str(exc).splitlines()[0]})") from exc
+    if protocol(url) in ("s3", "s3a"):
+        # s3fs's own retry loop: a class attribute (5 tries), not an argument
+        fs.retries = int((options or {}).get("retries", 1))
+    return fs, inner
+
+
+def _one_attempt(url: str, options: dict | None) -> dict:
+    """``options`` with botocore's retries set to one attempt (for S3), unless given."""
+    options = dict(options or {})
+    if protocol(url) in ("s3", "s3a"):
+        options.pop("retries", None)  # s3fs takes it as an attribute (see filesystem)
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
+        options["config_kwargs"] = config
+    return options
 
 
 def join(base: str, rel: str) -> str:
@@ -295,18 +314,21 @@ class Location:
 
 
 def retry(call: Callable[[], T], url: str, what: str = "access", attempts: int = 0) -> T:
-    """``call()``, retried with backoff while it fails transiently (`ATTEMPTS` tries in all,
-    or ``attempts``).
+    """``call()``, retried while it fails transiently: `ATTEMPTS` tries in all (or
+    ``attempts``), the n-th retry after a random wait of up to ``FIRST_DELAY * 2**(n-1)`` s
+    ("full jitter", so that many tasks failing together do not retry together), none
+    starting later than `DEADLINE` s after the first try.
 
     Raises
     ------
     StorageError
-        Still failing transiently after `ATTEMPTS` tries.
+        Still failing transiently after the last try.
     OSError
         A permanent failure, at once (FileNotFoundError, PermissionError...); an exception
         of a backend that is no OSError is raised as an OSError carrying its message.
     """
     attempts = attempts or ATTEMPTS
+    started = time.monotonic()
     for attempt in range(1, attempts + 1):
         try:
             return call()
@@ -318,13 +340,15 @@ def retry(call: Callable[[], T], url: str, what: str = "access", attempts: int =
                 if permanent is exc:
                     raise
                 raise permanent from exc
-            if attempt == attempts:
+            delay = random.uniform(0.0, FIRST_DELAY * 2 ** (attempt - 1))
+            late = time.monotonic() + delay - started > DEADLINE
+            if attempt == attempts or late:
+                within = f" within {DEADLINE:g} s" if late and attempt < attempts else ""
                 raise StorageError(f"{url}: object store unreachable: {what} failed after "
-                                   f"{attempts} attempts ({describe(exc)}); check the network "
-                                   "and the endpoint, then rerun with output.if_exists: resume"
-                                   ) from exc
-            delay = FIRST_DELAY * 2 ** (attempt - 1)
-            log.warning("%s: %s failed (%s); retry %d of %d in %.1f s", url, what,
+                                   f"{attempt} attempts{within} ({describe(exc)}); check the "
+                                   "network and the endpoint, then rerun with "
+                                   "output.if_exists: resume") from exc
+            log.warning("%s: %s failed (%s); retry %d of %d in %.2f s", url, what,
                         describe(exc), attempt, attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")

@@ -314,3 +314,188 @@ BROKEN = {
     "png_short_idat": (png_short_idat, "short.png", False),
     "bomb_png": (bomb_png, "bomb.png", True),
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Odd files from a public corpus of fuzzed and unusual images (issue 11): each builder makes
+# one class of file the way such files are laid out, from the format's documentation.
+
+
+def dds_unsupported(path, width: int = 8, height: int = 8) -> str:
+    """A DDS texture whose FourCC pixel format Pillow does not implement: Image.open raises
+    NotImplementedError (not an OSError)."""
+    flags = 0x1 | 0x2 | 0x4 | 0x1000  # caps, height, width, pixel format
+    header = struct.pack("<6I", flags, height, width, 0, 0, 1) + b"\0" * 44
+    pixel_format = struct.pack("<4I", 32, 0x4, int.from_bytes(b"ZZZZ", "little"), 0) + b"\0" * 16
+    caps = struct.pack("<I", 0x1000) + b"\0" * 16
+    return _write(path, b"DDS " + struct.pack("<I", 124) + header + pixel_format + caps
+                  + b"\0" * (width * height))
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose IHDR claims ``width`` x ``height`` RGBA pixels (a few rows of data)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    row = b"\x00" + b"\x00" * 4 * min(width, 256)
+    return build_png([(b"IHDR", ihdr), (b"IDAT", zlib.compress(row * 4, 9)), (b"IEND", b"")])
+
+
+def icns_bomb(path, side: int = 509_117) -> str:
+    """A Mac icon whose header offers a 256 x 256 icon ('ic08') holding a PNG that claims
+    side x side pixels (259 billion by default): a 240 KB file like it took 24 GB."""
+    embedded = _png_claiming(side, side)
+    entry = b"ic08" + struct.pack(">I", 8 + len(embedded)) + embedded
+    return _write(path, b"icns" + struct.pack(">I", 8 + len(entry)) + entry)
+
+
+def ico_bomb(path, side: int = 100_000) -> str:
+    """A Windows icon whose one 256 x 256 entry holds a PNG that claims side x side pixels;
+    Pillow decodes an ICO's first image while opening it."""
+    embedded = _png_claiming(side, side)
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(embedded), 6 + 16)
+    return _write(path, struct.pack("<HHH", 0, 1, 1) + entry + embedded)
+
+
+def psd(path, pixels: np.ndarray | None = None) -> str:
+    """A valid Photoshop file (RGB, 8 bits, raw planar data, no layers): Pillow numbers PSD
+    frames from 1."""
+    pixels = photo() if pixels is None else pixels
+    height, width = pixels.shape[:2]
+    header = b"8BPS" + struct.pack(">H", 1) + b"\0" * 6 + struct.pack(">HIIHH", 3, height,
+                                                                      width, 8, 3)
+    sections = struct.pack(">III", 0, 0, 0)  # colour mode data, image resources, layers
+    data = struct.pack(">H", 0) + pixels.transpose(2, 0, 1).tobytes()
+    return _write(path, header + sections + data)
+
+
+# What a viewer shows for each EXIF orientation (TIFF 6.0 / EXIF 2.3, tag 274), as numpy on
+# the stored raster; 1-5 and 7 are their own inverses, 6 and 8 invert each other.
+SHOW = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1], 5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+        8: lambda a: np.rot90(a, 1)}
+_STORE = {**SHOW, 6: SHOW[8], 8: SHOW[6]}
+
+
+def oriented_tiff(path, orientation: int, pixels: np.ndarray | None = None,
+                  compression: str = "tiff_lzw") -> str:
+    """A compressed TIFF (so libtiff decodes it) storing ``pixels`` (a 59 x 24 photo by
+    default) so that a viewer applying its orientation tag shows ``pixels``."""
+    shown = photo(24, 59) if pixels is None else pixels
+    stored = np.ascontiguousarray(_STORE[orientation](shown))
+    assert np.array_equal(SHOW[orientation](stored), shown)
+    return _write(path, _encode(Image.fromarray(stored), "TIFF", compression=compression,
+                                tiffinfo={_EXIF_ORIENTATION: orientation}))
+
+
+def _insert_before_marker(data: bytes, marker: bytes, junk: bytes, start: int = 2) -> bytes:
+    at = data.index(marker, start)
+    return data[:at] + junk + data[at:]
+
+
+def jpeg_junk_in_header(path, pixels: np.ndarray | None = None) -> str:
+    """A JPEG with three stray bytes between two header segments (before a DQT), as some
+    camera firmware writes: libjpeg warns "Corrupt JPEG data: 3 extraneous bytes before
+    marker 0xdb"; the scan is intact."""
+    data = jpeg_bytes(photo() if pixels is None else pixels)
+    return _write(path, _insert_before_marker(data, b"\xff\xdb", b"\x00\x11\x22"))
+
+
+def jpeg_bad_icc_marker(path, pixels: np.ndarray | None = None) -> str:
+    """A JPEG whose one ICC profile segment (APP2) says it is chunk 2 of 1: libjpeg warns
+    "Corrupt JPEG data: bad ICC marker"; the scan is intact."""
+    data = jpeg_bytes(photo() if pixels is None else pixels)
+    payload = b"ICC_PROFILE\0" + bytes([2, 1]) + b"not a profile"
+    segment = b"\xff\xe2" + struct.pack(">H", 2 + len(payload)) + payload
+    return _write(path, data[:2] + segment + data[2:])
+
+
+def jpeg_junk_in_header_and_damaged_scan(path) -> str:
+    """The stray header bytes of `jpeg_junk_in_header` plus real damage in the scan."""
+    data = bytearray(jpeg_bytes(photo()))
+    start = data.index(b"\xff\xda")
+    middle = start + (len(data) - start) // 2
+    data[middle:middle + 2] = b"\xff\xd9"
+    return _write(path, _insert_before_marker(bytes(data), b"\xff\xdb", b"\x00\x11\x22"))
+
+
+def jpeg_junk_in_scan(path) -> str:
+    """The same libjpeg warning as `jpeg_junk_in_header`, "extraneous bytes before marker",
+    but in the entropy-coded data: 40 stray bytes before the second restart marker."""
+    data = _encode(Image.fromarray(photo()), "JPEG", quality=90, restart_marker_blocks=4)
+    sos = data.index(b"\xff\xda")
+    return _write(path, _insert_before_marker(data, b"\xff\xd1", b"\x5a" * 40, sos))
+
+
+def png_bad_header(path) -> str:
+    """A PNG whose IHDR chunk fails its CRC: the signature says PNG, the header is broken."""
+    data = bytearray(png_bytes(photo()))
+    data[29:33] = b"\0\0\0\0"
+    return _write(path, bytes(data))
+
+
+def gif_bad_header(path) -> str:
+    """A GIF cut inside its logical screen descriptor (10 of its first 13 bytes)."""
+    data = _encode(Image.fromarray(photo()).quantize(8), "GIF")
+    return _write(path, data[:10])
+
+
+def tiff_bad_header(path) -> str:
+    """A TIFF whose first IFD offset points a gigabyte past the end of the file."""
+    data = _encode(Image.fromarray(photo()), "TIFF")
+    return _write(path, data[:4] + struct.pack("<I", 10 ** 9) + data[8:])
+
+
+def wmf(path) -> str:
+    """A placeable Windows Metafile (a vector drawing): Pillow reads its header everywhere
+    but draws it only on Windows."""
+    header = struct.pack("<IHhhhhHI", 0x9AC6CDD7, 0, 0, 0, 100, 100, 1440, 0)
+    checksum = 0
+    for (word,) in struct.iter_unpack("<H", header):
+        checksum ^= word
+    record = struct.pack("<HHIHIH", 1, 9, 0x300, 0, 0, 0)
+    return _write(path, header + struct.pack("<H", checksum) + record + b"\0" * 32)
+
+
+def eps(path) -> str:
+    """A one-page EPS (PostScript) drawing: decoding it needs Ghostscript."""
+    return _write(path, b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 12\n"
+                        b"0 0 1 setrgbcolor 0 0 16 12 rectfill\nshowpage\n%%EOF\n")
+
+
+def tiff_webp(path) -> str:
+    """A TIFF whose compression tag says WebP (50001).  Written by libtiff when it has the
+    codec; otherwise an LZW TIFF with its compression tag changed, which only a libtiff
+    with WebP would try to decode."""
+    image = Image.fromarray(photo())
+    try:
+        return _write(path, _encode(image, "TIFF", compression="webp"))
+    except OSError:
+        pass
+    data = bytearray(_encode(image, "TIFF", compression="tiff_lzw"))
+    at = data.find(struct.pack("<HHIH", 259, 3, 1, 5))
+    data[at + 8:at + 10] = struct.pack("<H", 50001)
+    return _write(path, bytes(data))
+
+
+def tiff_with_bogus_tag(path, pixels: np.ndarray | None = None) -> str:
+    """An uncompressed RGB TIFF, written entry by entry, with one private tag whose data
+    would lie past the end of the file: Pillow warns "Possibly corrupt EXIF data" while
+    reading the header and decodes the pixels, which are intact."""
+    pixels = photo() if pixels is None else pixels
+    height, width = pixels.shape[:2]
+    raster = pixels.tobytes()
+    entries = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 1, 8), (259, 3, 1, 1),
+               (262, 3, 1, 2), (273, 4, 1, 8), (277, 3, 1, 3), (278, 3, 1, height),
+               (279, 4, 1, len(raster)), (65000, 4, 1000, 0x00FFFFF0)]
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        packed = struct.pack("<H", value) + b"\0\0" if kind == 3 and count == 1 \
+            else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, kind, count) + packed
+    ifd += struct.pack("<I", 0)
+    return _write(path, b"II*\0" + struct.pack("<I", 8 + len(raster)) + raster + ifd)
+
+
+def grey16_tiff(path, values: np.ndarray) -> str:
+    """A 16-bit greyscale TIFF (I;16) holding ``values`` (uint16) as they are."""
+    return _write(path, _encode(Image.fromarray(values.astype(np.uint16)), "TIFF"))

@@ -247,3 +247,75 @@ def aws_environment(endpoint: str | None = None) -> dict[str, str]:
     if endpoint:
         env["AWS_ENDPOINT_URL"] = endpoint
     return env
+
+
+class Refuser:
+    """A TCP server on 127.0.0.1 that accepts every connection and closes it at once (a
+    store behind a failing load balancer), counting the connections: one per attempt."""
+
+    def __init__(self) -> None:
+        self.port, self.connections = free_port(), 0
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((HOST, self.port))
+        self._listener.listen(64)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            client.close()
+
+    def stop(self) -> None:
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+
+
+class ReadOnlyStore:
+    """An S3 endpoint on 127.0.0.1 where every object is missing (404 NoSuchKey) and every
+    write fails with 503 (a store degraded for writes): reads work, writes never do."""
+
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # answers botocore's "Expect: 100-continue"
+
+            def _answer(self, status: int, code: str) -> None:
+                body = f"<Error><Code>{code}</Code><Message>{code}</Message></Error>".encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's names
+                self._answer(404, "NoSuchKey")
+
+            do_HEAD = do_GET
+
+            def do_PUT(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                self._answer(503, "ServiceUnavailable")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self.endpoint = f"http://{HOST}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

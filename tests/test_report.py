@@ -178,3 +178,29 @@ def test_big_images_get_small_thumbnails(tmp_path):
     thumbs = tmp_path / "out" / "thumbs" / "wide"
     assert iio.imread(thumbs / "before.jpg").shape == (96, 160, 3)
     assert iio.imread(thumbs / "masks.png").shape == (23, 2 * 38 + 2)
+
+
+HOSTILE = ["<!--<script>x", "a&b'c\"d<e>f"]  # file names: no "/" possible, so no "</"
+
+
+def test_hostile_names_and_quoted_file_starts_cannot_break_the_page(browser, tmp_path):
+    """Issue 11 review: the embedded JSON escaped only "</"; a name or a quoted file start
+    holding "<!--" then "<script" left the page blank.  "<", ">", "&" and "'" are written
+    as \\u003c, \\u003e, \\u0026, \\u0027 (what Jinja's tojson does)."""
+    for i, name in enumerate(HOSTILE):
+        save(tmp_path / "images" / f"{name}.png", np.full((12, 16, 3), 60 * i + 40, np.uint8))
+    evil = tmp_path / "images" / "evil.jpg"
+    evil.write_text("</script><!--<script>alert(1)\n")
+    job = write_job(tmp_path, kmeans={"k": 2, "batch_pixels": 64})
+    assert main(["run", job, "-q"]) == 3
+    page = tmp_path / "out" / report.HTML
+    data = page.read_text().split('id="images-data">', 1)[1].split("</script>", 1)[0]
+    assert not set("<>&'") & set(data)
+    _open(browser, page)
+    assert browser.execute_script("return document.querySelectorAll('.card').length") == 3
+    titles = browser.execute_script("return Array.from(document.querySelectorAll('.card h3'))"
+                                    ".map(function (h) { return h.textContent; });")
+    assert sorted(titles) == sorted(HOSTILE + ["evil.jpg"])  # a skipped file: its file name
+    error = browser.execute_script("return document.querySelector('.card .error').textContent")
+    assert "it starts with '</script><!--<script>alert(1)'" in error
+    assert _errors(browser) == []

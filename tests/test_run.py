@@ -208,3 +208,40 @@ def test_image_scope_fit_warnings_reach_the_report(tmp_path, collection):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     unmet = [w for w in report["warnings"] if "k: auto: no k <= kmeans.max_k (2)" in w]
     assert sorted(w.split(":")[0] for w in unmet) == sorted(collection[1])
+
+
+_BUDGET_CHILD = """
+import json, sys
+from pipeline import cluster
+from pipeline.cli import main
+from pipeline.sources import photos
+calls, real = [], photos.decode
+photos.decode = lambda info: calls.append(info.name) or real(info)
+code = main(["run", sys.argv[1], "-q", "--scheduler", "threads"])
+print(json.dumps({"code": code, "budget": cluster.memory_budget(), "decodes": len(calls)}))
+"""
+
+
+def test_persist_auto_sizes_memory_from_the_process_limits_not_the_host(tmp_path, collection):
+    """Issue 11 review: ``persist: auto`` read /proc/meminfo only, ignoring a container's
+    cgroup limit.  It now takes distributed's reading of the limits (cgroup v1/v2, and
+    RLIMIT_RSS, which a test can set): with a limit far below the decoded pixels, the sampling
+    pass keeps nothing and each image is decoded twice."""
+    import resource
+    import subprocess
+    import sys
+
+    cap = 128 << 10  # bytes: the five images take 175 KiB decoded, four times over the cap/4
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_RSS, (cap, cap))  # read, not enforced, by Linux
+
+    job = write_job(tmp_path, output={"masks": False}, dask={"persist": "auto"})
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = subprocess.run([sys.executable, "-c", _BUDGET_CHILD, job], capture_output=True,
+                           text=True, preexec_fn=limit, env={**os.environ, "PYTHONPATH": root},
+                           timeout=120)
+    assert child.returncode == 0, child.stderr
+    said = json.loads(child.stdout.splitlines()[-1])
+    assert said["code"] == 0 and said["budget"] <= cap
+    assert said["decodes"] == 2 * len(collection[1])

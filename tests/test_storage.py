@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from conftest import write_job
-from objectstore import (FileServer, Proxy, S3Server, aws_environment, free_port,
-                         stop_process)
+from objectstore import (FileServer, Proxy, ReadOnlyStore, Refuser, S3Server, aws_environment,
+                         free_port, stop_process)
 from pipeline import storage
 from pipeline.sinks import images as write
 from pipeline.cli import main
@@ -393,3 +393,90 @@ def test_transient_and_permanent_errors_of_real_backends():
                  PermissionError("AccessDenied"), OSError(errno.EINVAL, "InvalidRange")]
     assert [storage.is_transient(e) for e in transient] == [True] * len(transient)
     assert [storage.is_transient(e) for e in permanent] == [False] * len(permanent)
+
+
+def test_backend_retries_do_not_multiply_ours_and_ours_have_a_deadline(monkeypatch):
+    """Issue 11 review: our 4 tries stacked on s3fs's 5 and botocore's 5 (up to ~100 tries,
+    no jitter, no deadline).  Against a store that drops every connection, one call makes
+    `storage.ATTEMPTS` requests, and no retry starts after `storage.DEADLINE`."""
+    for key, value in aws_environment().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(storage, "FIRST_DELAY", 0.05)
+    refuser = Refuser()
+    try:
+        options = {"client_kwargs": {"endpoint_url": refuser.endpoint}}
+        with pytest.raises(StorageError, match=r"read failed after 4 attempts \("):
+            storage.read_bytes("s3://bucket/photo.jpg", options)
+        # One try is one request (aiohttp may connect a second time for it); the backends'
+        # own loops made 50 connections per try before (5 x 5 x 2).
+        assert storage.ATTEMPTS <= refuser.connections <= 2 * storage.ATTEMPTS
+        monkeypatch.setattr(storage, "FIRST_DELAY", 50.0)  # waits far over the deadline
+        monkeypatch.setattr(storage, "DEADLINE", 0.5)
+        before, started = refuser.connections, time.monotonic()
+        with pytest.raises(StorageError, match=r"read failed after \d attempts within 0.5 s"):
+            storage.read_bytes("s3://bucket/photo.jpg", options)
+        assert time.monotonic() - started < 0.5 + 5  # one try's own timeouts at most
+        assert 1 <= refuser.connections - before < 2 * storage.ATTEMPTS
+    finally:
+        refuser.stop()
+
+
+def test_retry_waits_are_random_up_to_the_doubling_caps(monkeypatch):
+    waits = []
+    monkeypatch.setattr(storage.time, "sleep", waits.append)  # record instead of waiting
+    for _ in range(50):
+        with pytest.raises(StorageError):
+            storage.retry(lambda: (_ for _ in ()).throw(ConnectionResetError()), "s3://b/k")
+    rounds = [waits[i:i + 3] for i in range(0, len(waits), 3)]
+    assert all(0 <= a <= 0.5 and 0 <= b <= 1 and 0 <= c <= 2 for a, b, c in rounds)
+    assert len({round(a, 6) for a, _, _ in rounds}) > 40  # drawn, not fixed
+
+
+def test_status_and_cancel_take_the_storage_options_an_output_needs(tmp_path, s3_server,
+                                                                     collection, capsys):
+    """Issue 11 review: `status` and `cancel` dropped the storage options (and the saved files
+    mask secrets), so an output on a store other than the environment's was out of reach."""
+    other = S3Server()  # not the endpoint the environment names
+    try:
+        other.client().create_bucket(Bucket="elsewhere")
+        out = "s3://elsewhere/out"
+        job = _job(tmp_path, output={"dir": out, "storage_options": _options(other.endpoint)})
+        assert main(["run", job, "-q"]) == 0
+        given = ["--storage-option", f"client_kwargs.endpoint_url={other.endpoint}"]
+        capsys.readouterr()
+        assert main(["status", out, "--json", *given]) == 0
+        state = json.loads(capsys.readouterr().out)
+        assert (state["state"], state["ok"]) == ("done", 5)
+        assert main(["status", out]) != 0  # the environment's store has no such bucket
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith("error: ") and out in line
+        other.client().put_object(Bucket="elsewhere", Key="out/submission.json", Body=json.dumps(
+            {"job_id": "j1", "key": "kmeans-pipeline-driver-j1", "status": "done",
+             "scheduler": "tcp://127.0.0.1:1"}).encode())
+        assert main(["cancel", out, *given]) == 0
+        said = capsys.readouterr()
+        assert said.out.startswith("done: job j1") and "nothing to cancel" in said.err
+        assert main(["status", out, "--storage-option", "client_kwargs"]) == 2
+        assert capsys.readouterr().err.startswith("error: --storage-option 'client_kwargs': "
+                                                  "expected KEY=VALUE")
+    finally:
+        other.stop()
+
+
+def test_submit_says_in_one_line_when_the_store_refuses_its_writes(tmp_path, collection,
+                                                                   local_cluster, capsys,
+                                                                   monkeypatch):
+    """Issue 11 review: `submit` caught OSError, but object-storage writes raise StorageError."""
+    for key, value in aws_environment().items():
+        monkeypatch.setenv(key, value)
+    store = ReadOnlyStore()
+    try:
+        out = "s3://bucket/out"
+        job = _job(tmp_path, output={"dir": out, "storage_options": _options(store.endpoint)})
+        assert main(["submit", job, "--scheduler", local_cluster.scheduler_address]) == 2
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"error: output.dir: cannot write to {out!r} ("), line
+        assert "object store unreachable" in line
+        assert line.endswith("choose a folder the client and the workers share")
+    finally:
+        store.stop()

@@ -10,10 +10,13 @@ whole.  Per-image entries live in the page as JSON and the script draws one page
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import os
+import string
 import urllib.parse
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -204,10 +207,32 @@ def render_html(report: dict, model_doc: dict | None) -> str:
     auto = doc.get("auto_k") or report.get("auto_k")
     if auto:
         sections.append(_section("Error vs k (k: auto)", _error_chart(auto)))
-    data = json.dumps({"pageSize": PAGE_SIZE, "images": cards}, separators=(",", ":"))
+    data = json_for_html({"pageSize": PAGE_SIZE, "images": cards})
     title = f"kmeans-pipeline report: {os.path.basename(str(report.get('job_file', '')))}"
-    return _PAGE.format(title=_esc(title), sections="\n".join(sections),
-                        data=data.replace("</", "<\\/"), script=_SCRIPT, style=_STYLE)
+    return _template("report.html").substitute(
+        title=_esc(title), sections="\n".join(sections), data=data,
+        script=_template("report.js").template, style=_template("report.css").template)
+
+
+# Inside <script> the HTML parser ends the element at "</script" and switches state on "<!--"
+# followed by "<script"; JSON cannot say either once "<" is "\u003c".  ">", "&" and "'" go too,
+# as Jinja's |tojson filter does, so the text is safe in any HTML context.
+_HTML_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "'": "\\u0027"})
+
+
+def json_for_html(value: Any) -> str:
+    """``value`` as JSON that can sit inside a ``<script>`` element of an HTML page as it is.
+
+    These four characters can only occur inside JSON strings, where the escapes mean the same.
+    """
+    return json.dumps(value, separators=(",", ":")).translate(_HTML_SAFE)
+
+
+@functools.lru_cache(maxsize=None)
+def _template(name: str) -> string.Template:
+    """A file of ``pipeline/sinks/templates`` (package data): the page, its style, its script."""
+    return string.Template(resources.files("pipeline.sinks").joinpath("templates", name)
+                           .read_text(encoding="utf-8"))
 
 
 def _esc(value: Any) -> str:
@@ -346,126 +371,3 @@ def _chart(title: str, points: list[tuple], log: bool, target: float | None = No
             f'<rect x="{pad_l}" y="{pad_t}" width="{width - pad_l - pad_r}" '
             f'height="{height - pad_t - pad_b}" class="frame"/>{goal}'
             f'<polyline points="{line}" class="line"/>{dots}{axis}</svg>')
-
-
-_STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:1em;color:#222}
-h1{font-size:1.4em}h2{font-size:1.15em;margin:1.2em 0 .4em}
-table.facts th{text-align:left;padding-right:1em;vertical-align:top;font-weight:600}
-.swatches{display:flex;flex-wrap:wrap;gap:4px 10px;align-items:center}
-.swatches .item{display:inline-flex;align-items:center;gap:3px;white-space:nowrap}
-.swatch{display:inline-block;width:22px;height:22px;border:1px solid #888;border-radius:3px}
-.share{font-size:12px;color:#444}img.strip{max-width:100%;height:24px;border:1px solid #888}
-.charts{display:flex;flex-wrap:wrap;gap:12px}
-svg.chart .frame{fill:#fafafa;stroke:#ccc}svg.chart .line{fill:none;stroke:#999}
-svg.chart .target{stroke:#c22;stroke-dasharray:4 3}svg.chart text{font-size:11px}
-svg.chart .title{font-weight:600}.note{font-size:12px;color:#666}
-#pager{margin:.6em 0;display:flex;gap:.6em;align-items:center}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:12px}
-.card{border:1px solid #ddd;border-radius:6px;padding:8px;background:#fff}
-.card h3{font-size:13px;margin:0 0 4px;word-break:break-all}
-.card .pair{display:flex;gap:6px}.card .pair img{max-width:160px;height:auto;background:#eee}
-.card img.masks{max-width:100%;height:auto;margin-top:4px;display:block}
-.card.skipped,.card.failed{background:#fff4f4}.card .error{color:#a11}
-.card .swatches{margin-top:4px}.card .swatch{width:16px;height:16px}.card .share{font-size:11px}
-"""
-
-_SCRIPT = r"""
-(function () {
-  "use strict";
-  var data = JSON.parse(document.getElementById("images-data").textContent);
-  var images = data.images, size = data.pageSize, page = 0, shown = images;
-  var cards = document.getElementById("cards"), filter = document.getElementById("filter");
-  var info = document.getElementById("page-info");
-  function el(tag, cls, text) {
-    var node = document.createElement(tag);
-    if (cls) { node.className = cls; }
-    if (text !== undefined) { node.textContent = text; }
-    return node;
-  }
-  function img(src, alt, cls, w, h) {
-    var node = el("img", cls);
-    node.src = src; node.alt = alt; node.loading = "lazy"; node.decoding = "async";
-    if (w && h) { node.width = w; node.height = h; }
-    return node;
-  }
-  function card(item) {
-    var box = el("div", "card " + item.s);
-    box.appendChild(el("h3", "", item.n));
-    var meta = item.w ? item.w + "x" + item.h + " px, " + item.s : item.s;
-    box.appendChild(el("div", "meta", meta + (item.r ? " (resumed)" : "")));
-    if (item.e) { box.appendChild(el("div", "error", item.e)); }
-    if (item.t.length === 3) {
-      var scale = Math.min(1, 160 / Math.max(item.w, item.h));
-      var w = Math.max(1, Math.round(item.w * scale)), h = Math.max(1, Math.round(item.h * scale));
-      var pair = el("div", "pair");
-      pair.appendChild(img(item.t[0], "before: " + item.n, "before", w, h));
-      pair.appendChild(img(item.t[1], "after: " + item.n, "after", w, h));
-      box.appendChild(pair);
-      box.appendChild(img(item.t[2], "cluster masks of " + item.n, "masks"));
-    }
-    var total = item.k.reduce(function (a, b) { return a + b; }, 0) || 1;
-    var row = el("div", "swatches");
-    item.c.forEach(function (colour, j) {
-      var share = (100 * item.k[j] / total).toFixed(1) + "%";
-      var sw = el("span", "swatch");
-      sw.style.background = colour; sw.title = "cluster " + j + " " + colour + " " + share;
-      var entry = el("span", "item");
-      entry.appendChild(sw);
-      entry.appendChild(el("span", "share", share));
-      row.appendChild(entry);
-    });
-    box.appendChild(row);
-    item.notes.forEach(function (note) { box.appendChild(el("div", "note", note)); });
-    return box;
-  }
-  function pages() { return Math.max(1, Math.ceil(shown.length / size)); }
-  function draw() {
-    page = Math.min(Math.max(page, 0), pages() - 1);
-    var frag = document.createDocumentFragment();
-    shown.slice(page * size, (page + 1) * size).forEach(function (item) {
-      frag.appendChild(card(item));
-    });
-    cards.replaceChildren(frag);
-    info.textContent = "page " + (page + 1) + " of " + pages() + " (" + shown.length +
-      " image(s))";
-  }
-  function apply() {
-    var want = filter.value;
-    shown = want === "all" ? images : images.filter(function (i) { return i.s === want; });
-    page = 0; draw();
-  }
-  document.getElementById("prev").addEventListener("click", function () { page -= 1; draw(); });
-  document.getElementById("next").addEventListener("click", function () { page += 1; draw(); });
-  filter.addEventListener("change", apply);
-  draw();
-}());
-"""
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<link rel="icon" href="data:,">
-<style>{style}</style>
-</head>
-<body>
-<h1>{title}</h1>
-{sections}
-<section>
-<h2>Images</h2>
-<div id="pager"><button id="prev" type="button">&larr; previous</button>
-<span id="page-info"></span><button id="next" type="button">next &rarr;</button>
-<label>show <select id="filter"><option value="all">all</option><option value="ok">ok</option>
-<option value="skipped">skipped</option><option value="failed">failed</option></select></label>
-</div>
-<noscript>This page draws its image cards with JavaScript; report.json lists the same.</noscript>
-<div id="cards" class="cards"></div>
-</section>
-<script type="application/json" id="images-data">{data}</script>
-<script>{script}</script>
-</body>
-</html>
-"""

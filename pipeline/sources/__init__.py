@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.config import DEFAULT_MAX_PIXELS
+
 
 @dataclass(frozen=True)
 class ImageInfo:
@@ -28,6 +30,10 @@ class ImageInfo:
     n_frames: int = 1
     size_bytes: int = 0
     mtime_ns: int = 0
+    # input.max_pixels: every decode of this file (frames, embedded images) is bounded by it
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    # (width, height) of the decoded first frame after orientation, before preprocess.scale
+    source_size: tuple[int, int] | None = None
     # input.storage_options, carried by the tasks that fetch the object (``path`` is a URL)
     storage_options: dict | None = field(default=None, compare=False, repr=False)
 

@@ -79,14 +79,13 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
     images, failed, notes = [], [], []
     for path, name, renamed in named:
         try:
-            info, note = read_header(path, name, len(images), preprocess.scale, cfg.max_pixels,
-                                     cfg.storage_options)
+            info, image_notes = read_header(path, name, len(images), preprocess.scale,
+                                            cfg.max_pixels, cfg.storage_options)
         except ImageReadError as exc:
             failed.append((path, str(exc)))
             continue
         images.append(info)
-        if note:
-            notes.append((path, note))
+        notes += [(path, note) for note in image_notes]
     renamed = [(path, name) for path, name, was_renamed in named if was_renamed]
     return Listing(images, failed, sorted(set(ignored)), renamed, notes)
 

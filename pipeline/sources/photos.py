@@ -10,14 +10,20 @@ the object's first bytes, and the task that decodes it fetches the object itself
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
+import re
 import struct
+import sys
+import threading
 import warnings
 import zlib
 
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageFile, ImageOps
 
 from pipeline import storage
 from pipeline.errors import ImageReadError, StorageError
@@ -25,8 +31,6 @@ from pipeline.sources import ImageInfo
 
 log = logging.getLogger(__name__)
 
-# We enforce input.max_pixels ourselves, from the header, before any decoding.
-Image.MAX_IMAGE_PIXELS = None
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
 
@@ -43,18 +47,64 @@ def readable_extensions() -> frozenset[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Bounding every decode by input.max_pixels (issue 11)
+#
+# Pillow checks the size of every image it opens, and of the images embedded in containers
+# (ICO, ICNS), against one process-wide limit, Image.MAX_IMAGE_PIXELS: it raises
+# DecompressionBombError above twice that.  The package never changes it at import (that would
+# disarm the check for every user of Pillow in the process).  Only while one of our reads runs
+# is it set so that Pillow's checks, the only ones that see embedded images before they are
+# decoded, refuse exactly what input.max_pixels refuses, and the user's value comes back after
+# the last read.  Reads of one run share one limit; with several limits at once the lowest wins.
+
+_LIMITS: list[int] = []
+_LIMITS_LOCK = threading.Lock()
+_PILLOW_LIMIT: list[float | None] = []  # the value to put back when the last read ends
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+@contextlib.contextmanager
+def pixel_limit(max_pixels: int):
+    """Within this block Pillow refuses any image, embedded ones included, over ``max_pixels``."""
+    with _LIMITS_LOCK:
+        if not _LIMITS:
+            _PILLOW_LIMIT[:] = [Image.MAX_IMAGE_PIXELS]
+        _LIMITS.append(max_pixels)
+        Image.MAX_IMAGE_PIXELS = min(_LIMITS) / 2  # Pillow raises above 2 * MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            # Its warning (above half the limit) is not news: our own checks come first.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        with _LIMITS_LOCK:
+            _LIMITS.remove(max_pixels)
+            Image.MAX_IMAGE_PIXELS = min(_LIMITS) / 2 if _LIMITS else _PILLOW_LIMIT[0]
+
+
+def _bomb_reason(exc: Exception, header: tuple[int, int] | None, max_pixels: int) -> str:
+    """Pillow refused an image inside the file (an icon's frame) that claims too many pixels."""
+    found = _BOMB_PIXELS.search(str(exc))
+    claims = f"claims {found.group(1)} pixels" if found else "claims too many pixels"
+    said = f" (its header says {header[0]}x{header[1]})" if header else ""
+    return (f"an image embedded in the file {claims}{said}, over input.max_pixels "
+            f"({max_pixels}); refused without decoding; raise it if the file is trusted")
+
+
+# ---------------------------------------------------------------------------------------------
 # Headers
 
 
 def read_header(path: str, name: str, index: int, scale: float, max_pixels: int,
-                storage_options: dict | None = None) -> tuple[ImageInfo, str | None]:
+                storage_options: dict | None = None) -> tuple[ImageInfo, list[str]]:
     """Read one file's header (no pixel decoding); of an object, from its first bytes.
 
     Returns
     -------
     info : ImageInfo
-    note : str or None
-        Something the report should say (an animation or multi-page file: first frame used).
+    notes : list of str
+        What the report should say about the file: an animation or multi-page file (first
+        frame used), a JPEG header warning, the library warnings reading it gave.
 
     Raises
     ------
@@ -76,36 +126,122 @@ def read_header(path: str, name: str, index: int, scale: float, max_pixels: int,
         raise ImageReadError("not a regular file (a pipe, device or socket); remove it")
     if size == 0:
         raise ImageReadError("file is empty (0 bytes); fix or remove it")
-    try:
-        with where.header_source(size) as source, Image.open(source) as im:
-            width, height = im.size
-            if width * height > max_pixels:  # before anything else reads further
-                raise ImageReadError(f"{width}x{height} = {width * height} pixels is over "
-                                     f"input.max_pixels ({max_pixels}); refused from the "
-                                     "header without decoding; raise it if the file is trusted")
-            fmt, mode = im.format or "?", im.mode
-            n_frames = int(getattr(im, "n_frames", 1) or 1)
-            orientation = _orientation(im, remote)
-    except Image.UnidentifiedImageError:
-        raise ImageReadError(f"not an image file ({_first_bytes(path, storage_options)}); fix "
-                             "or remove it") from None
-    except (ImageReadError, StorageError):
-        raise
-    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:
-        raise ImageReadError(f"cannot read image header ({exc}); fix or remove it") from exc
+    with pixel_limit(max_pixels), _library_noise() as noise:
+        header = _open_header(path, storage_options, size, max_pixels)
+    (width, height), fmt, mode, n_frames, orientation, notes = header
+    for note in noise:
+        log.info("%s: %s", path, note)
+    notes += noise
     if width < 1 or height < 1:
         raise ImageReadError(f"image has no pixels ({width}x{height}); remove it")
     if orientation in _ROTATED:
         width, height = height, width
+    source_size = (width, height)
     width, height = scaled_size(width, height, scale)
     if width * height > max_pixels:
         raise ImageReadError(f"{width}x{height} = {width * height} pixels after "
                              f"preprocess.scale ({scale:g}) is over input.max_pixels "
                              f"({max_pixels}); lower the scale or raise max_pixels")
     info = ImageInfo(index, path, name, width, height, fmt, mode, n_frames, size, mtime_ns,
-                     storage_options if remote else None)
-    note = f"first frame of {n_frames} used" if n_frames > 1 else None
-    return info, note
+                     max_pixels, source_size, storage_options if remote else None)
+    if n_frames > 1:
+        notes.insert(0, f"first frame of {n_frames} used")
+    return info, notes
+
+
+def _open_header(path: str, storage_options: dict | None, size: int,
+                 max_pixels: int) -> tuple[tuple[int, int], str, str, int, int, list[str]]:
+    """(stored size, format, mode, frames, EXIF orientation, notes) from the file's header.
+
+    Any exception while reading it, whatever its type, refuses this one file (issue 11:
+    Pillow raises NotImplementedError for some DDS files); a store that cannot be reached
+    is not the file's fault and stops the run.
+    """
+    where = storage.Location(path, storage_options)
+    try:
+        with where.header_source(size) as source, _open_image(source, max_pixels) as im:
+            width, height = _stored_size(im)
+            if width * height > max_pixels:  # before anything else reads further
+                raise ImageReadError(_over_limit(width, height, max_pixels))
+            frames = 1 if im.format == "PSD" else int(getattr(im, "n_frames", 1) or 1)
+            notes = _jpeg_header_notes(im) if im.format in ("JPEG", "MPO") else []
+            missing = _missing_decoder(im)
+            if missing:
+                raise ImageReadError(missing)
+            return ((width, height), im.format or "?", im.mode, frames,
+                    _orientation(im, where.remote), notes)
+    except (ImageReadError, StorageError):
+        raise
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(_unidentified(path, storage_options)) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(_bomb_reason(exc, None, max_pixels)) from None
+    except MemoryError:
+        raise ImageReadError(f"not enough memory to read {_what(path, storage_options)} (an "
+                             "icon decodes its image while opening); lower input.max_pixels "
+                             "to refuse such files, or use a machine with more memory") from None
+    except Exception as exc:
+        raise ImageReadError(f"{_what(path, storage_options)} whose header Pillow cannot read "
+                             f"({_exception_text(exc)}); fix or remove it") from exc
+
+
+def _over_limit(width: int, height: int, max_pixels: int) -> str:
+    return (f"{width}x{height} = {width * height} pixels is over input.max_pixels "
+            f"({max_pixels}); refused from the header without decoding; raise it if the file "
+            "is trusted")
+
+
+@contextlib.contextmanager
+def _open_image(source, max_pixels: int):
+    """``Image.open``; when Pillow refuses the size itself, the plugin alone, for the size.
+
+    Image.open checks the size against Pillow's limit (ours, see `pixel_limit`) only after
+    the plugin read the header; opening with the plugin class reads the same header without
+    that check, so the message can say how large the file claims to be.  Containers that
+    decode an embedded image while opening (ICO) still meet Pillow's check on it.
+    """
+    try:
+        im = Image.open(source)
+    except Image.DecompressionBombError:
+        fmt = _magic_format(_head_of(source))
+        if fmt is None or fmt not in Image.OPEN:
+            raise
+        factory = Image.OPEN[fmt][0]
+        with (open(source, "rb") if isinstance(source, str) else contextlib.nullcontext(source)) \
+                as handle:
+            handle.seek(0)
+            im = factory(handle)
+            raise ImageReadError(_over_limit(*_stored_size(im), max_pixels)) from None
+    with im:
+        yield im
+
+
+def _head_of(source) -> bytes:
+    if isinstance(source, str):
+        with open(source, "rb") as handle:
+            return handle.read(64)
+    source.seek(0)
+    return source.read(64)
+
+
+def _stored_size(im: Image.Image) -> tuple[int, int]:
+    """The size of the stored raster, before any EXIF orientation.
+
+    Pillow (>= 11) reports a TIFF with orientation 5-8 with width and height already swapped
+    and turns it on load; other formats report the stored size.  The TIFF tags say what is
+    stored in every version (issue 11: swapping again squashed such TIFFs).
+    """
+    if im.format == "TIFF":
+        tags = getattr(im, "tag_v2", {})
+        width, height = tags.get(256), tags.get(257)
+        if isinstance(width, int) and isinstance(height, int):
+            return width, height
+    return im.size
+
+
+def _exception_text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -126,13 +262,75 @@ def _orientation(im: Image.Image, remote: bool = False) -> int:
         return 1
 
 
-def _first_bytes(path: str, storage_options: dict | None = None) -> str:
-    """How the file starts, for a message: text is quoted up to its first line end."""
+def _head(path: str, storage_options: dict | None = None) -> bytes | None:
+    """The file's first 64 bytes, or None when they cannot be read."""
     try:
         with storage.Location(path, storage_options).open_read() as handle:
-            head = handle.read(64)
+            return handle.read(64)
     except (OSError, StorageError):
-        return "its first bytes cannot be read"
+        return None
+
+
+# Signatures of the formats whose files a message should name (issue 11: a PNG whose header
+# Pillow cannot parse is a broken PNG, not "no image format").
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+          (b"II*\0", "TIFF"), (b"MM\0*", "TIFF"), (b"II+\0", "TIFF"), (b"MM\0+", "TIFF"),
+          (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"), (b"8BPS", "PSD"), (b"icns", "ICNS"),
+          (b"\0\0\1\0", "ICO"), (b"\0\0\2\0", "CUR"), (b"DDS ", "DDS"), (b"%!PS", "EPS"),
+          (b"\xc5\xd0\xd3\xc6", "EPS"), (b"\xd7\xcd\xc6\x9a", "WMF"),
+          (b"\x01\0\0\0", "WMF"), (b"\0\0\0\x0cjP  \r\n\x87\n", "JPEG2000"),
+          (b"\xffO\xffQ", "JPEG2000"), (b"qoif", "QOI"), (b"SIMPLE  =", "FITS"))
+_PLUGIN = {"JPEG2000": "JPEG2000", "WEBP": "WEBP", "AVIF": "AVIF"}
+
+
+def _magic_format(head: bytes | None) -> str | None:
+    """The format a file's first bytes announce (Pillow's format name), or None."""
+    if not head:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+        return "AVIF"
+    return next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
+
+
+def _what(path: str, storage_options: dict | None) -> str:
+    fmt = _magic_format(_head(path, storage_options))
+    return _a(fmt) if fmt else "a file"
+
+
+def _a(fmt: str) -> str:
+    return f"{'an' if fmt[0] in 'AEIOU' else 'a'} {fmt} file"
+
+
+def _unidentified(path: str, storage_options: dict | None) -> str:
+    """Why no Pillow plugin opened the file: what it is, and what went wrong."""
+    head = _head(path, storage_options)
+    fmt = _magic_format(head)
+    if head is None:
+        return "not an image file (its first bytes cannot be read); fix or remove it"
+    if fmt is None:
+        return f"not an image file ({_describe_start(head)}); fix or remove it"
+    if fmt not in Image.OPEN:
+        return (f"{_a(fmt)}, but this install has no {fmt} decoder (Pillow was built "
+                f"without {_PLUGIN.get(fmt, fmt)} support); install one, or convert the file")
+    reason = _plugin_error(fmt, path, storage_options)
+    return (f"{_a(fmt)} whose header Pillow cannot parse ({reason}); it is damaged or a "
+            "variant Pillow does not read; fix or remove it")
+
+
+def _plugin_error(fmt: str, path: str, storage_options: dict | None) -> str:
+    """What the format's own plugin says about the file (Image.open hides it)."""
+    try:
+        with storage.Location(path, storage_options).open_read() as handle:
+            Image.OPEN[fmt][0](handle)
+    except Exception as exc:  # noqa: BLE001 - its message is what we want
+        return _exception_text(exc)
+    return "no reason given"
+
+
+def _describe_start(head: bytes) -> str:
+    """How the file starts, for a message: text is quoted up to its first line end."""
     line = head.split(b"\n", 1)[0].strip()[:32]
     try:
         text = line.decode("utf-8")
@@ -142,6 +340,177 @@ def _first_bytes(path: str, storage_options: dict | None = None) -> str:
         kind = "a web page" if text.lower().startswith(("<!doctype html", "<html")) else "text"
         return f"it starts with {text!r}: {kind}, not image data"
     return f"it starts with {head[:8]!r}, which no image format Pillow reads starts with"
+
+
+def _missing_decoder(im: Image.Image) -> str | None:
+    """Why this install cannot decode a file whose header it read, naming the decoder."""
+    fmt = im.format
+    if fmt == "EPS":
+        from PIL import EpsImagePlugin
+
+        if not EpsImagePlugin.has_ghostscript():
+            return ("an EPS (PostScript) file: decoding it needs Ghostscript (gs), which is not "
+                    "installed; install Ghostscript, or convert the file to PNG")
+    elif isinstance(im, ImageFile.StubImageFile):
+        if getattr(im, "_handler", None) is None:  # what StubImageFile.load tests
+            where = " (Pillow draws WMF/EMF only on Windows)" if fmt in ("WMF", "EMF") else ""
+            return (f"{_a(fmt)} ({im.format_description}): this install has no decoder "
+                    f"for it{where}; convert the file to PNG")
+    elif fmt == "TIFF":
+        compression = im.info.get("compression", "raw")
+        if compression in _OPTIONAL_CODECS and not _tiff_codec(compression):
+            return (f"a TIFF file compressed with {compression}: this install's libtiff has no "
+                    f"{compression} codec; convert the file (e.g. to LZW or deflate), or "
+                    "install a libtiff built with it")
+    return None
+
+
+# libtiff codecs a build may leave out (LZW, PackBits, CCITT... are always there); each of
+# these can write as well as read, so writing a tiny file tells whether it is there.
+_OPTIONAL_CODECS = ("webp", "zstd", "lzma", "jpeg", "tiff_adobe_deflate", "tiff_deflate")
+_CODECS: dict[str, bool] = {}
+
+
+def _tiff_codec(compression: str) -> bool:
+    """Whether libtiff can code ``compression`` here: it writes a 1x1 file with it (cached).
+
+    libtiff configures each codec for reading and writing together; a missing one says so on
+    stderr, which `_library_noise` keeps out of the user's terminal.
+    """
+    if compression not in _CODECS:
+        try:
+            probe = Image.new("RGB", (8, 8))
+            with _library_noise():
+                probe.save(io.BytesIO(), "TIFF", compression=compression)
+            _CODECS[compression] = True
+        except Exception:  # noqa: BLE001 - any failure: the codec is not there
+            _CODECS[compression] = False
+    return _CODECS[compression]
+
+
+# ---------------------------------------------------------------------------------------------
+# Library warnings while listing (issue 11: they named no file)
+
+
+@contextlib.contextmanager
+def _library_noise():
+    """Collect Python warnings and C-library lines on stderr (libtiff's) into a list.
+
+    Only used while listing, one file at a time: redirecting file descriptor 2 would take
+    other threads' output too, so decoding tasks never do it.
+    """
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught, _stderr_lines() as lines:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield notes
+    texts = [f"{w.category.__name__}: {w.message}" for w in caught] + lines
+    for text in dict.fromkeys(" ".join(t.split()) for t in texts if t.strip()):
+        notes.append(f"library warning: {text}")
+
+
+@contextlib.contextmanager
+def _stderr_lines():
+    """What C code writes to file descriptor 2 inside the block, as lines.  Only in the main
+    thread (the client's listing): a driver task lists on a worker, among other tasks."""
+    import tempfile
+
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreters)
+        yield []
+        return
+    lines: list[str] = []
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines += capture.read(1 << 16).decode("utf-8", "replace").splitlines()
+
+
+# ---------------------------------------------------------------------------------------------
+# JPEG: warnings about header segments are not damage (issue 11)
+
+
+def _jpeg_scan_start(data: bytes) -> int | None:
+    """Offset just after the first SOS segment's header (where entropy-coded data starts)."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            pos += 1  # stray bytes between segments: libjpeg skips them (with a warning)
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:
+            pos += 1 if marker == 0xFF else 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        if marker == 0xDA:
+            return pos + 2 + length if pos + 2 + length <= len(data) else None
+        pos += 2 + length
+    return None
+
+
+def _jpeg_header_notes(im: Image.Image) -> list[str]:
+    """libjpeg's warning about the segments before the first SOS marker, as a report note."""
+    prefix = _jpeg_prefix(im)
+    if prefix is None:
+        return []
+    try:
+        simplejpeg.decode_jpeg_header(prefix, strict=True)
+    except ValueError as exc:
+        return [f"JPEG header: {exc} (libjpeg); ignored: it is before the image data, which "
+                "is intact"]
+    return []
+
+
+def _jpeg_prefix(im: Image.Image) -> bytes | None:
+    """The file's bytes up to the end of its first SOS header (read in 64 KiB steps)."""
+    if im.fp is None or im.fp.closed:
+        return None
+    here = im.fp.tell()
+    try:
+        im.fp.seek(0)
+        data = b""
+        while len(data) < (16 << 20):
+            block = im.fp.read(1 << 16)
+            if not block:
+                return None
+            data += block
+            end = _jpeg_scan_start(data)
+            if end is not None:
+                return data[:end]
+        return None
+    finally:
+        im.fp.seek(here)
+
+
+def _jpeg_without_header_noise(data: bytes) -> bytes | None:
+    """The file with the segments before its first SOS rewritten cleanly: bytes between
+    segments dropped, ICC profile segments (APP2) dropped (an unusable profile is ignored
+    anyway).  None when it has no SOS or is not cleaner."""
+    end = _jpeg_scan_start(data)
+    if end is None:
+        return None
+    out, pos = [data[:2]], 2
+    while pos < end:
+        if data[pos] != 0xFF or data[pos + 1] in (0xFF, 0x01) or 0xD0 <= data[pos + 1] <= 0xD8:
+            pos += 1
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        segment = data[pos:pos + 2 + length]
+        if not (data[pos + 1] == 0xE2 and segment[4:16] == b"ICC_PROFILE\0"):
+            out.append(segment)
+        pos += 2 + length
+    cleaned = b"".join(out) + data[end:]
+    return cleaned if len(cleaned) < len(data) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,12 +531,14 @@ def decode(info: ImageInfo) -> np.ndarray:
         The file changed since listing, or its data is damaged: truncated, or damage that
         Pillow would silently paint over (see `_load_checked`).
     """
+    expected = info.source_size or (info.width, info.height)
     try:
         source = storage.Location(info.path, info.storage_options).fetch()
-        with Image.open(source) as im, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's EXIF/ICC chatter is not the user's problem
-            im.seek(0)
-            rgb = _to_rgb(_load_checked(im))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # listing already reported them (issue 11)
+            with pixel_limit(info.max_pixels), Image.open(source) as im:
+                # No seek: a file opens at its first frame, which is not frame 0 for PSD.
+                rgb = _to_rgb(_load_checked(im, info.max_pixels), info.path)
     except ImageReadError as exc:
         raise ImageReadError(f"{info.path}: {exc}") from None
     except StorageError:
@@ -175,20 +546,24 @@ def decode(info: ImageInfo) -> np.ndarray:
     except OSError as exc:
         raise ImageReadError(f"{info.path}: {_os_reason(exc)}") from exc
     except MemoryError:
-        raise ImageReadError(f"{info.path}: not enough memory to decode it ({info.width}x"
-                             f"{info.height} pixels); lower input.max_pixels to refuse such "
+        raise ImageReadError(f"{info.path}: not enough memory to decode it ({expected[0]}x"
+                             f"{expected[1]} pixels); lower input.max_pixels to refuse such "
                              "files, or use a machine with more memory") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"{info.path}: {_bomb_reason(exc, expected, info.max_pixels)}") \
+            from None
     except Exception as exc:  # Pillow raises many types for damaged data
-        raise ImageReadError(f"{info.path}: cannot decode image ({exc}); fix or remove it") \
-            from exc
-    if (rgb.width, rgb.height) != (info.width, info.height):
+        raise ImageReadError(f"{info.path}: cannot decode image ({_exception_text(exc)}); fix "
+                             "or remove it") from exc
+    if rgb.size != expected:
+        # Never "fixed" by resizing (issue 11: a TIFF turned twice came out squashed).
+        raise ImageReadError(f"{info.path}: decoded size {rgb.width}x{rgb.height} differs "
+                             f"from the {expected[0]}x{expected[1]} its header gave; the file "
+                             "changed since it was listed, or its header is wrong; rerun, or "
+                             "fix or remove it")
+    if rgb.size != (info.width, info.height):  # preprocess.scale
         rgb = rgb.resize((info.width, info.height), _resample(rgb.width, info.width))
-    pixels = np.asarray(rgb)
-    if pixels.shape != (info.height, info.width, 3):
-        raise ImageReadError(f"{info.path}: decoded size {pixels.shape[1]}x{pixels.shape[0]} "
-                             f"differs from its header ({info.width}x{info.height}); the file "
-                             "changed during the run; rerun")
-    return pixels
+    return np.asarray(rgb)
 
 
 _TRUNCATED = ("file is truncated: its image data ends early (an incomplete download or copy?); "
@@ -210,7 +585,7 @@ def _os_reason(exc: OSError) -> str:
     return f"cannot decode image ({exc}); fix or remove it"
 
 
-def _load_checked(im: Image.Image) -> Image.Image:
+def _load_checked(im: Image.Image, max_pixels: int) -> Image.Image:
     """The first frame, decoded and EXIF-oriented, refusing damage Pillow would paint over.
 
     Pillow decodes two kinds of damaged file without an error: a JPEG whose scan is corrupt
@@ -218,6 +593,9 @@ def _load_checked(im: Image.Image) -> Image.Image:
     ends cleanly before the last row (the missing rows stay black).  We detect both from the
     coded data, never from the pixels, so letterboxed or single-colour images always pass.
     """
+    width, height = im.size
+    if width * height > max_pixels:  # the file changed since listing, or a frame is larger
+        raise ImageReadError(_over_limit(width, height, max_pixels))
     if im.format in ("JPEG", "MPO"):
         data = _read_all(im)
         pixels = _jpeg_strict(data, im.mode)
@@ -246,6 +624,23 @@ def _read_all(im: Image.Image) -> bytes:
 _JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file")
 
 
+def _decode_jpeg_strict(data: bytes, colorspace: str) -> np.ndarray:
+    """simplejpeg's strict decode, where only warnings after the first SOS marker count.
+
+    libjpeg's words are the same for a stray byte between two header segments and in the
+    scan ("extraneous bytes before marker"), so the warning is placed by decoding again with
+    the header segments rewritten cleanly: if that passes, the warning was about the header,
+    which `_jpeg_header_notes` reported while listing, and the image data is intact.
+    """
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=True)
+    except ValueError:
+        cleaned = _jpeg_without_header_noise(data)
+        if cleaned is None:
+            raise
+    return simplejpeg.decode_jpeg(cleaned, colorspace=colorspace, strict=True)
+
+
 def _jpeg_strict(data: bytes, mode: str) -> np.ndarray | None:
     """Decode a JPEG with libjpeg-turbo, treating its data-damage warnings as errors.
 
@@ -257,7 +652,7 @@ def _jpeg_strict(data: bytes, mode: str) -> np.ndarray | None:
     if colorspace is None:
         return None
     try:
-        pixels = simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=True)
+        pixels = _decode_jpeg_strict(data, colorspace)
     except ValueError as exc:
         message = str(exc)
         if message.startswith("Premature end of JPEG file"):
@@ -359,16 +754,18 @@ def _resample(src: int, dst: int) -> Image.Resampling:
     return Image.Resampling.BOX if dst < src else Image.Resampling.BILINEAR
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def _to_rgb(im: Image.Image, path: str = "") -> Image.Image:
     icc = im.info.get("icc_profile")
     if icc and im.mode in ("RGB", "RGBA", "CMYK", "L"):
-        im = _icc_to_srgb(im, icc)
+        im = _icc_to_srgb(im, icc, path)
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         values = np.asarray(im)
         if im.mode == "F":
             values = np.clip(values, 0.0, 1.0) * 255.0 if values.max() <= 1.0 else values
         else:
-            values = values.astype(np.int64) >> 8 if values.max() > 255 else values
+            # Always the top 8 bits (issue 11: shifting only when the maximum exceeded 255
+            # put two frames differing in one pixel in different units).
+            values = values.astype(np.int64) >> 8
         grey = np.clip(values, 0, 255).astype(np.uint8)
         return Image.fromarray(np.repeat(grey[..., None], 3, axis=2))
     if im.mode == "P" or im.mode == "PA":
@@ -376,7 +773,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def _icc_to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
+def _icc_to_srgb(im: Image.Image, icc: bytes, path: str = "") -> Image.Image:
     try:
         import io
 
@@ -388,5 +785,5 @@ def _icc_to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
                                         outputMode=mode if im.mode != "L" else "RGB")
         return out if out is not None else im
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
-        log.warning("ignoring an unusable ICC profile (%s)", exc)
+        log.warning("%s: ignoring an unusable ICC profile (%s)", path or "an image", exc)
         return im
