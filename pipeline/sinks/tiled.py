@@ -174,7 +174,7 @@ class TiffWriter:
         self.counts = np.zeros(self.n_tiles, np.uint64)
         self._pending: dict[int, list] = {}  # tile index -> [tile array, pixels filled]
         self._lock = threading.Lock()
-        self._closed = False
+        self._closed, self._size = False, 0
         self._open()
 
     def _open(self) -> None:
@@ -281,7 +281,7 @@ class TiffWriter:
             Some tiles were never written (the windows did not cover the image).
         """
         if self._closed:
-            return self._end
+            return self._size
         missing = int(np.count_nonzero(self.counts == 0))
         if missing:
             self.abort()
@@ -293,7 +293,7 @@ class TiffWriter:
         except BaseException:
             self.abort()
             raise
-        self._closed = True
+        self._closed, self._size = True, size
         return size
 
     def abort(self) -> None:

@@ -58,7 +58,7 @@ _ZARR_PLANE_NAMES = {"y": "Y", "x": "X", "c": "C", "channel": "C", "channels": "
                      "band": "C", "bands": "C", "wavelength": "C", "z": "Z", "t": "T",
                      "time": "T", "row": "Y", "col": "X", "lat": "Y", "lon": "X",
                      "latitude": "Y", "longitude": "X"}
-_ALPHA_NAMES = {"alpha", "mask", "a"}
+_ALPHA_NAMES = {"alpha", "mask"}
 # Codec names (zarr) -> the package that decodes them.
 _NUMCODECS = {"blosc", "zstd", "lz4", "gzip", "zlib", "bz2", "lzma", "crc32c", "shuffle",
               "delta", "fixedscaleoffset", "quantize", "packbits", "bytes", "transpose",
@@ -334,7 +334,7 @@ def _zarr_open(path: str, storage_options: dict | None) -> Any:
 
 def _zarr_reason(path: str, exc: BaseException) -> str:
     text = _reason(exc)
-    found = re.search(r"codec[^'\"]*['\"]([\w.-]+)['\"]", text, re.IGNORECASE)
+    found = re.search(r"codec[^'\"]*['\"]+([\w.-]+)", text, re.IGNORECASE)
     if found:
         codec = found.group(1)
         package = "numcodecs (pip install -U numcodecs)" if codec.lower() in _NUMCODECS \
