@@ -910,27 +910,64 @@ def sample_key(name: str) -> int:
     return zlib.crc32(name.encode("utf-8"))
 
 
-def sample_rows(seed: int, key: int, rows: range, width: int, rate: float) -> list[np.ndarray]:
-    """The sampled columns of each image row in ``rows`` (increasing, int64).
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
-    Row ``r``'s columns depend only on ``(seed, key, r, width, rate)``: a counter-based
-    generator (Philox) keyed by (seed, key) and started at counter ``r``.  So any window that
-    covers part of a row finds the same columns there, whatever the chunking.
+
+def _mix(values: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijective hash of uint64 values (wrapping arithmetic)."""
+    values = (values ^ (values >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    values = (values ^ (values >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return values ^ (values >> np.uint64(31))
+
+
+def _uniform(hashed: np.ndarray) -> np.ndarray:
+    return (hashed >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def sample_columns(seed: int, key: int, rows: np.ndarray, width: int, rate: float,
+                   col0: int, col1: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sampled pixels of image rows ``rows`` within columns [col0, col1).
+
+    Row ``r`` holds ``floor(rate * width)`` samples, one more with probability the fraction
+    left, one in each of that many near-equal strata of the row (no repeats).  Every draw is a
+    hash of ``(seed, key, r, stratum)``, so a window finds the same pixels as any other
+    chunking that covers them, and only the strata it overlaps are computed.
+
+    Returns
+    -------
+    row_index : ndarray (m,), int64, into ``rows``
+    columns : ndarray (m,), int64, increasing within each row
     """
+    rows = np.asarray(rows, dtype=np.int64)
     if rate >= 1.0:
-        return [np.arange(width, dtype=np.int64) for _ in rows]
-    stream = np.random.SeedSequence([seed, key]).generate_state(2, np.uint64)
-    out = []
-    for r in rows:
-        rng = np.random.Generator(np.random.Philox(key=stream, counter=r))
-        n = int(rng.binomial(width, rate))
-        out.append(np.sort(rng.choice(width, n, replace=False)).astype(np.int64))
-    return out
+        grid = np.broadcast_to(np.arange(col0, col1, dtype=np.int64), (len(rows), col1 - col0))
+        index = np.repeat(np.arange(len(rows), dtype=np.int64), col1 - col0)
+        return index, grid.reshape(-1).copy()
+    with np.errstate(over="ignore"):
+        base = np.random.SeedSequence([seed, key]).generate_state(1, np.uint64)[0]
+        row_hash = _mix(base ^ (rows.astype(np.uint64) * _GOLDEN))
+        whole, frac = divmod(rate * width, 1.0)
+        counts = int(whole) + (_uniform(_mix(row_hash)) < frac).astype(np.int64)
+        lo = np.maximum(0, (col0 * counts) // width - 1)
+        hi = np.minimum(counts, -(-(col1 * counts) // width) + 1)
+        span = int((hi - lo).max(initial=0))
+        if span <= 0:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        strata = lo[:, None] + np.arange(span, dtype=np.int64)
+        valid = strata < hi[:, None]
+        u = _uniform(_mix(row_hash[:, None] + (strata.astype(np.uint64) + np.uint64(1))
+                          * _GOLDEN))
+    per = np.maximum(counts, 1)[:, None]  # integer strata edges: no column drawn twice
+    starts, ends = strata * width // per, (strata + 1) * width // per
+    columns = starts + (u * (ends - starts)).astype(np.int64)
+    keep = valid & (columns >= col0) & (columns < col1)
+    index = np.broadcast_to(np.arange(len(rows), dtype=np.int64)[:, None], keep.shape)
+    return index[keep], columns[keep]
 
 
 def sample_window(raw: np.ndarray, masked: np.ndarray, row: int, col: int, width: int,
                   seed: int, key: int, rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """The sampled, unmasked pixels of one window.
+    """The sampled, unmasked pixels of one window (see `sample_columns`).
 
     Parameters
     ----------
@@ -948,13 +985,8 @@ def sample_window(raw: np.ndarray, masked: np.ndarray, row: int, col: int, width
     pixels : ndarray of shape (m, n_bands), native dtype
     """
     h, w = masked.shape
-    local_rows, local_cols = [], []
-    for i, cols in enumerate(sample_rows(seed, key, range(row, row + h), width, rate)):
-        inside = cols[(cols >= col) & (cols < col + w)] - col
-        local_rows.append(np.full(len(inside), i, dtype=np.int64))
-        local_cols.append(inside)
-    ys = np.concatenate(local_rows) if local_rows else np.empty(0, np.int64)
-    xs = np.concatenate(local_cols) if local_cols else np.empty(0, np.int64)
+    ys, xs = sample_columns(seed, key, np.arange(row, row + h), width, rate, col, col + w)
+    xs = xs - col
     keep = ~masked[ys, xs]
     ys, xs = ys[keep], xs[keep]
     return (ys + row) * width + xs + col, raw[ys, xs]
@@ -964,9 +996,9 @@ def sample_pixels(pixels: da.Array, masked: da.Array, seed: int, key: int,
                   n_sample: int) -> Any:
     """A reproducible sample of one image's unmasked pixels, as a dask Delayed.
 
-    About ``n_sample * (unmasked share)`` pixels: each pixel is kept with probability
-    ``n_sample / n_pixels`` by `sample_rows`, so the sample is the same set in the same
-    (raster) order for every chunking.
+    About ``n_sample * (unmasked share)`` pixels, spread evenly over the rows: a share
+    ``n_sample / n_pixels`` of every row is drawn by `sample_columns`, so the sample is the
+    same set in the same (raster) order for every chunking.
 
     Returns
     -------
