@@ -319,8 +319,8 @@ def test_damaged_tile_names_the_window(tmp_path):
     (header,) = rasters.read_headers(path)  # the header is fine
     array = rasters.pixel_array(header, 16 * 16)
     assert np.array_equal(array[:16].compute()[..., 0], pixels[:16])  # undamaged windows read
-    with pytest.raises(ImageReadError, match=r"bad.tif: damaged data in the window at y 16-31, "
-                                             r"x 16-31 \(.*\); fix or remove it"):
+    with pytest.raises(ImageReadError, match=r"bad.tif: damaged data in tile 5 \(y 16-31, x 16-31\) of "
+                                             r"the window at y 16-31, x 16-31 \(.*\); fix or remove it"):
         array.compute(scheduler="synchronous")
 
 
