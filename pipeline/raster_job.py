@@ -1,0 +1,495 @@
+"""The raster path of a run: N-band images read in windows -> sample -> fit -> labels written
+window by window.  The driver hands it the images `pipeline.sources.rasters` listed.
+
+1. **Sample.** One task per window reads it, masks it and keeps the pixels
+   `rasters.sample_columns` picks (positions from (seed, image name, row), independent of
+   chunking); per image the windows' picks are merged in raster order.  A window that cannot
+   be read makes its image fail with the reason (naming the window), not the run.
+2. **Fit.** On the client, in numpy, on the sample as float64 features: per-band
+   normalisation (`pipeline.features`), weighted k-means++ starts (``n_init``), Lloyd steps on
+   the sample until the centroids move less than ``tol`` times the mean per-band variance.
+   With ``k: auto`` the smallest k whose unexplained variance is at most ``max_error``.
+   Masked pixels are never in the sample, so never in a sum, a count or an inertia.
+3. **Segment and write.** One task per image reads its windows one after another, labels each
+   pixel with its nearest centroid (a function of the pixel's values alone, so the same label
+   for every chunking), and writes labels, segmented image and masks window by window
+   (`pipeline.sinks.tiled`); it returns the per-class table (pixels, mean and std per band in
+   the input's units) and the masked pixel count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline import features as feature_rows
+from pipeline import storage
+from pipeline.errors import ConfigError, ImageReadError, StorageError
+from pipeline.sinks import tiled
+from pipeline.sources import rasters
+
+try:  # the engine's place after issue 10's layout; the module before it
+    from pipeline.engine import kmeans
+except ImportError:  # pragma: no cover - depends on the merge order
+    from pipeline import kmeans  # type: ignore[no-redef]
+
+log = logging.getLogger(__name__)
+MODEL_KIND = "raster"
+
+
+@dataclass(frozen=True)
+class RasterImage:
+    """One raster plane and how to read it (``input.bands``, ``mask``, ``nodata``)."""
+
+    header: rasters.RasterHeader
+    bands: tuple[int, ...] | None = None
+    mask: str = "auto"
+    nodata: float | tuple[float, ...] | None = None
+    chunk_pixels: int = 1 << 22
+
+    @property
+    def name(self) -> str:
+        return self.header.name
+
+    @property
+    def selected(self) -> tuple[int, ...]:
+        """The 1-based bands used as features."""
+        mask_band = rasters._mask_band(self.header, self.mask)
+        return tuple(self.bands) if self.bands else tuple(
+            b for b in self.header.data_bands if b != mask_band)
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        return tuple(self.header.band_names[b - 1] for b in self.selected)
+
+    @property
+    def nodata_per_band(self) -> tuple[float | None, ...]:
+        values = rasters._nodata_values(self.header, self.selected, self.mask, self.nodata)
+        return tuple(None if math.isnan(v) else float(v) for v in values)
+
+    def windows(self) -> list[tuple[int, int, int, int]]:
+        """(row, col, height, width) of every chunk, in raster order."""
+        rows, cols = rasters.chunk_grid(self.header, self.chunk_pixels, len(self.selected) + 1)
+        out, row = [], 0
+        for h in rows:
+            col = 0
+            for w in cols:
+                out.append((row, col, h, w))
+                col += w
+            row += h
+        return out
+
+    def reader(self) -> tuple[rasters._Source, np.ndarray, bool]:
+        """What a window task needs: the source, nodata per band, whether a mask band is read."""
+        mask_band = rasters._mask_band(self.header, self.mask)
+        source = rasters._source(self.header, self.selected, mask_band)
+        nodata = rasters._nodata_values(self.header, self.selected, self.mask, self.nodata)
+        return source, nodata, mask_band is not None
+
+
+def read_masked(source: rasters._Source, nodata: np.ndarray, has_mask_band: bool, row: int,
+                col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """One window: pixels (h, w, n_bands) in the file's dtype, and the mask (h, w), bool."""
+    raw = rasters.read_window(source, row, col, height, width)
+    masked = rasters._window_mask(raw, nodata, has_mask_band)
+    return (raw[..., :-1] if has_mask_band else raw), masked
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Sample
+
+
+@dataclass
+class Sample:
+    """The pixels the fit sees: ``rows`` (n, n_bands) float64 in native units, image by image
+    (``counts``), and the images that could not be read (name -> reason)."""
+
+    rows: np.ndarray
+    counts: dict[str, int]
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def _sample_window(reader: tuple, window: tuple[int, int, int, int], image_width: int,
+                   seed: int, key: int, rate: float) -> Any:
+    source, nodata, has_mask_band = reader
+    row, col, h, w = window
+    try:
+        pixels, masked = read_masked(source, nodata, has_mask_band, row, col, h, w)
+    except ImageReadError as exc:
+        return str(exc)
+    return rasters.sample_window(pixels, masked, row, col, image_width, seed, key, rate)
+
+
+def _merge_image(parts: list) -> Any:
+    for part in parts:
+        if isinstance(part, str):
+            return part
+    return rasters._merge_samples(parts)
+
+
+def draw_sample(images: list[RasterImage], sample_pixels: int, seed: int) -> Sample:
+    """One pass over every window of every image: the sample, and which images failed.
+
+    ``sample_pixels`` is split over the images in proportion to their size; each image gives
+    about its share times its unmasked fraction.  Runs on the active dask scheduler.
+    """
+    import dask
+
+    total = sum(image.header.n_pixels for image in images) or 1
+    merged = []
+    for image in images:
+        rate = min(1.0, sample_pixels / total)
+        reader = image.reader()
+        key = rasters.sample_key(image.name)
+        parts = [dask.delayed(_sample_window, pure=True)(reader, window, image.header.width,
+                                                         seed, key, rate)
+                 for window in image.windows()]
+        merged.append(dask.delayed(_merge_image, pure=True)(parts))
+    results = dask.compute(*merged)
+    rows, counts, failed = [], {}, {}
+    for image, result in zip(images, results):
+        if isinstance(result, str):
+            failed[image.name] = result
+            continue
+        counts[image.name] = len(result[1])
+        rows.append(result[1].astype(np.float64))
+    n_bands = len(images[0].selected) if images else 0
+    return Sample(np.concatenate(rows) if rows else np.empty((0, n_bands)), counts, failed)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Fit
+
+
+@dataclass
+class RasterModel:
+    """A fitted palette of N-band centroids.
+
+    ``centroids`` : ndarray (n_clusters, n_bands), float64, in normalised feature units;
+    `native` gives them in the bands' own units.
+    """
+
+    centroids: np.ndarray
+    normalization: feature_rows.Normalization
+    band_names: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    inertia: float
+    error: float  # unexplained variance share of the sample
+    n_iter: int = 0
+    converged: bool = False
+    auto_k: list[dict] = field(default_factory=list)
+
+    @property
+    def n_clusters(self) -> int:
+        return len(self.centroids)
+
+    @property
+    def n_bands(self) -> int:
+        return self.centroids.shape[1]
+
+    @property
+    def native(self) -> np.ndarray:
+        return self.normalization.invert(self.centroids)
+
+    def to_dict(self) -> dict:
+        return {"kind": MODEL_KIND, "n_clusters": self.n_clusters, "n_bands": self.n_bands,
+                "band_names": list(self.band_names), "dtypes": list(self.dtypes),
+                "normalize": self.normalization.to_dict(),
+                "centroids": self.centroids.tolist(), "centroids_native": self.native.tolist(),
+                "inertia": self.inertia, "error_metric": "variance",
+                "unexplained_variance": self.error, "n_iter": self.n_iter,
+                "converged": self.converged, "auto_k": self.auto_k}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> RasterModel:
+        centroids = np.asarray(doc["centroids"], dtype=np.float64)
+        n_bands = centroids.shape[1]
+        return cls(centroids, feature_rows.Normalization.from_dict(doc.get("normalize"), n_bands),
+                   tuple(doc.get("band_names") or [f"band_{i + 1}" for i in range(n_bands)]),
+                   tuple(doc.get("dtypes") or ["uint8"]), float(doc.get("inertia", 0.0)),
+                   float(doc.get("unexplained_variance", 0.0)), int(doc.get("n_iter", 0)),
+                   bool(doc.get("converged", False)), list(doc.get("auto_k", [])))
+
+
+def fit_model(sample: np.ndarray, n_clusters: int | str, *, normalize: str = "none",
+              seed: int = 0, n_init: int = 3, max_iter: int = 100, tol: float = 1e-4,
+              max_error: float = 0.05, max_k: int = 32, band_names: tuple[str, ...] = (),
+              dtypes: tuple[str, ...] = ()) -> RasterModel:
+    """Fit centroids on the sample rows (n, n_bands), native units, float64.
+
+    Parameters
+    ----------
+    n_clusters : int or "auto"
+        ``auto``: the smallest k from 1 to ``max_k`` whose unexplained variance share
+        (`features.unexplained_variance`) is at most ``max_error``.
+    tol : float
+        Converged when the sum over centroids of the squared shift of one Lloyd step is at most
+        ``tol`` times the mean per-band variance of the (normalised) sample.
+
+    Raises
+    ------
+    ValueError
+        The sample is empty (every pixel masked).
+    """
+    if len(sample) == 0:
+        raise ValueError("the sample is empty: every sampled pixel is masked")
+    normalization = feature_rows.Normalization.from_sample(normalize, sample)
+    features = normalization.apply(sample)
+    weights = np.ones(len(features))
+    trials: list[dict] = []
+    if n_clusters == "auto":
+        for k in range(1, max_k + 1):
+            fit = _best_fit(features, weights, k, seed, n_init, max_iter, tol)
+            error = feature_rows.unexplained_variance(fit[1], features)
+            trials.append({"k": k, "unexplained_variance": error})
+            if error <= max_error:
+                break
+    else:
+        fit = _best_fit(features, weights, int(n_clusters), seed, n_init, max_iter, tol)
+    centroids, inertia, n_iter, converged = fit
+    error = feature_rows.unexplained_variance(inertia, features)
+    if n_clusters == "auto" and error > max_error:
+        log.warning("k: auto reached max_k=%d with %.3f of the variance unexplained, above "
+                    "max_error=%g", max_k, error, max_error)
+    return RasterModel(centroids, normalization, tuple(band_names), tuple(dtypes), inertia,
+                       error, n_iter, converged, trials)
+
+
+def _best_fit(features: np.ndarray, weights: np.ndarray, k: int, seed: int, n_init: int,
+              max_iter: int, tol: float) -> tuple[np.ndarray, float, int, bool]:
+    """The lowest-inertia of ``n_init`` k-means++ starts refined by Lloyd steps."""
+    tol_abs = kmeans.tolerance(features, weights, tol)
+    best = None
+    for start in range(max(1, n_init)):
+        rng = np.random.default_rng([seed, start])
+        centroids = kmeans.kmeans_plusplus(features, weights, k, rng)
+        centroids, steps, converged = kmeans.lloyd(features, weights, centroids, max_iter,
+                                                   tol_abs)
+        partial, _, _ = kmeans.partial_sums(features, None, centroids)
+        if best is None or partial.inertia < best[1]:
+            best = (centroids, float(partial.inertia), len(steps), converged)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Segment and write
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What to write for each image, and where (``output.*``)."""
+
+    dir: str
+    format: str = "tiff"  # "tiff" or "zarr" (auto resolved by the caller per image)
+    segmented: bool = True
+    labels: bool = True
+    masks: bool = False
+    compression: str = "deflate"
+    level: int = 1
+    storage_options: dict | None = field(default=None, compare=False)
+
+
+def output_format(image: RasterImage, requested: str) -> str:
+    """``output.format`` for one image: ``auto`` is zarr for a zarr input, else TIFF."""
+    if requested == "auto":
+        return "zarr" if image.header.format == "zarr" else "tiff"
+    if requested == "png":
+        raise ConfigError(f"output.format: 'png' holds 8-bit RGB, but {image.header.path} is "
+                          "a raster; use 'auto', 'tiff' or 'zarr'")
+    return requested
+
+
+class _ClassStats:
+    """Per-class pixel counts, and sums of (value - centroid) and its square per band in the
+    input's units (deviations from the centroid keep float64 sums of squares accurate)."""
+
+    def __init__(self, native: np.ndarray):
+        self.native = native
+        k, b = native.shape
+        self.counts = np.zeros(k, np.int64)
+        self.sums = np.zeros((k, b))
+        self.squares = np.zeros((k, b))
+
+    def add(self, pixels: np.ndarray, labels: np.ndarray) -> None:
+        k = len(self.native)
+        self.counts += np.bincount(labels, minlength=k)[:k]
+        deviation = pixels.astype(np.float64) - self.native[labels]
+        for band in range(deviation.shape[1]):
+            self.sums[:, band] += np.bincount(labels, deviation[:, band], minlength=k)[:k]
+            self.squares[:, band] += np.bincount(labels, deviation[:, band] ** 2,
+                                                 minlength=k)[:k]
+
+    def table(self, band_names: tuple[str, ...]) -> list[dict]:
+        total = int(self.counts.sum())
+        rows = []
+        for j, count in enumerate(self.counts.tolist()):
+            mean = self.sums[j] / count if count else np.full(len(band_names), np.nan)
+            var = self.squares[j] / count - mean ** 2 if count else mean
+            rows.append({"class": j, "pixels": count, "share": count / total if total else 0.0,
+                         "mean": dict(zip(band_names, (self.native[j] + mean).tolist())),
+                         "std": dict(zip(band_names, np.sqrt(np.maximum(var, 0)).tolist()))})
+        return rows
+
+
+def output_paths(image: RasterImage, outputs: Outputs, fmt: str,
+                 n_clusters: int) -> dict[str, list[str]]:
+    """Relative output paths by kind, with the format's extension."""
+    ext = ".zarr" if fmt == "zarr" else ".tif"
+    paths: dict[str, list[str]] = {}
+    if outputs.labels:
+        paths["labels"] = [f"labels/{image.name}{ext}"]
+    if outputs.segmented:
+        paths["segmented"] = [f"segmented/{image.name}{ext}"]
+    if outputs.masks:
+        paths["masks"] = [f"masks/{image.name}/{j}{ext}" for j in range(n_clusters)]
+    return paths
+
+
+def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
+                  fmt: str = "tiff") -> dict:
+    """Label every pixel of one image and write its outputs window by window (a task).
+
+    Returns
+    -------
+    dict
+        ``files`` (kind -> list of [relative path, size in bytes]), ``masked`` (pixel count),
+        ``classes`` (the per-class table), ``seconds``.
+
+    Raises
+    ------
+    ImageReadError
+        A window cannot be read; nothing of this image is left in the output folder.
+    """
+    started = time.perf_counter()
+    header, k = image.header, model.n_clusters
+    reader = image.reader()
+    paths = output_paths(image, outputs, fmt, k)
+    values = tiled.centroid_values(model.native, header.dtype)
+    fill = tiled.fill_values(header.dtype, image.nodata_per_band)
+    sinks = _open_sinks(image, outputs, fmt, paths, values, fill, k)
+    stats, masked_total = _ClassStats(model.native), 0
+    masked_label = tiled.masked_label(k)
+    try:
+        for row, col, h, w in image.windows():
+            pixels, masked = read_masked(*reader, row, col, h, w)
+            labels = _label(pixels, masked, model, masked_label)
+            valid = ~masked.reshape(-1)
+            stats.add(pixels.reshape(-1, pixels.shape[2])[valid], labels.reshape(-1)[valid])
+            masked_total += int(masked.sum())
+            for _, sink in sinks:
+                sink.write(row, col, labels)
+        files: dict[str, list] = {kind: [] for kind in paths}
+        for kind, sink in sinks:
+            files[kind].append([sink.rel, sink.close()])
+    except BaseException:
+        for _, sink in sinks:
+            _abort(sink)
+        raise
+    return {"files": files, "masked": masked_total,
+            "classes": stats.table(image.band_names), "seconds": time.perf_counter() - started}
+
+
+def _label(pixels: np.ndarray, masked: np.ndarray, model: RasterModel,
+           masked_label: int) -> np.ndarray:
+    rows = pixels.reshape(-1, pixels.shape[2])
+    features = model.normalization.apply(rows)
+    features[masked.reshape(-1)] = 0.0  # NaN/inf of masked pixels must not reach the kernel
+    labels, _ = kmeans.assign(features, model.centroids)
+    out = labels.astype(tiled.label_dtype(model.n_clusters)).reshape(masked.shape)
+    out[masked] = masked_label
+    return out
+
+
+class _Sink:
+    """One output (labels, segmented or one mask) written window by window."""
+
+    def __init__(self, rel: str, url: str, transform: Callable[[np.ndarray], np.ndarray],
+                 writer: Any, zarr_url: str | None, storage_options: dict | None):
+        self.rel, self.url, self.transform, self.writer = rel, url, transform, writer
+        self.zarr_url, self.storage_options = zarr_url, storage_options
+
+    def write(self, row: int, col: int, labels: np.ndarray) -> None:
+        block = self.transform(labels)
+        if self.zarr_url is None:
+            self.writer.write(row, col, block)
+        else:
+            tiled.write_zarr_window(self.writer, row, col, block)
+
+    def close(self) -> int:
+        if self.zarr_url is None:
+            return self.writer.close()
+        tiled.mark_complete(self.zarr_url, {"shape": list(self.writer.shape)},
+                            self.storage_options)
+        return _zarr_size(self.zarr_url, self.storage_options)
+
+    def abort(self) -> None:
+        if self.zarr_url is None:
+            self.writer.abort()
+        else:
+            tiled.remove_marker(self.zarr_url, self.storage_options)
+
+
+def _open_sinks(image: RasterImage, outputs: Outputs, fmt: str, paths: dict[str, list[str]],
+                values: np.ndarray, fill: np.ndarray, k: int) -> list[tuple[str, _Sink]]:
+    header = image.header
+    n_bands = values.shape[1]
+    label_type = tiled.label_dtype(k)
+    masked_label = tiled.masked_label(k)
+    nodata_fill = fill[0].item() if len(set(fill.tolist())) == 1 or \
+        all(math.isnan(v) for v in fill.tolist()) else None
+    specs: list[tuple[str, str, Callable, int, Any, float | None]] = []
+    for rel in paths.get("labels", []):
+        specs.append(("labels", rel, lambda lab: lab, 1, label_type, masked_label))
+    for rel in paths.get("segmented", []):
+        specs.append(("segmented", rel, lambda lab: tiled.paint(lab, values, fill), n_bands,
+                      np.dtype(header.dtype), nodata_fill))
+    for j, rel in enumerate(paths.get("masks", [])):
+        specs.append(("masks", rel, lambda lab, j=j: tiled.cluster_mask(lab, j), 1, np.uint8,
+                      None))
+    tile = tiled.tile_for(header.block_shape, header.height, header.width)
+    chunks = rasters.chunk_grid(header, image.chunk_pixels, len(image.selected) + 1)
+    sinks = []
+    try:
+        for kind, rel, transform, bands, dtype, nodata in specs:
+            url = storage.join(outputs.dir, rel)
+            if fmt == "zarr":
+                shape = (header.height, header.width) + ((bands,) if bands > 1 else ())
+                zchunks = (chunks[0][0], chunks[1][0]) + ((bands,) if bands > 1 else ())
+                writer = tiled.create_zarr(url, shape, dtype, zchunks,
+                                           attrs={"nodata": nodata, "kind": kind},
+                                           storage_options=outputs.storage_options)
+                sinks.append((kind, _Sink(rel, url, transform, writer, url,
+                                          outputs.storage_options)))
+            else:
+                writer = tiled.TiffWriter(url, header.height, header.width, bands, dtype,
+                                          tile=tile, compression=outputs.compression,
+                                          level=outputs.level, nodata=nodata,
+                                          storage_options=outputs.storage_options)
+                sinks.append((kind, _Sink(rel, url, transform, writer, None,
+                                          outputs.storage_options)))
+    except BaseException:
+        for _, sink in sinks:
+            _abort(sink)
+        raise
+    return sinks
+
+
+def _abort(sink: _Sink) -> None:
+    try:
+        sink.abort()
+    except (OSError, StorageError):
+        pass
+
+
+def _zarr_size(url: str, storage_options: dict | None) -> int:
+    if storage.is_url(url):
+        return sum(storage.sizes(url, storage_options).values())
+    return sum(os.path.getsize(os.path.join(folder, name))
+               for folder, _, names in os.walk(url) for name in names)
+
