@@ -22,7 +22,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -352,8 +354,11 @@ def output_paths(image: RasterImage, outputs: Outputs, fmt: str,
 
 
 def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
-                  fmt: str = "tiff") -> dict:
+                  fmt: str = "tiff", max_workers: int = 1) -> dict:
     """Label every pixel of one image and write its outputs window by window (a task).
+
+    ``max_workers`` threads read, label and write windows at once (decoding, the distance
+    kernel and compression release the GIL); at most ``2 * max_workers`` windows are in memory.
 
     Returns
     -------
@@ -373,17 +378,21 @@ def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
     values = tiled.centroid_values(model.native, header.dtype)
     fill = tiled.fill_values(header.dtype, image.nodata_per_band)
     sinks = _open_sinks(image, outputs, fmt, paths, values, fill, k)
-    stats, masked_total = _ClassStats(model.native), 0
+    stats, masked_total = _ClassStats(model.native), [0]
     masked_label = tiled.masked_label(k)
-    try:
-        for row, col, h, w in image.windows():
-            pixels, masked = read_masked(*reader, row, col, h, w)
-            labels = _label(pixels, masked, model, masked_label)
-            valid = ~masked.reshape(-1)
+    lock = threading.Lock()
+
+    def window(row: int, col: int, h: int, w: int) -> None:
+        pixels, masked = read_masked(*reader, row, col, h, w)
+        labels = _label(pixels, masked, model, masked_label)
+        for _, sink in sinks:
+            sink.write(row, col, labels)
+        valid = ~masked.reshape(-1)
+        with lock:
             stats.add(pixels.reshape(-1, pixels.shape[2])[valid], labels.reshape(-1)[valid])
-            masked_total += int(masked.sum())
-            for _, sink in sinks:
-                sink.write(row, col, labels)
+            masked_total[0] += int(masked.sum())
+    try:
+        _each_window(window, image.windows(), max_workers)
         files: dict[str, list] = {kind: [] for kind in paths}
         for kind, sink in sinks:
             files[kind].append([sink.rel, sink.close()])
@@ -391,8 +400,33 @@ def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
         for _, sink in sinks:
             _abort(sink)
         raise
-    return {"files": files, "masked": masked_total,
+    return {"files": files, "masked": masked_total[0],
             "classes": stats.table(image.band_names), "seconds": time.perf_counter() - started}
+
+
+def _each_window(work: Callable[..., None], windows: list[tuple[int, int, int, int]],
+                 max_workers: int) -> None:
+    """``work(*window)`` for every window, by ``max_workers`` threads, at most
+    ``2 * max_workers`` queued; the first error stops the rest and is raised."""
+    if max_workers <= 1:
+        for window in windows:
+            work(*window)
+        return
+    with ThreadPoolExecutor(max_workers) as pool:
+        pending: set = set()
+        try:
+            for window in windows:
+                pending.add(pool.submit(work, *window))
+                if len(pending) >= 2 * max_workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()
+            for future in pending:
+                future.result()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
 
 
 def _label(pixels: np.ndarray, masked: np.ndarray, model: RasterModel,

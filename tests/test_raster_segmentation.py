@@ -40,12 +40,13 @@ def _write(path: str, pixels: np.ndarray, tile=(32, 32), nodata: str | None = No
     return path
 
 
-def _run(images, tmp_path, k=4, fmt="tiff", masks=False, **fit):
+def _run(images, tmp_path, k=4, fmt="tiff", masks=False, workers=1, **fit):
     sample = raster_job.draw_sample(images, 20000, seed=1)
     model = raster_job.fit_model(sample.rows, k, seed=1, band_names=images[0].band_names,
                                  dtypes=(images[0].header.dtype,), **fit)
     outputs = raster_job.Outputs(str(tmp_path / "out"), masks=masks)
-    records = [raster_job.segment_image(image, model, outputs, fmt) for image in images]
+    records = [raster_job.segment_image(image, model, outputs, fmt, workers)
+               for image in images]
     return sample, model, records
 
 
@@ -83,7 +84,7 @@ def test_same_labels_for_chunkings_that_cut_tiles_differently(tmp_path):
     runs = []
     for i, budget in enumerate([16 * 16, 16 * 16 * 6, 1 << 22]):
         image = raster_job.RasterImage(header, chunk_pixels=budget)
-        _, model, _ = _run([image], tmp_path / str(i))
+        _, model, _ = _run([image], tmp_path / str(i), workers=1 + i)
         runs.append((model.centroids, _labels(tmp_path / str(i), "scene")))
     for centroids, labels in runs[1:]:
         assert np.array_equal(centroids, runs[0][0]) and np.array_equal(labels, runs[0][1])
