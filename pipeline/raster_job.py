@@ -327,6 +327,11 @@ class _ClassStats:
             self.squares[:, band] += np.bincount(labels, deviation[:, band] ** 2,
                                                  minlength=k)[:k]
 
+    def merge(self, other: _ClassStats) -> None:
+        self.counts += other.counts
+        self.sums += other.sums
+        self.squares += other.squares
+
     def table(self, band_names: tuple[str, ...]) -> list[dict]:
         total = int(self.counts.sum())
         rows = []
@@ -384,12 +389,11 @@ def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
 
     def window(row: int, col: int, h: int, w: int) -> None:
         pixels, masked = read_masked(*reader, row, col, h, w)
-        labels = _label(pixels, masked, model, masked_label)
+        labels, window_stats = _label(pixels, masked, model, masked_label)
         for _, sink in sinks:
             sink.write(row, col, labels)
-        valid = ~masked.reshape(-1)
         with lock:
-            stats.add(pixels.reshape(-1, pixels.shape[2])[valid], labels.reshape(-1)[valid])
+            stats.merge(window_stats)
             masked_total[0] += int(masked.sum())
     try:
         _each_window(window, image.windows(), max_workers)
@@ -429,15 +433,26 @@ def _each_window(work: Callable[..., None], windows: list[tuple[int, int, int, i
             raise
 
 
+_LABEL_BLOCK = 1 << 16  # pixels per step of `_label`: float64 features stay a few MiB
+
+
 def _label(pixels: np.ndarray, masked: np.ndarray, model: RasterModel,
-           masked_label: int) -> np.ndarray:
+           masked_label: int) -> tuple[np.ndarray, _ClassStats]:
+    """Labels of one window (masked pixels `masked_label`) and its per-class statistics,
+    in blocks of `_LABEL_BLOCK` pixels."""
     rows = pixels.reshape(-1, pixels.shape[2])
-    features = model.normalization.apply(rows)
-    features[masked.reshape(-1)] = 0.0  # NaN/inf of masked pixels must not reach the kernel
-    labels, _ = kmeans.assign(features, model.centroids)
-    out = labels.astype(tiled.label_dtype(model.n_clusters)).reshape(masked.shape)
-    out[masked] = masked_label
-    return out
+    flat_masked = masked.reshape(-1)
+    out = np.empty(len(rows), tiled.label_dtype(model.n_clusters))
+    stats = _ClassStats(model.native)
+    for start in range(0, len(rows), _LABEL_BLOCK):
+        block = rows[start:start + _LABEL_BLOCK]
+        valid = ~flat_masked[start:start + _LABEL_BLOCK]
+        labels, _ = kmeans.assign(model.normalization.apply(block[valid]), model.centroids)
+        part = out[start:start + _LABEL_BLOCK]
+        part[valid] = labels
+        part[~valid] = masked_label
+        stats.add(block[valid], labels)
+    return out.reshape(masked.shape), stats
 
 
 class _Sink:

@@ -672,6 +672,9 @@ class _PageReader:
         page, th, tw = self.page, self.rows, self.cols
         out = np.empty((rows.stop - rows.start, cols.stop - cols.start, len(bands)),
                        page.dtype)
+        # a slice, not a list, when it can be: fancy indexing the last axis is 5x slower
+        pick = slice(bands[0], bands[-1] + 1) \
+            if bands == list(range(bands[0], bands[0] + len(bands))) else bands
         for ty in range(rows.start // th, -(-rows.stop // th)):
             for tx in range(cols.start // tw, -(-cols.stop // tw)):
                 tile = self._segment(ty * self.across + tx, ty, tx)
@@ -679,7 +682,7 @@ class _PageReader:
                 y1, x1 = min((ty + 1) * th, rows.stop), min((tx + 1) * tw, cols.stop)
                 part = tile[y0 - ty * th:y1 - ty * th, x0 - tx * tw:x1 - tx * tw]
                 out[y0 - rows.start:y1 - rows.start, x0 - cols.start:x1 - cols.start] = \
-                    part[..., bands]
+                    part[..., pick]
         return out
 
     def _segment(self, index: int, ty: int, tx: int) -> np.ndarray:
