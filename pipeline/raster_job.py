@@ -319,13 +319,16 @@ class _ClassStats:
         self.squares = np.zeros((k, b))
 
     def add(self, pixels: np.ndarray, labels: np.ndarray) -> None:
-        k = len(self.native)
+        k, n_bands = self.native.shape
         self.counts += np.bincount(labels, minlength=k)[:k]
-        deviation = pixels.astype(np.float64) - self.native[labels]
-        for band in range(deviation.shape[1]):
-            self.sums[:, band] += np.bincount(labels, deviation[:, band], minlength=k)[:k]
-            self.squares[:, band] += np.bincount(labels, deviation[:, band] ** 2,
-                                                 minlength=k)[:k]
+        # band-major, and np.take: row gathers by fancy indexing are 6x slower; no BLAS (its
+        # threads spin on a busy machine, and its sums depend on the block size)
+        deviation = pixels.T.astype(np.float64)
+        deviation -= np.take(self.native.T, labels, axis=1)
+        for band in range(n_bands):
+            values = deviation[band]
+            self.sums[:, band] += np.bincount(labels, values, k)[:k]
+            self.squares[:, band] += np.bincount(labels, values * values, k)[:k]
 
     def merge(self, other: _ClassStats) -> None:
         self.counts += other.counts
@@ -446,12 +449,18 @@ def _label(pixels: np.ndarray, masked: np.ndarray, model: RasterModel,
     stats = _ClassStats(model.native)
     for start in range(0, len(rows), _LABEL_BLOCK):
         block = rows[start:start + _LABEL_BLOCK]
-        valid = ~flat_masked[start:start + _LABEL_BLOCK]
-        labels, _ = kmeans.assign(model.normalization.apply(block[valid]), model.centroids)
         part = out[start:start + _LABEL_BLOCK]
+        valid = ~flat_masked[start:start + _LABEL_BLOCK]
+        if valid.all():
+            labels, _ = kmeans.assign(model.normalization.apply(block), model.centroids)
+            part[:] = labels
+            stats.add(block, labels)
+            continue
+        block = block[valid]
+        labels, _ = kmeans.assign(model.normalization.apply(block), model.centroids)
         part[valid] = labels
         part[~valid] = masked_label
-        stats.add(block[valid], labels)
+        stats.add(block, labels)
     return out.reshape(masked.shape), stats
 
 
