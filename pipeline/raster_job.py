@@ -62,7 +62,7 @@ class RasterImage:
     @property
     def selected(self) -> tuple[int, ...]:
         """The 1-based bands used as features."""
-        mask_band = rasters._mask_band(self.header, self.mask)
+        mask_band = rasters.mask_band_of(self.header, self.mask)
         return tuple(self.bands) if self.bands else tuple(
             b for b in self.header.data_bands if b != mask_band)
 
@@ -72,7 +72,7 @@ class RasterImage:
 
     @property
     def nodata_per_band(self) -> tuple[float | None, ...]:
-        values = rasters._nodata_values(self.header, self.selected, self.mask, self.nodata)
+        values = rasters.nodata_values(self.header, self.selected, self.mask, self.nodata)
         return tuple(None if math.isnan(v) else float(v) for v in values)
 
     def windows(self) -> list[tuple[int, int, int, int]]:
@@ -87,19 +87,19 @@ class RasterImage:
             row += h
         return out
 
-    def reader(self) -> tuple[rasters._Source, np.ndarray, bool]:
+    def reader(self) -> tuple[rasters.WindowSource, np.ndarray, bool]:
         """What a window task needs: the source, nodata per band, whether a mask band is read."""
-        mask_band = rasters._mask_band(self.header, self.mask)
-        source = rasters._source(self.header, self.selected, mask_band)
-        nodata = rasters._nodata_values(self.header, self.selected, self.mask, self.nodata)
+        mask_band = rasters.mask_band_of(self.header, self.mask)
+        source = rasters.window_source(self.header, self.selected, mask_band)
+        nodata = rasters.nodata_values(self.header, self.selected, self.mask, self.nodata)
         return source, nodata, mask_band is not None
 
 
-def read_masked(source: rasters._Source, nodata: np.ndarray, has_mask_band: bool, row: int,
+def read_masked(source: rasters.WindowSource, nodata: np.ndarray, has_mask_band: bool, row: int,
                 col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """One window: pixels (h, w, n_bands) in the file's dtype, and the mask (h, w), bool."""
     raw = rasters.read_window(source, row, col, height, width)
-    masked = rasters._window_mask(raw, nodata, has_mask_band)
+    masked = rasters.window_mask(raw, nodata, has_mask_band)
     return (raw[..., :-1] if has_mask_band else raw), masked
 
 
@@ -132,7 +132,7 @@ def _merge_image(parts: list) -> Any:
     for part in parts:
         if isinstance(part, str):
             return part
-    return rasters._merge_samples(parts)
+    return rasters.merge_samples(parts)
 
 
 def draw_sample(images: list[RasterImage], sample_pixels: int, seed: int) -> Sample:

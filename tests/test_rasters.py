@@ -319,8 +319,9 @@ def test_damaged_tile_names_the_window(tmp_path):
     (header,) = rasters.read_headers(path)  # the header is fine
     array = rasters.pixel_array(header, 16 * 16)
     assert np.array_equal(array[:16].compute()[..., 0], pixels[:16])  # undamaged windows read
-    with pytest.raises(ImageReadError, match=r"bad.tif: damaged data in tile 5 \(y 16-31, x 16-31\) of "
-                                             r"the window at y 16-31, x 16-31 \(.*\); fix or remove it"):
+    with pytest.raises(ImageReadError, match=r"bad.tif: damaged data in tile 5 \(y 16-31, "
+                                             r"x 16-31\) of the window at y 16-31, x 16-31 "
+                                             r"\(.*\); fix or remove it"):
         array.compute(scheduler="synchronous")
 
 
@@ -521,7 +522,8 @@ def test_out_of_core_read_and_write_under_a_memory_cap(tmp_path):
                 yield _scene_tile(y, x)
 
     tifffile.imwrite(path, tiles(), shape=(height, width, 2), dtype=np.uint16,
-                     tile=(256, 256), compression="zlib", photometric="minisblack", planarconfig="contig",
+                     tile=(256, 256), compression="zlib", photometric="minisblack",
+                     planarconfig="contig",
                      extratags=[(GDAL_NODATA, "s", 0, "0", True)])
     out = str(tmp_path / "labels.tif")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))

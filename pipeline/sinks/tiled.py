@@ -326,7 +326,8 @@ class TiffWriter:
         photometric = 3 if palette else (2 if rgb else 1)
         offset_type = _LONG8 if self.big else _LONG
         tags = [(256, _LONG, [self.width]), (257, _LONG, [self.height]),
-                (258, _SHORT, [bits] * self.bands), (259, _SHORT, [_COMPRESSION[self.compression]]),
+                (258, _SHORT, [bits] * self.bands),
+                (259, _SHORT, [_COMPRESSION[self.compression]]),
                 (262, _SHORT, [photometric]), (277, _SHORT, [self.bands]),
                 (284, _SHORT, [1]), (322, _LONG, [self.tile[1]]), (323, _LONG, [self.tile[0]]),
                 (324, offset_type, self.offsets.tolist()),
@@ -458,10 +459,10 @@ def create_zarr(url: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int,
     completion marker is removed first, so a half-rewritten store never looks complete."""
     import zarr
 
-    from pipeline.sources.rasters import _zarr_store
+    from pipeline.sources.rasters import zarr_store
 
     remove_marker(url, storage_options)
-    store = _zarr_store(url, storage_options, read_only=False)
+    store = zarr_store(url, storage_options, read_only=False)
     array = zarr.create_array(store=store, shape=shape, dtype=dtype, chunks=chunks,
                               fill_value=fill_value, overwrite=True,
                               dimension_names=("y", "x", "band")[:len(shape)])

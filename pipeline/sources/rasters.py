@@ -10,8 +10,8 @@ and OME-Zarr (NGFF) multiscale images through `zarr` 3; both are seen as zarr ar
 header per image plane.  `pixel_array` turns a header into a dask array of shape
 (height, width, bands) in the file's own dtype, one task per window; windows are whole tiles,
 strips or zarr chunks merged up to a pixel budget (`chunk_grid`).  Each task carries the path
-and its window (a small `_Source`), never pixels.  `mask_array` gives the matching boolean mask
-(True: masked) from the same read tasks.  `sample_pixels` draws a sample whose positions depend
+and its window (a small `WindowSource`), never pixels.  `mask_array` gives the matching
+boolean mask (True: masked) from the same read tasks.  `sample_pixels` draws a sample whose positions depend
 only on (seed, image key, pixel position), never on the chunking.
 
 Planes.  A stack with axes other than Y, X and the band axis (Z, T, an image sequence I...)
@@ -306,7 +306,7 @@ def _tiff_band_names(tif: Any, page: Any) -> list[str] | None:
     return None
 
 
-def _zarr_store(path: str, storage_options: dict | None, read_only: bool = True) -> Any:
+def zarr_store(path: str, storage_options: dict | None, read_only: bool = True) -> Any:
     import zarr.storage
 
     if storage.is_url(path):
@@ -322,7 +322,7 @@ def _zarr_open(path: str, storage_options: dict | None) -> Any:
     import zarr
 
     try:
-        return zarr.open(store=_zarr_store(path, storage_options), mode="r")
+        return zarr.open(store=zarr_store(path, storage_options), mode="r")
     except (ConfigError, StorageError):
         raise
     except FileNotFoundError as exc:
@@ -368,9 +368,10 @@ def _zarr_meta(path: str, level: int, storage_options: dict | None) -> dict:
             arrays = sorted(node.array_keys())
             if len(arrays) != 1:
                 listed = ", ".join(arrays[:5]) or "none"
+                example = f"{path.rstrip('/')}/{arrays[0] if arrays else 'name'}"
                 raise ImageReadError(f"{path}: a zarr group with {len(arrays)} arrays "
                                      f"({listed}) and no multiscales metadata; name one "
-                                     f"array, e.g. {path.rstrip('/')}/{arrays[0] if arrays else 'x'}")
+                                     f"array, e.g. {example}")
             array_path = arrays[0]
         try:
             array = node[array_path]
@@ -562,7 +563,7 @@ def _split(total: int, size: int) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class _Source:
+class WindowSource:
     """What a read task needs: small, picklable, no open handles."""
 
     path: str
@@ -581,8 +582,10 @@ class _Source:
     storage_options: dict | None = field(default=None, compare=False)
 
 
-def _source(header: RasterHeader, bands: tuple[int, ...] | None,
-            mask_band: int | None) -> _Source:
+def window_source(header: RasterHeader, bands: tuple[int, ...] | None,
+                  mask_band: int | None) -> WindowSource:
+    """The read task's argument: the 1-based ``bands`` (default every band but alpha) and the
+    mask band (last), checked against the file."""
     bands = tuple(bands) if bands else header.data_bands
     for band in bands + ((mask_band,) if mask_band else ()):
         if not 1 <= band <= header.count:
@@ -590,9 +593,10 @@ def _source(header: RasterHeader, bands: tuple[int, ...] | None,
                               f"({header.count} bands, numbered from 1)")
     read = tuple(b - 1 for b in bands) + ((mask_band - 1,) if mask_band else ())
     icc = header.icc_profile if len(bands) == 3 else None
-    return _Source(header.path, header.format, header.axes, header.plane, read, header.series,
-                   header.level, header.array_path, header.orientation, header.height,
-                   header.width, icc, header.mtime_ns, header.storage_options)
+    return WindowSource(header.path, header.format, header.axes, header.plane, read,
+                        header.series, header.level, header.array_path, header.orientation,
+                        header.height, header.width, icc, header.mtime_ns,
+                        header.storage_options)
 
 
 _CACHE: OrderedDict = OrderedDict()
@@ -600,7 +604,7 @@ _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 8  # open files per process; a hyperstack's planes share one
 
 
-def _array(source: _Source) -> Any:
+def _array(source: WindowSource) -> Any:
     """The stored array as a zarr array, opened once per process (LRU)."""
     key = (source.path, source.format, source.series, source.level, source.array_path,
            source.axes, source.mtime_ns)
@@ -617,7 +621,7 @@ def _array(source: _Source) -> Any:
     return opened[0]
 
 
-def _open_array(source: _Source) -> tuple[Any, Any]:
+def _open_array(source: WindowSource) -> tuple[Any, Any]:
     """A reader for the source (`_PageReader` for a single-page TIFF image, which decodes its
     tiles or strips directly, else `_ZarrReader`) and how to close it."""
     import zarr
@@ -743,7 +747,7 @@ def forget_open_files() -> None:
             closer()
 
 
-def read_window(source: _Source, row: int, col: int, height: int, width: int) -> np.ndarray:
+def read_window(source: WindowSource, row: int, col: int, height: int, width: int) -> np.ndarray:
     """One window's pixels, shape (height, width, len(source.bands)), the file's dtype.
 
     Raises
@@ -776,7 +780,7 @@ def read_window(source: _Source, row: int, col: int, height: int, width: int) ->
     return np.ascontiguousarray(pixels)
 
 
-def _stored_window(source: _Source, row: int, col: int, height: int,
+def _stored_window(source: WindowSource, row: int, col: int, height: int,
                    width: int) -> tuple[slice, slice, Any]:
     """The stored rows and columns of a window of the oriented image, and how to turn the
     stored block into the oriented one (TIFF Orientation 1-8, as Pillow's exif_transpose)."""
@@ -854,7 +858,7 @@ def _graph_array(function: Any, args: tuple, chunks: tuple[tuple[int, ...], ...]
     return da.Array(graph, name, chunks, dtype=dtype)
 
 
-def _mask_band(header: RasterHeader, mask: str) -> int | None:
+def mask_band_of(header: RasterHeader, mask: str) -> int | None:
     """The 1-based band whose zeros mask pixels, from ``input.mask``."""
     if mask == "none":
         return None
@@ -879,10 +883,10 @@ def raw_array(header: RasterHeader, chunk_pixels: int, bands: tuple[int, ...] | 
               mask: str = "auto") -> da.Array:
     """The selected bands, then the mask band if ``mask`` picks one, in one read per window:
     dask array of shape (height, width, n_bands [+ 1]), the file's dtype."""
-    mask_band = _mask_band(header, mask)
+    mask_band = mask_band_of(header, mask)
     if bands is None and mask_band is not None:
         bands = tuple(b for b in header.data_bands if b != mask_band)
-    source = _source(header, bands, mask_band)
+    source = window_source(header, bands, mask_band)
     chunks = chunk_grid(header, chunk_pixels, len(source.bands))
     return _graph_array(read_window, (source,), chunks + ((len(source.bands),),),
                         np.dtype(header.dtype), "raster-read")
@@ -908,7 +912,7 @@ def pixel_array(header: RasterHeader, chunk_pixels: int, bands: tuple[int, ...] 
     dask.array.Array of shape (height, width, n_bands), the file's dtype
     """
     raw = raw_array(header, chunk_pixels, bands, mask)
-    if _mask_band(header, mask) is None:
+    if mask_band_of(header, mask) is None:
         return raw
     return raw[..., :-1]
 
@@ -929,15 +933,15 @@ def mask_array(header: RasterHeader, chunk_pixels: int, bands: tuple[int, ...] |
     dask.array.Array of shape (height, width), bool
     """
     raw = raw_array(header, chunk_pixels, bands, mask)
-    mask_band = _mask_band(header, mask)
+    mask_band = mask_band_of(header, mask)
     selected = tuple(bands) if bands else tuple(
         b for b in header.data_bands if b != mask_band)
-    values = _nodata_values(header, selected, mask, nodata)
-    return raw.map_blocks(_window_mask, values, mask_band is not None, drop_axis=2,
+    values = nodata_values(header, selected, mask, nodata)
+    return raw.map_blocks(window_mask, values, mask_band is not None, drop_axis=2,
                           dtype=bool, name="raster-mask-" + raw.name.split("-", 2)[-1])
 
 
-def _nodata_values(header: RasterHeader, bands: tuple[int, ...], mask: str,
+def nodata_values(header: RasterHeader, bands: tuple[int, ...], mask: str,
                    nodata: float | tuple[float, ...] | None) -> np.ndarray:
     """float64 per selected band; NaN: no nodata value."""
     if nodata is not None:
@@ -954,7 +958,7 @@ def _nodata_values(header: RasterHeader, bands: tuple[int, ...], mask: str,
                      for b in bands], dtype=np.float64)
 
 
-def _window_mask(raw: np.ndarray, nodata: np.ndarray, has_mask_band: bool) -> np.ndarray:
+def window_mask(raw: np.ndarray, nodata: np.ndarray, has_mask_band: bool) -> np.ndarray:
     pixels = raw[..., :-1] if has_mask_band else raw
     masked = raw[..., -1] == 0 if has_mask_band else np.zeros(raw.shape[:2], dtype=bool)
     floats = pixels.dtype.kind == "f"
@@ -1093,10 +1097,10 @@ def sample_pixels(pixels: da.Array, masked: da.Array, seed: int, key: int,
             parts.append(part)
             col += w
         row += h
-    return dask.delayed(_merge_samples, pure=True)(parts)
+    return dask.delayed(merge_samples, pure=True)(parts)
 
 
-def _merge_samples(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def merge_samples(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     positions = np.concatenate([p for p, _ in parts])
     pixels = np.concatenate([v for _, v in parts])
     order = np.argsort(positions, kind="stable")
