@@ -11,8 +11,8 @@ header per image plane.  `pixel_array` turns a header into a dask array of shape
 (height, width, bands) in the file's own dtype, one task per window; windows are whole tiles,
 strips or zarr chunks merged up to a pixel budget (`chunk_grid`).  Each task carries the path
 and its window (a small `WindowSource`), never pixels.  `mask_array` gives the matching
-boolean mask (True: masked) from the same read tasks.  `sample_pixels` draws a sample whose positions depend
-only on (seed, image key, pixel position), never on the chunking.
+boolean mask (True: masked) from the same read tasks.  `sample_pixels` draws a sample whose
+positions depend only on (seed, image key, pixel position), never on the chunking.
 
 Planes.  A stack with axes other than Y, X and the band axis (Z, T, an image sequence I...)
 gives one image per plane, named ``<name>/<axis><index>_...`` with 1-based indices zero-padded
