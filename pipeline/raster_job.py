@@ -398,14 +398,18 @@ def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
         with lock:
             stats.merge(window_stats)
             masked_total[0] += int(masked.sum())
+    closed: list[_Sink] = []
     try:
         _each_window(window, image.windows(), max_workers)
         files: dict[str, list] = {kind: [] for kind in paths}
         for kind, sink in sinks:
             files[kind].append([sink.rel, sink.close()])
+            closed.append(sink)
     except BaseException:
         for _, sink in sinks:
             _abort(sink)
+        for sink in closed:  # an image has all its outputs or none
+            _remove(sink)
         raise
     return {"files": files, "masked": masked_total[0],
             "classes": stats.table(image.band_names), "seconds": time.perf_counter() - started}
@@ -541,6 +545,19 @@ def _open_sinks(image: RasterImage, outputs: Outputs, fmt: str, paths: dict[str,
 def _abort(sink: _Sink) -> None:
     try:
         sink.abort()
+    except (OSError, StorageError):
+        pass
+
+
+def _remove(sink: _Sink) -> None:
+    """Delete an output that was complete (a later one of its image failed)."""
+    try:
+        if sink.zarr_url is not None:
+            tiled.remove_marker(sink.zarr_url, sink.storage_options)
+        elif storage.is_url(sink.url):
+            storage.remove(sink.url, sink.storage_options)
+        else:
+            os.unlink(sink.url)
     except (OSError, StorageError):
         pass
 

@@ -217,3 +217,23 @@ def test_sample_pass_runs_on_a_cluster_with_the_same_result(tmp_path, local_clus
     with Client(local_cluster):
         remote = raster_job.draw_sample([image], 5000, seed=2)
     assert np.array_equal(local.rows, remote.rows)
+
+
+def test_an_image_that_fails_while_segmenting_leaves_no_outputs(tmp_path):
+    pixels, _ = _scene(seed=11)
+    path = _write(str(tmp_path / "late.tif"), pixels)
+    (header,) = rasters.read_headers(path)
+    image = raster_job.RasterImage(header, chunk_pixels=32 * 32)
+    sample = raster_job.draw_sample([image], 5000, seed=0)
+    model = raster_job.fit_model(sample.rows, 3)
+    with tifffile.TiffFile(path) as tif:  # damaged after the sample pass read it
+        offset, count = tif.pages[0].dataoffsets[9], tif.pages[0].databytecounts[9]
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\x00" * count)
+    rasters.forget_open_files()
+    outputs = raster_job.Outputs(str(tmp_path / "out"), masks=True)
+    with pytest.raises(rasters.ImageReadError, match=r"late.tif: damaged data in tile 9"):
+        raster_job.segment_image(image, model, outputs, "tiff", max_workers=2)
+    left = [os.path.join(d, f) for d, _, names in os.walk(tmp_path / "out") for f in names]
+    assert left == []
