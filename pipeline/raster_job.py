@@ -361,12 +361,78 @@ def output_paths(image: RasterImage, outputs: Outputs, fmt: str,
     return paths
 
 
+@dataclass(frozen=True)
+class Display:
+    """Three bands shown as RGB (0-based among the selected bands), each stretched linearly
+    from its 2 % to its 98 % value in the sample (``preprocess.display_bands``)."""
+
+    bands: tuple[int, int, int]
+    low: tuple[float, float, float]
+    high: tuple[float, float, float]
+
+    def to_rgb(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (..., n_bands) in native units -> (..., 3) uint8."""
+        picked = values[..., list(self.bands)].astype(np.float64)
+        span = np.maximum(np.asarray(self.high) - np.asarray(self.low), 1e-12)
+        scaled = (picked - np.asarray(self.low)) / span * 255.0
+        return np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8)
+
+
+def display_for(image: RasterImage, sample_rows: np.ndarray,
+                display_bands: tuple[int, ...] | None = None) -> Display:
+    """The display of one image: ``display_bands`` (1-based, among the selected bands), else the
+    bands named red, green and blue, else the first three (one band: grey)."""
+    names = [n.lower() for n in image.band_names]
+    if display_bands:
+        bands = [b - 1 for b in display_bands]
+        if len(bands) != 3 or not all(0 <= b < len(names) for b in bands):
+            raise ConfigError(f"preprocess.display_bands: give 3 bands from 1 to {len(names)} "
+                              f"for {image.header.path}, got {list(display_bands)}")
+    elif all(c in names for c in ("red", "green", "blue")):
+        bands = [names.index(c) for c in ("red", "green", "blue")]
+    else:
+        bands = ([0, 1, 2] if len(names) >= 3 else [0, 0, 0])
+    if len(sample_rows):
+        low, high = np.percentile(sample_rows[:, bands], [2, 98], axis=0)
+    else:
+        low, high = np.zeros(3), np.ones(3)
+    return Display(tuple(bands), tuple(map(float, low)), tuple(map(float, high)))
+
+
+class _Overview:
+    """A nearest-neighbour overview of an image (display RGB and labels) on a fixed global
+    grid of every ``step``-th pixel, filled window by window (so the same for any chunking)."""
+
+    SIDE = 640
+
+    def __init__(self, height: int, width: int, display: Display, masked_label: int):
+        self.step = max(1, -(-max(height, width) // self.SIDE))
+        self.display = display
+        shape = (-(-height // self.step), -(-width // self.step))
+        self.rgb = np.zeros(shape + (3,), np.uint8)
+        self.labels = np.full(shape, masked_label, np.uint16)
+
+    def add(self, row: int, col: int, pixels: np.ndarray, labels: np.ndarray) -> None:
+        step = self.step
+        ys = np.arange(-(-row // step) * step, row + labels.shape[0], step)
+        xs = np.arange(-(-col // step) * step, col + labels.shape[1], step)
+        if not len(ys) or not len(xs):
+            return
+        grid = np.ix_(ys - row, xs - col)
+        self.rgb[np.ix_(ys // step, xs // step)] = self.display.to_rgb(pixels[grid])
+        self.labels[np.ix_(ys // step, xs // step)] = labels[grid]
+
+
 def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
-                  fmt: str = "tiff", max_workers: int = 1) -> dict:
+                  fmt: str = "tiff", max_workers: int = 1, display: Display | None = None,
+                  write_thumbs: Callable[..., Any] | None = None) -> dict:
     """Label every pixel of one image and write its outputs window by window (a task).
 
     ``max_workers`` threads read, label and write windows at once (decoding, the distance
     kernel and compression release the GIL); at most ``2 * max_workers`` windows are in memory.
+    With ``display``, an overview (at most 640 px a side) of the image and of its labels is
+    filled on the way and handed to ``write_thumbs(overview_rgb, overview_labels, palette)``
+    (palette: each centroid through ``display``, (k, 3) uint8); its result is ``thumbs``.
 
     Returns
     -------
@@ -389,12 +455,16 @@ def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
     stats, masked_total = _ClassStats(model.native), [0]
     masked_label = tiled.masked_label(k)
     lock = threading.Lock()
+    overview = _Overview(header.height, header.width, display, masked_label) \
+        if display is not None else None
 
     def window(row: int, col: int, h: int, w: int) -> None:
         pixels, masked = read_masked(*reader, row, col, h, w)
         labels, window_stats = _label(pixels, masked, model, masked_label)
         for _, sink in sinks:
             sink.write(row, col, labels)
+        if overview is not None:
+            overview.add(row, col, pixels, labels)
         with lock:
             stats.merge(window_stats)
             masked_total[0] += int(masked.sum())
@@ -411,8 +481,13 @@ def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
         for sink in closed:  # an image has all its outputs or none
             _remove(sink)
         raise
-    return {"files": files, "masked": masked_total[0],
-            "classes": stats.table(image.band_names), "seconds": time.perf_counter() - started}
+    result = {"files": files, "masked": masked_total[0],
+              "classes": stats.table(image.band_names)}
+    if overview is not None and write_thumbs is not None:
+        palette = display.to_rgb(model.native)
+        result["thumbs"] = write_thumbs(overview.rgb, overview.labels, palette)
+    result["seconds"] = time.perf_counter() - started
+    return result
 
 
 def _each_window(work: Callable[..., None], windows: list[tuple[int, int, int, int]],

@@ -237,3 +237,31 @@ def test_an_image_that_fails_while_segmenting_leaves_no_outputs(tmp_path):
         raster_job.segment_image(image, model, outputs, "tiff", max_workers=2)
     left = [os.path.join(d, f) for d, _, names in os.walk(tmp_path / "out") for f in names]
     assert left == []
+
+
+def test_overview_shows_display_bands_stretched_for_any_chunking(tmp_path):
+    pixels, truth = _scene(200, 150, seed=12)
+    (header,) = rasters.read_headers(_write(str(tmp_path / "o.tif"), pixels, tile=(16, 16)))
+    shown = []
+    for budget in (16 * 16, 1 << 22):
+        image = raster_job.RasterImage(header, chunk_pixels=budget)
+        sample = raster_job.draw_sample([image], 5000, seed=0)
+        model = raster_job.fit_model(sample.rows, 4, seed=0)
+        display = raster_job.display_for(image, sample.rows, (4, 2, 1))
+        got = {}
+        raster_job.segment_image(image, model, raster_job.Outputs(str(tmp_path / str(budget))),
+                                 display=display,
+                                 write_thumbs=lambda rgb, lab, pal: got.update(
+                                     rgb=rgb, lab=lab, pal=pal) or ["thumbs"])
+        shown.append(got)
+    assert np.array_equal(shown[0]["rgb"], shown[1]["rgb"])
+    assert np.array_equal(shown[0]["lab"], shown[1]["lab"])
+    rgb = shown[0]["rgb"]
+    assert rgb.shape == (200, 150, 3) and rgb.dtype == np.uint8  # small: every pixel
+    expected = raster_job.Display((3, 1, 0), display.low, display.high).to_rgb(pixels)
+    assert np.array_equal(rgb, expected)
+    assert shown[0]["pal"].shape == (4, 3)
+    low = np.percentile(pixels.reshape(-1, 5)[:, 3], 2)
+    assert abs(display.low[0] - low) < 60  # the sample's 2 % point of band 4
+    with pytest.raises(raster_job.ConfigError, match=r"preprocess.display_bands: give 3 bands"):
+        raster_job.display_for(image, sample.rows, (1, 9, 2))
