@@ -165,6 +165,31 @@ def draw_sample(images: list[RasterImage], sample_pixels: int, seed: int) -> Sam
     return Sample(np.concatenate(rows) if rows else np.empty((0, n_bands)), counts, failed)
 
 
+def sample_image(image: RasterImage, n_sample: int, seed: int) -> np.ndarray:
+    """One image's sample, read here window by window (no dask: for a task that fits one
+    image): the same rows, in the same order, as `draw_sample` draws for it alone.
+
+    Returns
+    -------
+    ndarray of shape (m, n_bands), float64, native units
+
+    Raises
+    ------
+    ImageReadError
+        A window cannot be read.
+    """
+    reader = image.reader()
+    rate = min(1.0, n_sample / max(1, image.header.n_pixels))
+    key = rasters.sample_key(image.name)
+    parts = []
+    for window in image.windows():
+        part = _sample_window(reader, window, image.header.width, seed, key, rate)
+        if isinstance(part, str):
+            raise ImageReadError(part)
+        parts.append(part)
+    return rasters.merge_samples(parts)[1].astype(np.float64)
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. Fit
 
@@ -217,6 +242,32 @@ class RasterModel:
                    tuple(doc.get("dtypes") or ["uint8"]), float(doc.get("inertia", 0.0)),
                    float(doc.get("unexplained_variance", 0.0)), int(doc.get("n_iter", 0)),
                    bool(doc.get("converged", False)), list(doc.get("auto_k", [])))
+
+
+def check_model(doc: dict, image: RasterImage, normalize: str | None = None) -> RasterModel:
+    """A saved raster model, if it fits ``image`` (``apply``, ``kmeans.init``).
+
+    Raises
+    ------
+    ConfigError
+        One line: the model is not a raster model, or has other bands, another dtype or (when
+        ``normalize`` is given) another normalisation than the job.
+    """
+    where = image.header.path
+    if doc.get("kind") != MODEL_KIND:
+        raise ConfigError(f"the model is an RGB colour palette, but {where} is a raster of "
+                          f"{len(image.selected)} bands; fit a model on rasters")
+    model = RasterModel.from_dict(doc)
+    if model.n_bands != len(image.selected):
+        raise ConfigError(f"the model has {model.n_bands} bands, {where} has "
+                          f"{len(image.selected)} (input.bands); use a model of the same bands")
+    if model.dtypes and image.header.dtype not in model.dtypes:
+        raise ConfigError(f"the model was fitted on {', '.join(model.dtypes)} data, {where} is "
+                          f"{image.header.dtype}; use a model of the same data type")
+    if normalize is not None and normalize != model.normalization.method:
+        raise ConfigError(f"the model normalises with {model.normalization.method!r}, the job "
+                          f"has preprocess.normalize: {normalize!r}; use the model's")
+    return model
 
 
 def fit_model(sample: np.ndarray, n_clusters: int | str, *, normalize: str = "none",

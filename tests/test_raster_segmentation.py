@@ -265,3 +265,31 @@ def test_overview_shows_display_bands_stretched_for_any_chunking(tmp_path):
     assert abs(display.low[0] - low) < 60  # the sample's 2 % point of band 4
     with pytest.raises(raster_job.ConfigError, match=r"preprocess.display_bands: give 3 bands"):
         raster_job.display_for(image, sample.rows, (1, 9, 2))
+
+
+def test_one_image_alone_samples_as_the_collection_pass_does(tmp_path):
+    pixels, _ = _scene(seed=13)
+    (header,) = rasters.read_headers(_write(str(tmp_path / "s.tif"), pixels, nodata="0"))
+    image = raster_job.RasterImage(header, chunk_pixels=32 * 32)
+    assert np.array_equal(raster_job.sample_image(image, 3000, 5),
+                          raster_job.draw_sample([image], 3000, 5).rows)
+
+
+def test_a_saved_model_is_refused_for_other_bands_dtype_or_normalisation(tmp_path):
+    pixels, _ = _scene(seed=14)
+    (header,) = rasters.read_headers(_write(str(tmp_path / "m.tif"), pixels))
+    image = raster_job.RasterImage(header)
+    sample = raster_job.draw_sample([image], 3000, 0)
+    doc = raster_job.fit_model(sample.rows, 3, normalize="robust",
+                               dtypes=("uint16",)).to_dict()
+    assert raster_job.check_model(doc, image, "robust").n_clusters == 3
+    with pytest.raises(raster_job.ConfigError, match=r"the model has 5 bands, .*m.tif has 2"):
+        raster_job.check_model(doc, raster_job.RasterImage(header, bands=(1, 2)))
+    with pytest.raises(raster_job.ConfigError, match=r"normalises with 'robust', the job has "
+                                                     r"preprocess.normalize: 'none'"):
+        raster_job.check_model(doc, image, "none")
+    with pytest.raises(raster_job.ConfigError, match=r"fitted on uint16 data, .* is float32"):
+        other = _write(str(tmp_path / "f.tif"), pixels.astype(np.float32))
+        raster_job.check_model(doc, raster_job.RasterImage(rasters.read_headers(other)[0]))
+    with pytest.raises(raster_job.ConfigError, match=r"an RGB colour palette"):
+        raster_job.check_model({"centroids": [[1, 2, 3]]}, image)
