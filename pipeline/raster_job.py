@@ -694,3 +694,60 @@ def _zarr_size(url: str, storage_options: dict | None) -> int:
     return sum(os.path.getsize(os.path.join(folder, name))
                for folder, _, names in os.walk(url) for name in names)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks, as the driver computes them: a result dict per image, errors as values
+
+
+def segment_task(image: RasterImage, model: RasterModel, outputs: Outputs, fmt: str,
+                 max_workers: int = 1, display: Display | None = None,
+                 write_thumbs: Callable[..., Any] | None = None) -> dict:
+    """`segment_image` with its failures as values: ``{"error": reason}`` for an image that
+    cannot be read (skipped or failed by ``on_error``), and ``output_error: True`` with the
+    reason when an output cannot be written (the run stops)."""
+    try:
+        result = segment_image(image, model, outputs, fmt, max_workers, display, write_thumbs)
+    except ImageReadError as exc:
+        return {"error": str(exc)}
+    except StorageError as exc:
+        return {"error": str(exc), "output_error": True}
+    except OSError as exc:
+        return {"error": f"cannot write the outputs of {image.header.path} to "
+                         f"{outputs.dir!r} ({exc.strerror or exc}); free space or fix the "
+                         "folder, then rerun with output.if_exists: resume",
+                "output_error": True}
+    return _entry(result, model)
+
+
+def fit_segment_task(image: RasterImage, fit: dict, outputs: Outputs, fmt: str,
+                     max_workers: int = 1, display_bands: tuple[int, ...] | None = None,
+                     write_thumbs: Callable[..., Any] | None = None) -> dict:
+    """``kmeans.scope: image`` for one raster: sample it, fit its own palette (``fit``: the
+    keyword arguments of `fit_model` plus ``sample_pixels``), segment and write it."""
+    fit = dict(fit)
+    n_sample = fit.pop("sample_pixels")
+    try:
+        rows = sample_image(image, n_sample, fit.get("seed", 0))
+        if not len(rows):
+            return {"error": f"{image.header.path}: every pixel is masked (nodata, NaN or "
+                             "alpha); nothing to segment"}
+        model = fit_model(rows, band_names=image.band_names, dtypes=(image.header.dtype,),
+                          **fit)
+    except ImageReadError as exc:
+        return {"error": str(exc)}
+    display = display_for(image, rows, display_bands) if write_thumbs is not None else None
+    result = segment_task(image, model, outputs, fmt, max_workers, display, write_thumbs)
+    if "error" not in result:
+        result["model"] = model.to_dict()
+    return result
+
+
+def _entry(result: dict, model: RasterModel) -> dict:
+    """A report entry: outputs, per-class counts and table, masked pixels."""
+    entry = {"outputs": result["files"], "masked": result["masked"],
+             "counts": [row["pixels"] for row in result["classes"]],
+             "classes": result["classes"], "seconds": round(result["seconds"], 4)}
+    if "thumbs" in result:
+        entry["outputs"]["thumbs"] = result["thumbs"]
+    return entry

@@ -293,3 +293,24 @@ def test_a_saved_model_is_refused_for_other_bands_dtype_or_normalisation(tmp_pat
         raster_job.check_model(doc, raster_job.RasterImage(rasters.read_headers(other)[0]))
     with pytest.raises(raster_job.ConfigError, match=r"an RGB colour palette"):
         raster_job.check_model({"centroids": [[1, 2, 3]]}, image)
+
+
+def test_tasks_return_failures_as_values(tmp_path):
+    pixels, _ = _scene(seed=15)
+    (header,) = rasters.read_headers(_write(str(tmp_path / "t.tif"), pixels))
+    image = raster_job.RasterImage(header)
+    outputs = raster_job.Outputs(str(tmp_path / "out"))
+    fit = {"n_clusters": 4, "seed": 0, "sample_pixels": 4000}
+    entry = raster_job.fit_segment_task(image, fit, outputs, "tiff")
+    assert entry["model"]["n_clusters"] == 4 and sum(entry["counts"]) == pixels.shape[0] * 128
+    assert entry["outputs"]["labels"][0][0] == "labels/t.tif"
+    blank = np.zeros_like(pixels)
+    (empty,) = rasters.read_headers(_write(str(tmp_path / "e.tif"), blank, nodata="0"))
+    result = raster_job.fit_segment_task(raster_job.RasterImage(empty), fit, outputs, "tiff")
+    assert result["error"].endswith("e.tif: every pixel is masked (nodata, NaN or alpha); "
+                                    "nothing to segment")
+    (tmp_path / "file").write_text("")
+    blocked = raster_job.Outputs(str(tmp_path / "file" / "out"))
+    model = raster_job.RasterModel.from_dict(entry["model"])
+    failed = raster_job.segment_task(image, model, blocked, "tiff")
+    assert failed["output_error"] and "cannot write the outputs of" in failed["error"]
