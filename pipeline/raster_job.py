@@ -119,20 +119,46 @@ class Sample:
 
 def _sample_window(reader: tuple, window: tuple[int, int, int, int], image_width: int,
                    seed: int, key: int, rate: float) -> Any:
+    """(positions, pixels, unmasked pixel count) of one window, or the reason it failed."""
     source, nodata, has_mask_band = reader
     row, col, h, w = window
     try:
         pixels, masked = read_masked(source, nodata, has_mask_band, row, col, h, w)
     except ImageReadError as exc:
         return str(exc)
-    return rasters.sample_window(pixels, masked, row, col, image_width, seed, key, rate)
+    positions, values = rasters.sample_window(pixels, masked, row, col, image_width, seed,
+                                              key, rate)
+    return positions, values, int(masked.size - np.count_nonzero(masked))
 
 
 def _merge_image(parts: list) -> Any:
     for part in parts:
         if isinstance(part, str):
             return part
-    return rasters.merge_samples(parts)
+    positions, values = rasters.merge_samples([(p, v) for p, v, _ in parts])
+    return positions, values, sum(n for _, _, n in parts)
+
+
+ALL_MASKED = "every pixel is masked (nodata, NaN or alpha); nothing to segment"
+
+
+def check_band_counts(images: list[RasterImage]) -> None:
+    """A collection-scope job clusters one feature space: every image must give as many bands.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the first image that differs and both counts (exit 2, before any work).
+    """
+    if not images:
+        return
+    first = images[0]
+    for image in images[1:]:
+        if len(image.selected) != len(first.selected):
+            raise ConfigError(f"{image.header.path}: {len(image.selected)} bands, but "
+                              f"{first.header.path} has {len(first.selected)}; a collection "
+                              "needs one band count: select bands with input.bands, or use "
+                              "kmeans.scope: image")
 
 
 def draw_sample(images: list[RasterImage], sample_pixels: int, seed: int) -> Sample:
@@ -158,6 +184,9 @@ def draw_sample(images: list[RasterImage], sample_pixels: int, seed: int) -> Sam
     for image, result in zip(images, results):
         if isinstance(result, str):
             failed[image.name] = result
+            continue
+        if result[2] == 0:
+            failed[image.name] = f"{image.header.path}: {ALL_MASKED}"
             continue
         counts[image.name] = len(result[1])
         rows.append(result[1].astype(np.float64))
@@ -187,7 +216,7 @@ def sample_image(image: RasterImage, n_sample: int, seed: int) -> np.ndarray:
         if isinstance(part, str):
             raise ImageReadError(part)
         parts.append(part)
-    return rasters.merge_samples(parts)[1].astype(np.float64)
+    return _merge_image(parts)[1].astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -730,8 +759,7 @@ def fit_segment_task(image: RasterImage, fit: dict, outputs: Outputs, fmt: str,
     try:
         rows = sample_image(image, n_sample, fit.get("seed", 0))
         if not len(rows):
-            return {"error": f"{image.header.path}: every pixel is masked (nodata, NaN or "
-                             "alpha); nothing to segment"}
+            return {"error": f"{image.header.path}: {ALL_MASKED}"}
         model = fit_model(rows, band_names=image.band_names, dtypes=(image.header.dtype,),
                           **fit)
     except ImageReadError as exc:

@@ -314,3 +314,20 @@ def test_tasks_return_failures_as_values(tmp_path):
     model = raster_job.RasterModel.from_dict(entry["model"])
     failed = raster_job.segment_task(image, model, blocked, "tiff")
     assert failed["output_error"] and "cannot write the outputs of" in failed["error"]
+
+
+def test_band_counts_must_agree_and_all_nodata_images_are_skipped(tmp_path):
+    pixels, _ = _scene(seed=16)
+    five = raster_job.RasterImage(rasters.read_headers(_write(str(tmp_path / "a.tif"),
+                                                             pixels))[0])
+    three = raster_job.RasterImage(rasters.read_headers(_write(str(tmp_path / "b.tif"),
+                                                              pixels[..., :3]))[0])
+    with pytest.raises(raster_job.ConfigError, match=r"b.tif: 3 bands, but .*a.tif has 5; a "
+                                                     r"collection needs one band count"):
+        raster_job.check_band_counts([five, three])
+    raster_job.check_band_counts([five, raster_job.RasterImage(three.header,
+                                                               bands=(1, 2, 3, 1, 2))])
+    blank = raster_job.RasterImage(rasters.read_headers(
+        _write(str(tmp_path / "c.tif"), np.zeros_like(pixels), nodata="0"))[0])
+    sample = raster_job.draw_sample([five, blank], 4000, 0)
+    assert sample.failed == {"c": f"{blank.header.path}: {raster_job.ALL_MASKED}"}
