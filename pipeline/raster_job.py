@@ -19,6 +19,7 @@ window by window.  The driver hands it the images `pipeline.sources.rasters` lis
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -779,3 +780,21 @@ def _entry(result: dict, model: RasterModel) -> dict:
     if "thumbs" in result:
         entry["outputs"]["thumbs"] = result["thumbs"]
     return entry
+
+
+def thumbs_writer(out_dir: str, name: str, compress_level: int,
+                  storage_options: dict | None) -> Callable[..., list]:
+    """What `segment_image` calls with an image's overview: the report's thumbnails of
+    ``name`` (masked pixels black, as one more palette entry)."""
+    return functools.partial(_write_thumbs, out_dir, name, compress_level, storage_options)
+
+
+def _write_thumbs(out_dir: str, name: str, compress_level: int, storage_options: dict | None,
+                  rgb: np.ndarray, labels: np.ndarray, palette: np.ndarray) -> list:
+    from pipeline.sinks import report
+
+    k = len(palette)
+    shown = np.where(labels >= k, k, labels).astype(np.uint16 if k >= 255 else np.uint8)
+    colours = np.vstack([palette, np.zeros((1, 3), np.uint8)]).astype(np.uint8)
+    return report.write_thumbnails(out_dir, name, rgb, shown, colours, compress_level,
+                                   storage_options)
