@@ -33,14 +33,10 @@ import numpy as np
 
 from pipeline import features as feature_rows
 from pipeline import storage
+from pipeline.engine import kmeans
 from pipeline.errors import ConfigError, ImageReadError, StorageError
 from pipeline.sinks import tiled
 from pipeline.sources import rasters
-
-try:  # the engine's place after issue 10's layout; the module before it
-    from pipeline.engine import kmeans
-except ImportError:  # pragma: no cover - depends on the merge order
-    from pipeline import kmeans  # type: ignore[no-redef]
 
 log = logging.getLogger(__name__)
 MODEL_KIND = "raster"
