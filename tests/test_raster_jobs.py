@@ -161,3 +161,32 @@ def test_raster_keys_change_the_hash_only_when_set(tmp_path):
                                    output={"format": "auto"}))
     other = config.load_config(_job(tmp_path, preprocess={"normalize": "standard"}))
     assert plain.job_hash() == same.job_hash() != other.job_hash()
+
+
+def test_threads_synchronous_and_a_local_cluster_give_the_same_raster_outputs(tmp_path,
+                                                                              local_cluster):
+    import pipeline
+    from distributed import Client
+
+    pixels, _ = _scene(7, 96, 80)
+    pixels[:5, :7] = 0
+    _tiff(tmp_path / "rasters" / "c.tif", pixels, nodata="0")
+    _tiff(tmp_path / "rasters" / "d.tif", _scene(8, 48, 112)[0])
+    job = _job(tmp_path, preprocess={"normalize": "standard"}, output={"masks": True})
+    outputs = []
+    for i, (scheduler, chunk) in enumerate([("synchronous", 1 << 22), ("threads", 256),
+                                           (None, 700)]):
+        overrides = {"output.dir": str(tmp_path / f"out{i}"), "dask.chunk_pixels": chunk}
+        if scheduler:
+            pipeline.run(pipeline.Job.from_yaml(job, overrides, scheduler))
+        else:
+            with Client(local_cluster):
+                pipeline.run(pipeline.Job.from_yaml(job, overrides))
+        model = read_json(tmp_path / f"out{i}", "model.json")
+        labels = {n: tifffile.imread(str(tmp_path / f"out{i}" / "labels" / f"{n}.tif"))
+                  for n in ("c", "d")}
+        outputs.append((model["centroids"], labels))
+    for centroids, labels in outputs[1:]:
+        assert np.array_equal(centroids, outputs[0][0])
+        for name in ("c", "d"):
+            assert np.array_equal(labels[name], outputs[0][1][name])
