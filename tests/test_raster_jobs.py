@@ -190,3 +190,40 @@ def test_threads_synchronous_and_a_local_cluster_give_the_same_raster_outputs(tm
         assert np.array_equal(centroids, outputs[0][0])
         for name in ("c", "d"):
             assert np.array_equal(labels[name], outputs[0][1][name])
+
+
+def test_hyperstack_planes_get_their_own_outputs_and_k_auto_uses_variance(tmp_path):
+    stack = np.stack([_scene(9 + z, 32, 48)[0] for z in range(3)])  # Z Y X C
+    os.makedirs(tmp_path / "rasters")
+    tifffile.imwrite(str(tmp_path / "rasters" / "cells.tif"),
+                     np.moveaxis(stack, -1, 1)[None], imagej=True,
+                     metadata={"axes": "TZCYX"})
+    job = _job(tmp_path, kmeans={"k": "auto", "max_k": 6, "seed": 0})
+    result = run_cli("run", job, "-q")
+    assert result.code == 0, result.err
+    report = read_json(tmp_path / "out")
+    assert [e["name"] for e in report["images"]] == ["cells/z1", "cells/z2", "cells/z3"]
+    assert report["auto_k"]["metric"] == "variance" and report["auto_k"]["k"] == 3
+    for z in (1, 2, 3):
+        labels = tifffile.imread(str(tmp_path / "out" / "labels" / "cells" / f"z{z}.tif"))
+        assert labels.shape == (32, 48) and len(np.unique(labels)) == 3
+    first = run_cli("run", _job(tmp_path, input={"planes": "first"},
+                                output={"dir": "out-first"}), "-q")
+    assert first.code == 0
+    (entry,) = read_json(tmp_path / "out-first")["images"]
+    assert entry["name"] == "cells" and "first plane of 3 used" in entry["notes"][0]
+
+
+def test_models_of_schema_version_1_still_load(tmp_path, collection):
+    from conftest import write_job
+
+    job = write_job(tmp_path)
+    assert run_cli("run", job, "-q").code == 0
+    path = tmp_path / "out" / "model.json"
+    doc = read_json(tmp_path / "out", "model.json")
+    assert doc["schema_version"] == 2
+    doc["schema_version"] = 1  # as written before issue 12
+    path.write_text(__import__("json").dumps(doc))
+    shutil.copytree(tmp_path / "images", tmp_path / "again" / "images")
+    again = write_job(tmp_path / "again")
+    assert run_cli("apply", str(path), again, "-q").code == 0
