@@ -227,3 +227,20 @@ def test_models_of_schema_version_1_still_load(tmp_path, collection):
     shutil.copytree(tmp_path / "images", tmp_path / "again" / "images")
     again = write_job(tmp_path / "again")
     assert run_cli("apply", str(path), again, "-q").code == 0
+
+
+def test_zarr_outputs_resume_by_their_completion_marker(tmp_path):
+    pixels, _ = _scene(12)
+    store = zarr.create_array(str(tmp_path / "rasters" / "z.zarr"), shape=pixels.shape,
+                              chunks=(32, 40, 4), dtype="uint16",
+                              dimension_names=("y", "x", "band"))
+    store[:] = pixels
+    job = _job(tmp_path)
+    assert run_cli("run", job, "-q").code == 0
+    assert run_cli("run", job, "-q").code == 0
+    assert read_json(tmp_path / "out")["images"][0]["resumed"]
+    os.unlink(tmp_path / "out" / "labels" / "z.zarr" / "pipeline-complete.json")
+    assert run_cli("run", job, "-q").code == 0  # an unfinished output is written again
+    (entry,) = read_json(tmp_path / "out")["images"]
+    assert not entry["resumed"]
+    assert os.path.isfile(tmp_path / "out" / "labels" / "z.zarr" / "pipeline-complete.json")
