@@ -615,3 +615,40 @@ def test_rasters_read_and_written_through_urls(tmp_path, s3_bucket):
     assert parts[0]["Size"] > 6 << 20 and "-" in parts[0]["ETag"]  # a multipart ETag
     client.download_file(bucket, "out/big.tif", str(tmp_path / "big.tif"))
     assert np.array_equal(tifffile.imread(str(tmp_path / "big.tif")), big)
+
+
+def test_a_raster_job_from_and_to_object_storage(tmp_path, s3_bucket):
+    """TIFF and a zarr store listed under an s3:// folder, outputs written to s3://."""
+    import yaml
+
+    from conftest import read_json, run_cli
+
+    server, bucket, options = s3_bucket
+    client = server.client()
+    pixels = _image((64, 48, 3), "uint16", seed=9)
+    local = str(tmp_path / "a.tif")
+    tifffile.imwrite(local, pixels, tile=(16, 16), photometric="minisblack",
+                     planarconfig="contig")
+    client.upload_file(local, bucket, "job/in/a.tif")
+    tiled.write_zarr(f"s3://{bucket}/job/in/b.zarr", [(0, 0, pixels)], pixels.shape, "uint16",
+                     (32, 48, 3), storage_options=options)
+    job = {"input": {"paths": [f"s3://{bucket}/job/in/"], "storage_options": options},
+           "kmeans": {"k": 3, "seed": 0},
+           "output": {"dir": f"s3://{bucket}/job/out", "storage_options": options}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    result = run_cli("run", str(path), "-q")
+    assert result.code == 0, result.err
+    client.download_file(bucket, "job/out/report.json", str(tmp_path / "report.json"))
+    report = read_json(tmp_path)
+    assert sorted(e["name"] for e in report["images"]) == ["a", "b"]
+    client.download_file(bucket, "job/out/labels/a.tif", str(tmp_path / "labels-a.tif"))
+    labels = tifffile.imread(str(tmp_path / "labels-a.tif"))
+    assert labels.shape == (64, 48) and labels.max() < 3
+    zarr_labels = zarr.open_array(zarr.storage.FsspecStore.from_url(
+        f"s3://{bucket}/job/out/labels/b.zarr", storage_options=options, read_only=True),
+        mode="r")[:]
+    assert np.array_equal(zarr_labels, labels)
+    assert run_cli("run", str(path), "-q").code == 0  # resume: both complete
+    client.download_file(bucket, "job/out/report.json", str(tmp_path / "report.json"))
+    assert all(e["resumed"] for e in read_json(tmp_path)["images"])
