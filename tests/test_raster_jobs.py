@@ -244,3 +244,23 @@ def test_zarr_outputs_resume_by_their_completion_marker(tmp_path):
     (entry,) = read_json(tmp_path / "out")["images"]
     assert not entry["resumed"]
     assert os.path.isfile(tmp_path / "out" / "labels" / "z.zarr" / "pipeline-complete.json")
+
+
+def test_report_combines_the_per_class_tables_of_every_image(tmp_path):
+    from pipeline.sinks import report
+
+    images = [{"status": "ok", "classes": [
+        {"class": 0, "pixels": 2, "mean": {"b": 1.0}, "std": {"b": 0.0}}]},
+        {"status": "ok", "classes": [
+            {"class": 0, "pixels": 2, "mean": {"b": 3.0}, "std": {"b": 0.0}},
+            {"class": 1, "pixels": 4, "mean": {"b": 10.0}, "std": {"b": 2.0}}]},
+        {"status": "skipped", "classes": None}]
+    table = report.class_table(images)
+    assert [(r["class"], r["pixels"], r["share"]) for r in table] == [(0, 4, 0.5), (1, 4, 0.5)]
+    assert table[0]["mean"] == {"b": 2.0} and table[0]["std"] == {"b": 1.0}
+    assert table[1]["std"] == {"b": 2.0}
+    pixels, _ = _scene(13)
+    _tiff(tmp_path / "rasters" / "h.tif", pixels)
+    assert run_cli("run", _job(tmp_path), "-q").code == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Classes (mean +- std per band" in page and page.count("&plusmn;") == 3 * 4
