@@ -390,6 +390,7 @@ class _ClassStats:
 
     def __init__(self, native: np.ndarray):
         self.native = native
+        self._native_t = np.ascontiguousarray(native.T)
         k, b = native.shape
         self.counts = np.zeros(k, np.int64)
         self.sums = np.zeros((k, b))
@@ -398,14 +399,15 @@ class _ClassStats:
     def add(self, pixels: np.ndarray, labels: np.ndarray) -> None:
         k, n_bands = self.native.shape
         self.counts += np.bincount(labels, minlength=k)[:k]
-        # band-major, and np.take: row gathers by fancy indexing are 6x slower; no BLAS (its
-        # threads spin on a busy machine, and its sums depend on the block size)
-        deviation = pixels.T.astype(np.float64)
-        deviation -= np.take(self.native.T, labels, axis=1)
+        # one contiguous band at a time (strided conversions were most of the cost), and no
+        # BLAS (its threads spin on a busy machine, and its sums depend on the block size)
+        bands = np.ascontiguousarray(pixels.T)
         for band in range(n_bands):
-            values = deviation[band]
+            values = bands[band].astype(np.float64)
+            values -= self._native_t[band].take(labels)
             self.sums[:, band] += np.bincount(labels, values, k)[:k]
-            self.squares[:, band] += np.bincount(labels, values * values, k)[:k]
+            values *= values
+            self.squares[:, band] += np.bincount(labels, values, k)[:k]
 
     def merge(self, other: _ClassStats) -> None:
         self.counts += other.counts
