@@ -607,9 +607,8 @@ def _check_raster_job(cfg: JobConfig, images: list[raster_job.RasterImage]) -> N
     if cfg.preprocess.scale != 1.0:
         raise ConfigError(f"preprocess.scale: rasters are read at full resolution in windows "
                           f"({first}); choose a pyramid level with input.level instead")
-    for image in images:
-        image.selected  # input.mask and input.bands checked against every file now
-        raster_job.RasterImage.reader(image)
+    for image in images:  # input.mask, input.bands and input.nodata checked on every file
+        image.reader()
 
 
 def _raster_max_error(cfg: JobConfig) -> float:
@@ -636,11 +635,13 @@ def _raster_model(record: RunRecord, infos: list[ImageInfo],
                             cfg.output.storage_options) if previous else None
     if saved and saved.get("job_hash") == cfg.job_hash() and saved.get("kind") == "raster":
         return raster_job.RasterModel.from_dict(saved), saved.get("display_range")
-    if km.init_is_model and km.max_iter == 0:
+    init = None
+    if km.init_is_model:
         doc = model.read_model(km.init, cfg.input.storage_options, f"kmeans.init: {km.init}")
         normalize = cfg.preprocess.normalize if "preprocess.normalize" in cfg.given else None
-        fitted = raster_job.check_model(doc, first, normalize)
-        return fitted, doc.get("display_range")
+        init = raster_job.check_model(doc, first, normalize)
+        if km.max_iter == 0:  # apply: the model as it is
+            return init, doc.get("display_range")
     clock = time.perf_counter()
     todo = [info for info in infos if record.status_of(info) != "skipped"]
     phases.phase("sample", len(todo), sum(i.n_pixels for i in todo))
@@ -655,10 +656,13 @@ def _raster_model(record: RunRecord, infos: list[ImageInfo],
                              "fit")
     clock = time.perf_counter()
     phases.phase("fit", len(sample.counts), len(sample.rows))
+    args = _raster_fit_args(cfg)
+    if init is not None:  # start from the model's centroids, in its normalisation
+        args.update(n_clusters=init.n_clusters, normalize=init.normalization.method,
+                    init=init)
     fitted = raster_job.fit_model(sample.rows, band_names=first.band_names,
                                   dtypes=tuple(sorted({images[n].header.dtype
-                                                       for n in sample.counts})),
-                                  **_raster_fit_args(cfg))
+                                                       for n in sample.counts})), **args)
     record.timings["fit"] = time.perf_counter() - clock
     if fitted.auto_k:
         record.auto_k = {"k": fitted.n_clusters, "metric": "variance",

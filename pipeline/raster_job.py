@@ -299,7 +299,7 @@ def check_model(doc: dict, image: RasterImage, normalize: str | None = None) -> 
 def fit_model(sample: np.ndarray, n_clusters: int | str, *, normalize: str = "none",
               seed: int = 0, n_init: int = 3, max_iter: int = 100, tol: float = 1e-4,
               max_error: float = 0.05, max_k: int = 32, band_names: tuple[str, ...] = (),
-              dtypes: tuple[str, ...] = ()) -> RasterModel:
+              dtypes: tuple[str, ...] = (), init: RasterModel | None = None) -> RasterModel:
     """Fit centroids on the sample rows (n, n_bands), native units, float64.
 
     Parameters
@@ -310,6 +310,8 @@ def fit_model(sample: np.ndarray, n_clusters: int | str, *, normalize: str = "no
     tol : float
         Converged when the sum over centroids of the squared shift of one Lloyd step is at most
         ``tol`` times the mean per-band variance of the (normalised) sample.
+    init : RasterModel, optional
+        Start from its centroids and keep its normalisation (``kmeans.init: model.json``).
 
     Raises
     ------
@@ -318,11 +320,18 @@ def fit_model(sample: np.ndarray, n_clusters: int | str, *, normalize: str = "no
     """
     if len(sample) == 0:
         raise ValueError("the sample is empty: every sampled pixel is masked")
-    normalization = feature_rows.Normalization.from_sample(normalize, sample)
+    normalization = init.normalization if init is not None else \
+        feature_rows.Normalization.from_sample(normalize, sample)
     features = normalization.apply(sample)
     weights = np.ones(len(features))
     trials: list[dict] = []
-    if n_clusters == "auto":
+    if init is not None:
+        tol_abs = kmeans.tolerance(features, weights, tol)
+        centroids, steps, converged = kmeans.lloyd(features, weights, init.centroids,
+                                                   max_iter, tol_abs)
+        partial, _, _ = kmeans.partial_sums(features, None, centroids)
+        fit = (centroids, float(partial.inertia), len(steps), converged)
+    elif n_clusters == "auto":
         for k in range(1, max_k + 1):
             fit = _best_fit(features, weights, k, seed, n_init, max_iter, tol)
             error = feature_rows.unexplained_variance(fit[1], features)

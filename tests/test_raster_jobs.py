@@ -264,3 +264,16 @@ def test_report_combines_the_per_class_tables_of_every_image(tmp_path):
     assert run_cli("run", _job(tmp_path), "-q").code == 0
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Classes (mean +- std per band" in page and page.count("&plusmn;") == 3 * 4
+
+
+def test_a_raster_model_as_init_starts_the_fit_from_its_centroids(tmp_path):
+    pixels, _ = _scene(14)
+    _tiff(tmp_path / "rasters" / "i.tif", pixels)
+    assert run_cli("run", _job(tmp_path, preprocess={"normalize": "standard"}), "-q").code == 0
+    saved = read_json(tmp_path / "out", "model.json")
+    job = _job(tmp_path / "again", input={"paths": [str(tmp_path / "rasters")]},
+               kmeans={"init": str(tmp_path / "out" / "model.json"), "k": 3})
+    assert run_cli("run", job, "-q").code == 0
+    refit = read_json(tmp_path / "again" / "out", "model.json")
+    assert refit["normalize"] == saved["normalize"]
+    assert np.allclose(refit["centroids"], saved["centroids"], atol=1e-6)  # already converged
