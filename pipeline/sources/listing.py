@@ -32,11 +32,11 @@ class Listing:
 
 
 def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
-                output_dir: str | None = None, raster_path: bool = True) -> Listing:
+                output_dir: str | None = None, raster_path: bool = False) -> Listing:
     """Find every input file, read its header and give each a unique output name.
 
-    When every input is a raster (``.tif``, ``.tiff``, ``.svs``, ``.btf``, ``.zarr``) and
-    ``raster_path`` (``output.format`` is not png), the headers are read by
+    With ``raster_path`` (a run whose ``output.format`` is not png), when every input is a
+    raster (``.tif``, ``.tiff``, ``.svs``, ``.btf``, ``.zarr``), the headers are read by
     `pipeline.sources.rasters`, one image per plane, and ``Listing.rasters`` says how to read
     each; otherwise every input is a photo (TIFFs too, as 8-bit RGB through Pillow).
 
@@ -60,7 +60,7 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
     """
     from pipeline.sources import rasters
 
-    extensions = readable_extensions() | rasters.EXTENSIONS
+    extensions = readable_extensions() | (rasters.EXTENSIONS if raster_path else frozenset())
     out = storage.Location(output_dir) if output_dir else None
     skip_root = out.canonical() if out else None
     found: dict[str, str] = {}  # realpath -> name (first entry wins)
@@ -123,10 +123,11 @@ def _list_rasters(cfg: InputConfig, named: list[tuple[str, str, bool]], ignored:
             continue
         for header in headers:
             mode = f"{header.count}x{header.dtype}"
-            images.append(ImageInfo(len(images), path, header.name, header.width,
-                                    header.height, header.format.upper(), mode, 1,
-                                    header.size_bytes, header.mtime_ns,
-                                    cfg.storage_options if storage.is_url(path) else None))
+            images.append(ImageInfo(
+                len(images), path, header.name, header.width, header.height,
+                header.format.upper(), mode, size_bytes=header.size_bytes,
+                mtime_ns=header.mtime_ns,
+                storage_options=cfg.storage_options if storage.is_url(path) else None))
             readers[header.name] = raster_job.RasterImage(header, cfg.bands, cfg.mask, nodata)
         if headers and headers[0].note:
             notes.append((path, headers[0].note))
