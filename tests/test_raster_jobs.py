@@ -277,3 +277,24 @@ def test_a_raster_model_as_init_starts_the_fit_from_its_centroids(tmp_path):
     refit = read_json(tmp_path / "again" / "out", "model.json")
     assert refit["normalize"] == saved["normalize"]
     assert np.allclose(refit["centroids"], saved["centroids"], atol=1e-6)  # already converged
+
+
+@pytest.mark.parametrize("on_error, code", [("skip", 3), ("fail", 1)])
+def test_a_damaged_tile_skips_its_raster_or_fails_the_run(tmp_path, on_error, code):
+    pixels, _ = _scene(15)
+    bad = _tiff(tmp_path / "rasters" / "bad.tif", pixels)
+    _tiff(tmp_path / "rasters" / "good.tif", _scene(16)[0])
+    with tifffile.TiffFile(bad) as tif:
+        offset, count = tif.pages[0].dataoffsets[7], tif.pages[0].databytecounts[7]
+    with open(bad, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\x00" * count)
+    result = run_cli("run", _job(tmp_path, input={"on_error": on_error}))
+    assert result.code == code
+    where = "damaged data in tile 7 (y 16-31, x 32-47) of the window at y 0-63, x 0-79"
+    assert any(where in line for line in result.lines), result.err
+    entries = {e["name"]: e for e in read_json(tmp_path / "out")["images"]}
+    if on_error == "skip":
+        assert entries["bad"]["status"] == "skipped" and entries["good"]["status"] == "ok"
+        assert os.path.isfile(tmp_path / "out" / "labels" / "good.tif")
+    assert not os.path.exists(tmp_path / "out" / "labels" / "bad.tif")
