@@ -196,7 +196,8 @@ def validate(job: Job | JobConfig) -> dict:
     from pipeline.sources.listing import list_inputs
 
     cfg = _config(job)
-    listing = list_inputs(cfg.input, cfg.preprocess, cfg.output.dir)
+    listing = list_inputs(cfg.input, cfg.preprocess, cfg.output.dir,
+                          raster_path=cfg.output.format != "png")
     problems = [f"{path}: {reason}" for path, reason in listing.failed]
     if cfg.kmeans.init_is_model:
         try:
@@ -345,7 +346,7 @@ def open_collection(paths: str | os.PathLike | Iterable[str | os.PathLike],
         (pre if key == "scale" else section)[key] = value
     cfg = build_config({"input": section, "preprocess": pre}, "open_collection",
                        base_dir=os.getcwd())
-    listing = list_inputs(cfg.input, cfg.preprocess)
+    listing = list_inputs(cfg.input, cfg.preprocess, raster_path=False)  # 8-bit RGB photos
     if listing.failed and on_error == "fail":
         raise ImageReadError(unreadable_message(listing.failed, listing.images))
     images = Collection(Image(info) for info in listing.images)

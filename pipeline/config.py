@@ -26,7 +26,8 @@ from pipeline.schema import (  # noqa: F401 (re-exported: cluster.py, batch.py i
     MAX_K, ON_ERROR, PERSIST, SCOPES)
 
 _SCHEMA = schema.SECTIONS
-_PYTHON_TYPES = {"integer": "int", "number": "float", "boolean": "bool", "enum": "str",
+_PYTHON_TYPES = {"integer": "int", "integers": "tuple[int, ...]", "number": "float",
+                 "numbers": "float | tuple[float, ...]", "boolean": "bool", "enum": "str",
                  "string": "str", "strings": "tuple[str, ...]", "mapping": "dict",
                  "size": "int | str"}
 
@@ -93,8 +94,9 @@ class JobConfig:
         data = self.to_dict()
         hashed = {}
         for key in schema.KEYS:
-            if key.hashed:
-                hashed.setdefault(key.section, {})[key.name] = data[key.section][key.name]
+            value = data[key.section][key.name]
+            if key.hashed and not (key.hash_if_set and value == key.default):
+                hashed.setdefault(key.section, {})[key.name] = value
         text = json.dumps(hashed, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -343,6 +345,10 @@ def _normalise(key: schema.Key, value: Any, base_dir: str) -> Any:
         return tuple(resolve_path(v, base_dir) for v in items) if key.is_path else tuple(items)
     if key.kind == "number":
         return float(value)
+    if key.kind == "integers" and value is not None:
+        return tuple(value)
+    if key.kind == "numbers" and value is not None:
+        return tuple(map(float, value)) if isinstance(value, list) else float(value)
     if key.is_path and isinstance(value, str) and value not in key.choices:
         return resolve_path(value, base_dir)
     return value

@@ -19,7 +19,7 @@ from typing import Callable
 import dask
 import numpy as np
 
-from pipeline import cluster, fitting, storage, tasks
+from pipeline import cluster, fitting, raster_job, storage, tasks
 from pipeline.engine import kmeans
 from pipeline.config import JobConfig
 from pipeline.errors import (ConfigError, ImageReadError, JobCancelled, OutputError,
@@ -82,7 +82,8 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
     """
     clock = time.perf_counter()
     cfg, init, notes = resolve_init(cfg)  # a wrong model is refused before anything
-    listing = list_inputs(cfg.input, cfg.preprocess, cfg.output.dir)
+    listing = list_inputs(cfg.input, cfg.preprocess, cfg.output.dir,
+                          raster_path=cfg.output.format != "png")
     previous = _prepare_output(cfg)
     record = RunRecord.of_listing(cfg, listing, job_id, notes)
     phases = _Phases(record, progress or _Silent(), cancelled)
@@ -97,7 +98,9 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
         _resume(record, previous, listing.images)
         if not listing.images:
             raise ImageReadError(_nothing_usable(record))
-        if cfg.kmeans.scope == "collection":
+        if listing.rasters:  # issue 12: N-band rasters, read and written in windows
+            _run_rasters(record, listing, previous, phases, written)
+        elif cfg.kmeans.scope == "collection":
             outcome, good = _fit(record, listing.images, previous, phases, init, kept)
             _segment(record, good, outcome, phases, kept, written)
         else:  # one palette per image: each task fits, segments and writes its image
@@ -142,6 +145,9 @@ def resolve_init(cfg: JobConfig) -> tuple[JobConfig, np.ndarray | None, list[str
     """A model named by kmeans.init fixes k: its palette wins over the job's kmeans.k."""
     km = cfg.kmeans
     if not km.init_is_model:
+        return cfg, None, []
+    doc = model.read_model(km.init, cfg.input.storage_options, f"kmeans.init: {km.init}")
+    if doc.get("kind") == "raster":  # checked against the rasters once they are listed
         return cfg, None, []
     init = model.load_palette(km.init, cfg.preprocess.color_space, cfg.preprocess.spatial_weight,
                               cfg.input.storage_options)
@@ -564,3 +570,203 @@ def _compute_images(record: RunRecord, groups: list[list[ImageInfo]], image_task
         phases.save(force=False)
 
     cluster.compute_each(image_tasks, done)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rasters (issue 12): N bands at native depth, windows, masks; see pipeline/raster_job.py
+
+
+def _run_rasters(record: RunRecord, listing: Listing, previous: dict | None, phases: _Phases,
+                 written: _Written) -> None:
+    cfg = record.cfg
+    chunk = cfg.dask.chunk_pixels
+    images = {info.name: dataclasses.replace(listing.rasters[info.name], chunk_pixels=chunk)
+              for info in listing.images}
+    _check_raster_job(cfg, list(images.values()))
+    if cfg.kmeans.scope == "collection":
+        raster_job.check_band_counts(list(images.values()))
+        fitted, display_range = _raster_model(record, listing.images, images, previous, phases)
+        _raster_segment(record, listing.images, images, fitted, display_range, phases, written)
+    else:
+        _raster_per_image(record, listing.images, images, phases, written)
+
+
+def _check_raster_job(cfg: JobConfig, images: list[raster_job.RasterImage]) -> None:
+    """Keys that make no sense for N-band rasters are refused in one line, before any work."""
+    first = images[0].header.path if images else "the inputs"
+    if cfg.preprocess.color_space != "rgb":
+        raise ConfigError(f"preprocess.color_space: 'lab' needs RGB photos, but {first} is a "
+                          "raster; remove it (bands are clustered in their own units, see "
+                          "preprocess.normalize)")
+    if cfg.preprocess.spatial_weight > 0:
+        raise ConfigError(f"preprocess.spatial_weight: its colour unit has no meaning for the "
+                          f"bands of {first}; set it to 0 for rasters")
+    if cfg.kmeans.error_metric == "de76":
+        raise ConfigError(f"kmeans.error_metric: 'de76' measures RGB colours, but {first} is "
+                          "a raster; use variance (or auto)")
+    if cfg.preprocess.scale != 1.0:
+        raise ConfigError(f"preprocess.scale: rasters are read at full resolution in windows "
+                          f"({first}); choose a pyramid level with input.level instead")
+    for image in images:  # input.mask, input.bands and input.nodata checked on every file
+        image.reader()
+
+
+def _raster_max_error(cfg: JobConfig) -> float:
+    """``max_error`` as a share of variance: 0.05 unless the job gives one."""
+    return cfg.kmeans.max_error if "kmeans.max_error" in cfg.given else 0.05
+
+
+def _raster_fit_args(cfg: JobConfig) -> dict:
+    km = cfg.kmeans
+    return {"n_clusters": km.k, "normalize": cfg.preprocess.normalize, "seed": km.seed,
+            "n_init": km.n_init, "max_iter": max(1, km.max_iter), "tol": km.tol,
+            "max_error": _raster_max_error(cfg), "max_k": km.max_k}
+
+
+def _raster_model(record: RunRecord, infos: list[ImageInfo],
+                  images: dict[str, raster_job.RasterImage], previous: dict | None,
+                  phases: _Phases) -> tuple[raster_job.RasterModel, list]:
+    """The collection's raster model: saved by this job before (resume), the init model
+    (``apply``), or fitted on a sample."""
+    cfg = record.cfg
+    km = cfg.kmeans
+    first = images[infos[0].name]
+    saved = files.read_json(storage.join(record.out_dir, MODEL),
+                            cfg.output.storage_options) if previous else None
+    if saved and saved.get("job_hash") == cfg.job_hash() and saved.get("kind") == "raster":
+        return raster_job.RasterModel.from_dict(saved), saved.get("display_range")
+    init = None
+    if km.init_is_model:
+        doc = model.read_model(km.init, cfg.input.storage_options, f"kmeans.init: {km.init}")
+        normalize = cfg.preprocess.normalize if "preprocess.normalize" in cfg.given else None
+        init = raster_job.check_model(doc, first, normalize)
+        if km.max_iter == 0:  # apply: the model as it is
+            return init, doc.get("display_range")
+    clock = time.perf_counter()
+    todo = [info for info in infos if record.status_of(info) != "skipped"]
+    phases.phase("sample", len(todo), sum(i.n_pixels for i in todo))
+    sample = raster_job.draw_sample([images[i.name] for i in todo], km.sample_pixels, km.seed)
+    by_name = {info.name: info for info in todo}
+    for name, reason in sample.failed.items():
+        info = by_name[name]
+        _image_failed(record, info, reason.removeprefix(f"{info.path}: "))
+    record.timings["sample"] = time.perf_counter() - clock
+    if not len(sample.rows):
+        raise ImageReadError("no raster could be read (or every pixel is masked); nothing to "
+                             "fit")
+    clock = time.perf_counter()
+    phases.phase("fit", len(sample.counts), len(sample.rows))
+    args = _raster_fit_args(cfg)
+    if init is not None:  # start from the model's centroids, in its normalisation
+        args.update(n_clusters=init.n_clusters, normalize=init.normalization.method,
+                    init=init)
+    fitted = raster_job.fit_model(sample.rows, band_names=first.band_names,
+                                  dtypes=tuple(sorted({images[n].header.dtype
+                                                       for n in sample.counts})), **args)
+    record.timings["fit"] = time.perf_counter() - clock
+    if fitted.auto_k:
+        record.auto_k = {"k": fitted.n_clusters, "metric": "variance",
+                         "max_error": _raster_max_error(cfg), "tried": fitted.auto_k}
+    log.info("raster fit: k=%d, %d iterations, %.4f of the sample variance unexplained",
+             fitted.n_clusters, fitted.n_iter, fitted.error)
+    display_range = np.percentile(sample.rows, [2, 98], axis=0).tolist()
+    return fitted, display_range
+
+
+def _raster_display(image: raster_job.RasterImage, display_range: list | None,
+                    bands: tuple[int, ...] | None) -> raster_job.Display:
+    rows = np.asarray(display_range, dtype=np.float64) if display_range else np.zeros((0, 1))
+    return raster_job.display_for(image, rows, bands)
+
+
+def _raster_outputs(record: RunRecord) -> raster_job.Outputs:
+    out = record.cfg.output
+    return raster_job.Outputs(record.out_dir, "tiff", out.segmented, out.labels, out.masks,
+                              "deflate", max(1, out.png_compression), out.storage_options)
+
+
+def _raster_threads(n_images: int) -> int:
+    """Threads per image task: the cores, shared by the images, on a local scheduler."""
+    if cluster.on_cluster():
+        return 1
+    return max(1, min(4, (os.cpu_count() or 1) // max(1, n_images)))
+
+
+def _save_raster_model(record: RunRecord, fitted: raster_job.RasterModel,
+                       display_range: list | None, written: _Written) -> dict:
+    counts = np.zeros(fitted.n_clusters, np.int64)
+    for entry in record.images:
+        if entry["status"] == "ok" and entry.get("counts"):
+            counts += np.asarray(entry["counts"], np.int64)
+    palette = _palette_colours(fitted, display_range, record.cfg.preprocess.display_bands) \
+        if display_range else np.zeros((fitted.n_clusters, 3), np.uint8)
+    doc = model.raster_document(record.cfg, fitted.to_dict(), palette, counts, display_range)
+    _write_json(storage.join(record.out_dir, MODEL), doc,
+                storage_options=record.cfg.output.storage_options)
+    written.model = doc
+    return doc
+
+
+def _palette_colours(fitted: raster_job.RasterModel, display_range: list,
+                     bands: tuple[int, ...] | None) -> np.ndarray:
+    names = [n.lower() for n in fitted.band_names]
+    if bands:
+        picked = [b - 1 for b in bands]
+    elif all(c in names for c in ("red", "green", "blue")):
+        picked = [names.index(c) for c in ("red", "green", "blue")]
+    else:
+        picked = [0, 1, 2] if len(names) >= 3 else [0, 0, 0]
+    low, high = np.asarray(display_range)
+    display = raster_job.Display(tuple(picked), tuple(low[picked]), tuple(high[picked]))
+    return display.to_rgb(fitted.native)
+
+
+def _raster_segment(record: RunRecord, infos: list[ImageInfo],
+                    images: dict[str, raster_job.RasterImage],
+                    fitted: raster_job.RasterModel, display_range: list | None,
+                    phases: _Phases, written: _Written) -> None:
+    cfg = record.cfg
+    _save_raster_model(record, fitted, display_range, written)
+    clock = time.perf_counter()
+    todo = record.pending(infos)
+    outputs = _raster_outputs(record)
+    threads = _raster_threads(len(todo))
+    groups = [[info] for info in todo]
+    image_tasks = []
+    for info in todo:
+        image = images[info.name]
+        fmt = raster_job.output_format(image, cfg.output.format)
+        display = _raster_display(image, display_range, cfg.preprocess.display_bands)
+        thumbs = raster_job.thumbs_writer(record.out_dir, info.name, cfg.output.png_compression,
+                                          cfg.output.storage_options)
+        image_tasks.append(dask.delayed(collection.each, pure=True)(
+            raster_job.segment_task, [(image, fitted, outputs, fmt, threads, display,
+                                       thumbs)]))
+    _compute_images(record, groups, image_tasks, phases, "segment")
+    record.timings["segment"] = time.perf_counter() - clock
+    _save_raster_model(record, fitted, display_range, written)
+
+
+def _raster_per_image(record: RunRecord, infos: list[ImageInfo],
+                      images: dict[str, raster_job.RasterImage], phases: _Phases,
+                      written: _Written) -> None:
+    cfg = record.cfg
+    clock = time.perf_counter()
+    todo = record.pending(infos)
+    outputs = _raster_outputs(record)
+    fit = dict(_raster_fit_args(cfg), sample_pixels=cfg.kmeans.sample_pixels)
+    image_tasks = [dask.delayed(collection.each, pure=True)(
+        raster_job.fit_segment_task,
+        [(images[info.name], fit, outputs,
+          raster_job.output_format(images[info.name], cfg.output.format),
+          _raster_threads(len(todo)), cfg.preprocess.display_bands,
+          raster_job.thumbs_writer(record.out_dir, info.name, cfg.output.png_compression,
+                                   cfg.output.storage_options))])
+        for info in todo]
+    _compute_images(record, [[info] for info in todo], image_tasks, phases, "fit+segment")
+    record.timings["fit+segment"] = time.perf_counter() - clock
+    models = {r["name"]: r.get("model") for r in record.images if r["status"] == "ok"}
+    doc = model.raster_image_document(cfg, models)
+    _write_json(storage.join(record.out_dir, MODEL), doc,
+                storage_options=cfg.output.storage_options)
+    written.model = doc

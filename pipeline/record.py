@@ -85,6 +85,9 @@ class RunRecord:
         """The image's outputs from an earlier run of this job are complete: resumed."""
         self.entry(info).update({k: old.get(k) for k in ("outputs", "counts", "inertia",
                                                         "palette", "finished", "seconds")})
+        for key in ("masked", "classes", "model"):  # rasters (issue 12)
+            if key in old:
+                self.entry(info)[key] = old[key]
         self.entry(info).update(status="ok", resumed=True)
 
     def stopped(self) -> None:

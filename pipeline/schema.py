@@ -25,6 +25,11 @@ ON_ERROR = ("skip", "fail")
 IF_EXISTS = ("resume", "overwrite", "fail")
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "local")
 PERSIST = ("auto", "always", "never")
+PLANES = ("all", "first")  # issue 12: rasters
+MASKS = ("auto", "alpha", "none")
+NORMALIZE = ("none", "standard", "robust")
+ERROR_METRICS = ("auto", "de76", "variance")
+OUTPUT_FORMATS = ("auto", "png", "tiff", "zarr")
 MAX_K = 65535
 AUTO_K = "auto"  # kmeans.k: choose the smallest k meeting kmeans.max_error
 # Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS * 2 is its hard error).
@@ -58,7 +63,8 @@ def load_yaml(text: str) -> Any:
 class Key:
     """One job-file key.
 
-    ``kind`` is one of ``integer``, ``number`` (int or float, stored as float), ``boolean``,
+    ``kind`` is one of ``integer``, ``integers`` (a list of them), ``number`` (int or float,
+    stored as float), ``numbers`` (one number or a list of them), ``boolean``,
     ``enum`` (one of ``choices``), ``string`` (non-empty; ``choices`` are named values that are
     not paths), ``strings`` (a list of non-empty strings, or one string), ``mapping``, ``size``
     (bytes: ``'auto'``, an integer or a string such as ``'2GiB'``).
@@ -80,6 +86,9 @@ class Key:
     min_items: int = 0  # strings: an empty list is refused
     is_path: bool = False  # relative values are resolved against the job file's folder
     hashed: bool = True  # part of the job hash (it changes the outputs)
+    # hashed only when set to another value than the default: a key added later leaves the
+    # hash of every job that does not use it unchanged (resume of older output folders)
+    hash_if_set: bool = False
     secrets: bool = False  # may hold credentials: masked in model.json and report.json
     required: str = ""  # required key: what to give (the message when it is missing)
     example: Any = None  # the value configs/example.yaml shows, when not the default
@@ -95,6 +104,10 @@ class Key:
             text = (f"must be an integer from {lo} to {hi}" if lo is not None and hi is not None
                     else f"must be an integer >= {lo}" if lo is not None
                     else "must be an integer")
+        elif self.kind == "integers":
+            return f"must be a list of integers >= {self.minimum}"
+        elif self.kind == "numbers":
+            return "must be a number or a list of numbers"
         elif self.kind == "number":
             text = f"must be a number {'>' if self.exclusive else '>='} {float(self.minimum)}"
         elif self.kind == "boolean":
@@ -129,6 +142,12 @@ class Key:
         kind = self.kind
         if kind == "integer":
             return value in self.also or (_is_int(value) and self._in_range(value))
+        if kind == "integers":
+            return isinstance(value, list) and bool(value) and all(
+                _is_int(v) and self._in_range(v) for v in value)
+        if kind == "numbers":
+            return _is_number(value) or (isinstance(value, list) and bool(value)
+                                         and all(_is_number(v) for v in value))
         if kind == "number":
             return (_is_number(value) and math.isfinite(value) and self._in_range(value))
         if kind == "boolean":
@@ -174,6 +193,12 @@ class Key:
                 bounds["maximum"] = self.maximum
             numbers = [{"type": kind, **bounds}]
             return numbers + ([{"enum": list(self.also)}] if self.also else [])
+        if kind == "integers":
+            return [{"type": "array", "minItems": 1,
+                     "items": {"type": "integer", "minimum": self.minimum}}]
+        if kind == "numbers":
+            return [{"type": "number"}, {"type": "array", "minItems": 1,
+                                         "items": {"type": "number"}}]
         if kind == "boolean":
             return [{"type": "boolean"}]
         if kind == "enum":
@@ -232,6 +257,22 @@ KEYS: tuple[Key, ...] = (
         "refused from the header, before decoding", minimum=1),
     Key("input", "storage_options", "mapping", {}, "for URL inputs (s3://, gs://, az://, "
         "https://): passed to fsspec, e.g. {anon: true}", hashed=False, secrets=True),
+    Key("input", "bands", "integers", None, "rasters: bands to use, numbered from 1 as in "
+        "GDAL, in this order (null: every band but alpha or the mask band)", minimum=1,
+        nullable=True, hash_if_set=True),
+    Key("input", "axes", "string", None, "rasters: the stored array's axes when the file does "
+        "not say, e.g. CYX (Y, X; C or S the bands; other letters planes)", nullable=True,
+        hash_if_set=True),
+    Key("input", "planes", "enum", "all", "rasters: all (one image per Z/T plane, named "
+        "<name>/t1_z01) | first", choices=PLANES, hash_if_set=True),
+    Key("input", "level", "integer", 0, "rasters: pyramid level of multiscale and whole-slide "
+        "images (0: full resolution)", minimum=0, hash_if_set=True),
+    Key("input", "mask", "enum", "auto", "rasters: auto (the alpha band) | alpha | band:N | "
+        "none: pixels where that band is 0 are masked", choices=MASKS,
+        pattern=r"^band:[1-9][0-9]*$", pattern_text="'band:N'", hash_if_set=True),
+    Key("input", "nodata", "numbers", None, "rasters: nodata value overriding the file's, "
+        "one for every band or one per band (null: the file's GDAL_NODATA)", nullable=True,
+        hash_if_set=True),
     Key("preprocess", "scale", "number", 1.0, "resize factor (0.5 = half width and height), "
         "like the tutorial's scale_percent / 100", minimum=0.0, exclusive=True),
     Key("preprocess", "color_space", "enum", "rgb", "rgb | lab (CIELAB D65: perceptual "
@@ -239,6 +280,12 @@ KEYS: tuple[Key, ...] = (
     Key("preprocess", "spatial_weight", "number", 0.0, "> 0: add (x, y) / longest side x "
         "weight x colour range (255 rgb, 100 lab) as features: spatially coherent segments "
         "(minibatch only)", minimum=0.0),
+    Key("preprocess", "normalize", "enum", "none", "rasters: none (bands in their own units) | "
+        "standard (mean/std) | robust (median/IQR), per band, from the sample",
+        choices=NORMALIZE, hash_if_set=True),
+    Key("preprocess", "display_bands", "integers", None, "rasters: 3 bands (from 1) shown as "
+        "RGB in the report (null: bands named red/green/blue, else the first three)",
+        minimum=1, nullable=True, hash_if_set=True),
     Key("kmeans", "k", "integer", 5, "number of clusters (1..65535), or auto: the smallest k "
         "meeting max_error", minimum=1, maximum=MAX_K, also=(AUTO_K,)),
     Key("kmeans", "scope", "enum", "collection", "collection: one palette for all images | "
@@ -261,9 +308,14 @@ KEYS: tuple[Key, ...] = (
     Key("kmeans", "refine", "boolean", True, "minibatch: finish with full Lloyd steps on the "
         "sample's colour histogram"),
     Key("kmeans", "max_error", "number", 4.0, "k: auto: target mean colour error of the painted "
-        "image, CIELAB Delta-E 76 units (~2.3 = just noticeable)", minimum=0.0, exclusive=True),
+        "image, CIELAB Delta-E 76 units (~2.3 = just noticeable); with error_metric variance the "
+        "share of variance left (0.05 when not given)", minimum=0.0, exclusive=True),
     Key("kmeans", "max_k", "integer", 64, "k: auto: largest k tried; if even max_k misses "
         "max_error, max_k is used and a warning says so", minimum=1, maximum=MAX_K),
+    Key("kmeans", "error_metric", "enum", "auto", "k: auto: de76 (mean CIELAB Delta-E of the "
+        "painted image) | variance (share of the sample's variance left unexplained; "
+        "max_error is that share) | auto (de76 for RGB, variance for rasters)",
+        choices=ERROR_METRICS, hash_if_set=True),
     Key("output", "dir", "string", "out", "output folder (left out: out, in the working "
         "directory)", is_path=True,
         example="../out/example"),
@@ -273,6 +325,8 @@ KEYS: tuple[Key, ...] = (
         "when k > 256)"),
     Key("output", "masks", "boolean", True, "masks/<name>/<j>.png: 255 where the label is j, "
         "else 0"),
+    Key("output", "format", "enum", "auto", "auto (png for photos, tiff for TIFF rasters, zarr "
+        "for zarr) | png | tiff | zarr", choices=OUTPUT_FORMATS, hash_if_set=True),
     Key("output", "if_exists", "enum", "resume", "resume (skip images already complete) | "
         "overwrite | fail", choices=IF_EXISTS, hashed=False),
     Key("output", "png_compression", "integer", 1, "zlib level 0-9: 1 (zlib run-length mode) is "

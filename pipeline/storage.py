@@ -534,6 +534,8 @@ def _expand_remote(entry: str, options: dict | None, extensions: frozenset[str],
         except PermissionError:
             info = {"type": "file"}  # reading it reports the denial, as for a broken file
         if info.get("type") == "directory" and not is_read_only(entry):
+            if ".zarr" in extensions and inner.rstrip("/").lower().endswith(".zarr"):
+                return [(entry.rstrip("/"), _stem(posixpath.basename(inner.rstrip("/"))))]
             return _expand_folder(fs, inner.rstrip("/"), extensions, ignored)
         leaf = entry.split("?", 1)[0] if is_read_only(entry) else entry
         return [(entry, _stem(posixpath.basename(leaf.rstrip("/"))))]
@@ -553,8 +555,11 @@ def _expand_local(entry: str, extensions: frozenset[str], ignored: list[str],
     """(path, name) for every file an input entry names; name is relative, extension dropped."""
     if _GLOB_CHARS.search(entry):
         base = _glob_base(entry)
-        files = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
+        files = sorted(p for p in glob.glob(entry, recursive=True)
+                       if os.path.isfile(p) or _is_store(p, extensions))
         return [(p, _name(p, base)) for p in files]
+    if _is_store(entry, extensions):
+        return [(entry, _name(entry.rstrip(os.sep), os.path.dirname(entry.rstrip(os.sep))))]
     if os.path.isdir(entry):
         return [(p, _name(p, entry)) for p in _walk(entry, extensions, ignored)]
     if os.path.isfile(entry):
@@ -586,7 +591,10 @@ def _walk(root: str, extensions: frozenset[str], ignored: list[str]) -> list[str
             dirs[:] = []
             continue
         seen_dirs.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        stores = sorted(d for d in dirs if _is_store(os.path.join(folder, d), extensions)
+                        and not d.startswith("."))
+        files.extend(os.path.join(folder, d) for d in stores)  # a zarr store is one input
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in stores)
         for name in sorted(names):
             if name.startswith("."):
                 continue
@@ -596,6 +604,12 @@ def _walk(root: str, extensions: frozenset[str], ignored: list[str]) -> list[str
             else:
                 ignored.append(path)
     return files
+
+
+def _is_store(path: str, extensions: frozenset[str]) -> bool:
+    """A local zarr store (issue 12): a folder named ``*.zarr``, read as one input."""
+    return ".zarr" in extensions and path.rstrip(os.sep).lower().endswith(".zarr") and \
+        os.path.isdir(path)
 
 
 def _expand_glob(fs: Any, entry: str, pattern: str) -> list[tuple[str, str]]:
@@ -612,15 +626,32 @@ def _expand_glob(fs: Any, entry: str, pattern: str) -> list[tuple[str, str]]:
 def _expand_folder(fs: Any, root: str, extensions: frozenset[str],
                    ignored: list[str]) -> list[tuple[str, str]]:
     found = retry(lambda: fs.find(root, detail=True), fs.unstrip_protocol(root), "list")
-    out = []
+    out, stores = [], set()
     for name in sorted(found):
         if found[name].get("type", "file") != "file" or _hidden(name, root):
+            continue
+        store = _store_of(name, root, extensions)
+        if store is not None:  # an object inside a zarr store: the store is one input
+            if store not in stores:
+                stores.add(store)
+                out.append((fs.unstrip_protocol(store), _stem(_relative(store, root))))
             continue
         if posixpath.splitext(name)[1].lower() in extensions:
             out.append((fs.unstrip_protocol(name), _stem(_relative(name, root))))
         else:
             ignored.append(fs.unstrip_protocol(name))
     return out
+
+
+def _store_of(name: str, root: str, extensions: frozenset[str]) -> str | None:
+    """The ``*.zarr`` prefix holding object ``name`` below ``root``, if any."""
+    if ".zarr" not in extensions:
+        return None
+    parts = _relative(name, root).split("/")
+    for i, part in enumerate(parts[:-1]):
+        if part.lower().endswith(".zarr"):
+            return posixpath.join(root, *parts[:i + 1]) if root else "/".join(parts[:i + 1])
+    return None
 
 
 def _relative(name: str, base: str) -> str:

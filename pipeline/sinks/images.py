@@ -229,12 +229,21 @@ def _join(out_dir: str, rel: str) -> str:
 
 def outputs_complete(out_dir: str, files: dict[str, list],
                      sizes: dict[str, int] | None = None) -> bool:
-    """Whether every file a report entry lists exists with the size it recorded.
+    """Whether every file a report entry lists exists with the size it recorded (a zarr
+    output: whether its completion marker exists).
 
     ``sizes`` (relative path -> size, from `output_sizes`) replaces a stat per file.
     """
+    from pipeline.sinks.tiled import COMPLETE_MARKER
+
     for entries in files.values():
         for rel, size in entries:
+            if rel.endswith(".zarr"):  # issue 12: complete once its marker is written (last)
+                marker = f"{rel}/{COMPLETE_MARKER}"
+                if not (marker in sizes if sizes is not None
+                        else os.path.isfile(_join(out_dir, marker))):
+                    return False
+                continue
             try:
                 found = sizes.get(rel) if sizes is not None else os.path.getsize(
                     _join(out_dir, rel))

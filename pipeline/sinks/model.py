@@ -16,7 +16,10 @@ if TYPE_CHECKING:
     from pipeline.config import JobConfig
     from pipeline.fitting import FitOutcome
 
-SCHEMA_VERSION = 1
+# 2 (issue 12): raster models (``kind: raster``: N bands, dtype, normalisation); models of
+# version 1 still load, as 3-band RGB colour models without normalisation.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def versions() -> dict[str, str]:
@@ -74,6 +77,9 @@ def load_palette(path: str, color_space: str, spatial_weight: float = 0.0,
     """
     where = f"kmeans.init: {path}"
     doc = read_model(path, storage_options, where)
+    if doc.get("kind") == "raster":
+        raise ConfigError(f"{where}: a raster model of {doc.get('n_bands')} bands; this job's "
+                          "inputs are photos (8-bit RGB): use a model fitted on photos")
     if doc.get("color_space") != color_space:
         raise ConfigError(f"{where}: model colour space is {doc.get('color_space')!r}, the job's "
                           f"is {color_space!r}; set preprocess.color_space to match")
@@ -102,9 +108,14 @@ def read_model(path: str, storage_options: dict | None = None,
                           f"({getattr(exc, 'strerror', None) or exc})") from exc
     except ValueError as exc:
         raise ConfigError(f"{where}: not a JSON model file ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
-        raise ConfigError(f"{where}: not a model.json of schema version {SCHEMA_VERSION}; "
-                          "use one written by kmeans-pipeline run")
+    if not isinstance(doc, dict) or doc.get("schema_version") not in READABLE_VERSIONS:
+        raise ConfigError(f"{where}: not a model.json of schema version 1 or 2; use one "
+                          "written by kmeans-pipeline run")
+    if doc.get("kind") == "raster":
+        if doc.get("scope") != "collection" or "centroids" not in doc:
+            raise ConfigError(f"{where}: holds one palette per image; reuse needs a model "
+                              "fitted with kmeans.scope: collection")
+        return doc
     if doc.get("scope") != "collection" or "centroids_working" not in doc:
         raise ConfigError(f"{where}: holds one palette per image; reuse needs a model fitted "
                           "with kmeans.scope: collection")
@@ -150,3 +161,29 @@ def image_document(cfg: JobConfig, palettes: dict[str, dict]) -> dict[str, Any]:
     return model_document(cfg.kmeans.k, cfg.preprocess.color_space, cfg.kmeans.scope,
                           cfg.kmeans.seed, cfg.to_dict(), cfg.job_hash(), palettes,
                           cfg.preprocess.spatial_weight)
+
+
+def raster_document(cfg: JobConfig, fitted: dict, palette: np.ndarray, counts: np.ndarray,
+                    display_range: list | None) -> dict[str, Any]:
+    """model.json of a collection-scope raster run (``kind: raster``, schema version 2).
+
+    ``fitted`` is `raster_job.RasterModel.to_dict` (centroids in normalised feature units and
+    in the bands' own units, the normalisation, band names, dtypes); ``palette`` the display
+    colour of each cluster (k, 3), shown by report.html; ``display_range`` the sample's 2 % and
+    98 % value per band (the report's stretch, kept for resume).
+    """
+    doc = model_document(fitted["n_clusters"], "bands", "collection", cfg.kmeans.seed,
+                         cfg.to_dict(), cfg.job_hash(), {})
+    doc.update(fitted)
+    doc.update(palette=np.asarray(palette).astype(int).tolist(),
+               counts=[int(c) for c in counts], display_range=display_range)
+    doc["schema_version"] = SCHEMA_VERSION
+    return doc
+
+
+def raster_image_document(cfg: JobConfig, models: dict[str, dict]) -> dict[str, Any]:
+    """model.json of an image-scope raster run: each image's own raster model."""
+    doc = model_document(cfg.kmeans.k, "bands", cfg.kmeans.scope, cfg.kmeans.seed,
+                         cfg.to_dict(), cfg.job_hash(), models)
+    doc["kind"] = "raster"
+    return doc

@@ -204,6 +204,10 @@ def render_html(report: dict, model_doc: dict | None) -> str:
                                     f'<a href="{GPL}">{GPL}</a> (GIMP / Inkscape)</p>'))
     if doc.get("history"):
         sections.append(_section("Convergence", _convergence(doc["history"])))
+    classes = class_table(report.get("images", []))
+    if classes:
+        sections.append(_section("Classes (mean +- std per band, the bands' own units)",
+                                 _classes_html(classes, palette)))
     auto = doc.get("auto_k") or report.get("auto_k")
     if auto:
         sections.append(_section("Error vs k (k: auto)", _error_chart(auto)))
@@ -297,6 +301,50 @@ def _facts(report: dict) -> str:
     if warnings:
         body += f'<details open><summary>warnings</summary><ul>{warnings}</ul></details>'
     return _section("Run", body)
+
+
+def class_table(images: list[dict]) -> list[dict]:
+    """Rasters (issue 12): the per-class table of every image done, combined: pixels, share,
+    and the mean and standard deviation per band over all of them."""
+    rows: dict[int, dict] = {}
+    for entry in images:
+        if entry.get("status") != "ok":
+            continue
+        for row in entry.get("classes") or []:
+            if not row["pixels"]:
+                continue
+            into = rows.setdefault(row["class"], {"pixels": 0, "sum": {}, "squares": {}})
+            n = row["pixels"]
+            into["pixels"] += n
+            for band, mean in row["mean"].items():
+                std = row["std"][band]
+                into["sum"][band] = into["sum"].get(band, 0.0) + n * mean
+                into["squares"][band] = into["squares"].get(band, 0.0) + n * (std ** 2
+                                                                             + mean ** 2)
+    total = sum(r["pixels"] for r in rows.values()) or 1
+    table = []
+    for j in sorted(rows):
+        r = rows[j]
+        mean = {b: v / r["pixels"] for b, v in r["sum"].items()}
+        std = {b: max(0.0, r["squares"][b] / r["pixels"] - mean[b] ** 2) ** 0.5 for b in mean}
+        table.append({"class": j, "pixels": r["pixels"], "share": r["pixels"] / total,
+                      "mean": mean, "std": std})
+    return table
+
+
+def _classes_html(table: list[dict], palette: list[str] | None) -> str:
+    bands = list(table[0]["mean"])
+    head = "".join(f"<th>{_esc(b)}</th>" for b in bands)
+    body = ""
+    for row in table:
+        colour = palette[row["class"]] if palette and row["class"] < len(palette) else "#fff"
+        cells = "".join(f"<td>{row['mean'][b]:.4g} &plusmn; {row['std'][b]:.3g}</td>"
+                        for b in bands)
+        body += (f'<tr><td><span class="swatch" style="background:{colour}"></span> '
+                 f'{row["class"]}</td><td>{row["pixels"]}</td>'
+                 f'<td>{100 * row["share"]:.1f} %</td>{cells}</tr>')
+    return (f'<table class="facts"><tr><th>class</th><th>pixels</th><th>share</th>{head}</tr>'
+            f"{body}</table>")
 
 
 def _convergence(history: list[dict]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline import storage
 from pipeline.config import InputConfig, PreprocessConfig
@@ -27,11 +27,18 @@ class Listing:
     ignored: list[str]  # files in input folders with extensions imageio cannot read
     renamed: list[tuple[str, str]]  # (path, name): output-name collisions resolved by a suffix
     notes: list[tuple[str, str]]  # (path, note): e.g. "first frame of 12 used"
+    # issue 12: when every input is a raster, name -> how to read it (`raster_job.RasterImage`)
+    rasters: dict = field(default_factory=dict)
 
 
 def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
-                output_dir: str | None = None) -> Listing:
+                output_dir: str | None = None, raster_path: bool = False) -> Listing:
     """Find every input file, read its header and give each a unique output name.
+
+    With ``raster_path`` (a run whose ``output.format`` is not png), when every input is a
+    raster (``.tif``, ``.tiff``, ``.svs``, ``.btf``, ``.zarr``), the headers are read by
+    `pipeline.sources.rasters`, one image per plane, and ``Listing.rasters`` says how to read
+    each; otherwise every input is a photo (TIFFs too, as 8-bit RGB through Pillow).
 
     Parameters
     ----------
@@ -51,7 +58,9 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
     ConfigError
         An input path does not exist, or the inputs match no file.
     """
-    extensions = readable_extensions()
+    from pipeline.sources import rasters
+
+    extensions = readable_extensions() | (rasters.EXTENSIONS if raster_path else frozenset())
     out = storage.Location(output_dir) if output_dir else None
     skip_root = out.canonical() if out else None
     found: dict[str, str] = {}  # realpath -> name (first entry wins)
@@ -76,8 +85,15 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
                           + ", ".join(map(repr, cfg.paths))
                           + "; check the paths, globs and input.exclude")
     named = _unique_names([(paths[real], name) for real, name in found.items()])
+    renamed = [(path, name) for path, name, was_renamed in named if was_renamed]
+    if raster_path and all(rasters.is_raster(path) for path, _, _ in named):
+        return _list_rasters(cfg, named, sorted(set(ignored)), renamed)
     images, failed, notes = [], [], []
-    for path, name, renamed in named:
+    for path, name, _ in named:
+        if path.rstrip("/").lower().endswith(".zarr"):
+            failed.append((path, "a zarr store among photos: list rasters in a job of "
+                                 "their own"))
+            continue
         try:
             info, image_notes = read_header(path, name, len(images), preprocess.scale,
                                             cfg.max_pixels, cfg.storage_options)
@@ -86,8 +102,36 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
             continue
         images.append(info)
         notes += [(path, note) for note in image_notes]
-    renamed = [(path, name) for path, name, was_renamed in named if was_renamed]
     return Listing(images, failed, sorted(set(ignored)), renamed, notes)
+
+
+def _list_rasters(cfg: InputConfig, named: list[tuple[str, str, bool]], ignored: list[str],
+                  renamed: list[tuple[str, str]]) -> Listing:
+    """Headers of raster inputs, one `ImageInfo` (and `RasterImage`) per image plane."""
+    from pipeline import raster_job
+    from pipeline.sources import rasters
+
+    images, failed, notes, readers = [], [], [], {}
+    nodata = cfg.nodata
+    for path, name, _ in named:
+        try:
+            headers = rasters.read_headers(path, name, axes=cfg.axes, planes=cfg.planes,
+                                           level=cfg.level,
+                                           storage_options=cfg.storage_options)
+        except ImageReadError as exc:
+            failed.append((path, str(exc).removeprefix(f"{path}: ")))
+            continue
+        for header in headers:
+            mode = f"{header.count}x{header.dtype}"
+            images.append(ImageInfo(
+                len(images), path, header.name, header.width, header.height,
+                header.format.upper(), mode, size_bytes=header.size_bytes,
+                mtime_ns=header.mtime_ns,
+                storage_options=cfg.storage_options if storage.is_url(path) else None))
+            readers[header.name] = raster_job.RasterImage(header, cfg.bands, cfg.mask, nodata)
+        if headers and headers[0].note:
+            notes.append((path, headers[0].note))
+    return Listing(images, failed, ignored, renamed, notes, readers)
 
 
 def _excluded(path: str, patterns: tuple[str, ...]) -> bool:
