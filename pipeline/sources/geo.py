@@ -20,6 +20,7 @@ rasterio is the optional ``geo`` extra: without it, `require_rasterio` raises a 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -540,6 +541,8 @@ def pixel_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | N
     dask.array.Array of shape (height, width, n_bands)
         The file's dtype, or float32 with ``apply_scale``.
     """
+    import dask.array as da
+
     source = _source(header, bands)
     chunks = chunk_grid(header, chunk_pixels)
     raw = _graph_array(read_window, source, chunks, np.dtype(header.dtype), "geo-read",
@@ -549,8 +552,8 @@ def pixel_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | N
     scales = np.array([header.scales[b - 1] for b in source.bands], dtype=np.float64)
     offsets = np.array([header.offsets[b - 1] for b in source.bands], dtype=np.float64)
     masked = mask_array(header, chunk_pixels, bands, raw)
-    return raw.map_blocks(_apply_scale, masked[..., None], scales, offsets,
-                          dtype=np.float32, name="geo-scale-" + raw.name.split("-", 2)[-1])
+    return da.map_blocks(functools.partial(_apply_scale, scales=scales, offsets=offsets),
+                         raw, masked[..., None], dtype=np.float32)
 
 
 def _apply_scale(pixels: np.ndarray, masked: np.ndarray, scales: np.ndarray,
@@ -580,8 +583,9 @@ def mask_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | No
     nodata = np.array([np.nan if header.nodata[b - 1] is None else header.nodata[b - 1]
                        for b in source.bands], dtype=np.float64)
     has_nodata = np.array([header.nodata[b - 1] is not None for b in source.bands])
-    from_values = pixels.map_blocks(_value_mask, nodata, has_nodata, drop_axis=2,
-                                    dtype=bool)
+    from_values = pixels.map_blocks(
+        functools.partial(_value_mask, nodata=nodata, has_nodata=has_nodata), drop_axis=2,
+        dtype=bool)
     if not _has_mask_band(header, source.bands):
         return from_values
     band_mask = _graph_array(read_mask_window, source, pixels.chunks[:2], bool, "geo-mask",
