@@ -291,13 +291,15 @@ def write_scene(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
                     storage.join(out_dir, f"masks/{name}/{j}.tif"), height, width, 1, np.uint8,
                     georef, storage_options=storage_options)
         pixel_area = _row_areas(header)
+        # a projected CRS: every pixel has one area, so areas are counts x that area
+        uniform = pixel_area is not None and bool(np.all(pixel_area == pixel_area[0]))
         counts = np.zeros(n_clusters + 1, dtype=np.int64)
         areas = np.zeros(n_clusters + 1, dtype=np.float64)
         for row, col, block in iterate_chunks(labels, concurrent):
             _write_block(sinks, row, col, block, centroids, fill, nodata, n_clusters)
             index = np.minimum(block.ravel(), n_clusters)
             counts += np.bincount(index, minlength=n_clusters + 1)
-            if pixel_area is not None:
+            if pixel_area is not None and not uniform:
                 weights = np.repeat(pixel_area[row:row + block.shape[0]], block.shape[1])
                 areas += np.bincount(index, weights=weights, minlength=n_clusters + 1)
         for kind, sink in list(sinks.items()):
@@ -311,6 +313,8 @@ def write_scene(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
         for sink in sinks.values():
             sink.abort()
     outputs.counts, outputs.masked_pixels = counts[:n_clusters], int(counts[n_clusters])
+    if pixel_area is not None and uniform:
+        areas = counts * pixel_area[0]
     outputs.areas = areas[:n_clusters] if pixel_area is not None else None
     _write_side_files(out_dir, name, palette, names, fill, outputs, header, storage_options)
     return outputs
