@@ -19,6 +19,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import rasterio
+from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 
@@ -76,7 +77,7 @@ def nearest(pixels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 def label_array(header, chunk_pixels: int, centroids: np.ndarray) -> da.Array:
     """Labels of a scene by nearest centroid, masked pixels 255, chunked as the reader."""
     pixels = geo.pixel_array(header, chunk_pixels)
-    masked = geo.mask_array(header, chunk_pixels, pixels=pixels)
+    masked = geo.mask_array(header, chunk_pixels)
 
     def assign(block, mask):
         labels = nearest(block, centroids)
@@ -133,6 +134,7 @@ def test_each_task_carries_its_path_and_window(tmp_path):
     windows = {tuple(task[2:]) for task in tasks}
     assert (0, 0, 64, 64) in windows and (128, 192, 22, 8) in windows
     assert all(task[1].path == path for task in tasks)
+    assert all(task[0] is geo.read_window for task in tasks)
 
 
 def test_mask_from_nodata_nan_and_mask_band(tmp_path):
@@ -153,6 +155,40 @@ def test_mask_from_nodata_nan_and_mask_band(tmp_path):
     header = geo.read_header(str(band_path))
     masked = geo.mask_array(header, 5000).compute()
     assert masked.sum() == 50 * 50 and masked[100:, 150:].all()
+
+
+def test_mask_keys_alpha_band_and_overrides(tmp_path):
+    bands, _ = classes_scene(count=3)
+    alpha = np.full((1, 150, 200), 255, dtype=np.uint16)
+    alpha[0, :, :7] = 0
+    bands[:, 50, 50] = 0
+    path = write_raster(tmp_path / "rgba.tif", np.concatenate([bands, alpha]), nodata=0)
+    with rasterio.open(path, "r+") as dst:
+        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue,
+                           ColorInterp.alpha]
+    header = geo.read_header(path)
+    assert header.alpha_band == 4 and header.data_bands == (1, 2, 3)
+    assert geo.pixel_array(header, 5000).shape == (150, 200, 3)
+    auto = geo.mask_array(header, 5000).compute()
+    assert auto.sum() == 150 * 7 + 1
+    assert geo.mask_array(header, 5000, mask="none").compute().sum() == 0
+    by_band = geo.mask_array(header, 5000, bands=(1, 2), mask="band:4").compute()
+    assert by_band.sum() == 150 * 7 + 1
+    override = geo.mask_array(header, 5000, mask="none", nodata=bands[0, 0, 0]).compute()
+    assert override[0, 0] and override.sum() == (bands == bands[0, 0, 0]).any(axis=0).sum()
+    with pytest.raises(ConfigError, match=r"input.mask: band 9 does not exist in .*rgba.tif "
+                                          r"\(4 bands, numbered from 1\)"):
+        geo.mask_array(header, 5000, mask="band:9")
+    with pytest.raises(ConfigError, match=r"input.bands: band 0 does not exist"):
+        geo.pixel_array(header, 5000, bands=(0, 1))
+
+
+def test_pixels_and_mask_share_their_read_tasks(tmp_path):
+    bands, _ = classes_scene()
+    header = geo.read_header(write_raster(tmp_path / "scene.tif", bands, nodata=0))
+    pixels, masked = geo.pixel_array(header, 5000), geo.mask_array(header, 5000)
+    reads = {key for key in dict(pixels.__dask_graph__()) if key[0].startswith("geo-read")}
+    assert reads and reads <= set(dict(masked.__dask_graph__()))
 
 
 def test_apply_scale_gives_physical_units(tmp_path):

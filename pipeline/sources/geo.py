@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -402,15 +403,21 @@ def is_georeferenced_tiff(path: str, storage_options: dict | None = None) -> boo
 # Windows
 
 
-def chunk_grid(header: GeoHeader, chunk_pixels: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Row and column chunk sizes: whole blocks of the file merged up to ``chunk_pixels``.
+def chunk_grid(header: GeoHeader, chunk_pixels: int,
+               n_bands: int | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Row and column chunk sizes: whole blocks of the file merged up to a budget.
 
-    A block larger than the budget stays one chunk (cutting it would decode it once per
-    piece).  Blocks merge along rows first, then whole block rows are stacked.
+    The budget is ``chunk_pixels`` pixels, lowered so a chunk holds at most
+    ``4 * chunk_pixels`` bytes (as `pipeline.sources.rasters.chunk_grid`).  A block larger
+    than the budget stays one chunk (cutting it would decode it once per piece).  Blocks
+    merge along rows first, then whole block rows are stacked.
     """
+    n_bands = header.count if n_bands is None else n_bands
+    item = np.dtype(header.dtype).itemsize * max(1, n_bands)
+    budget = max(1, min(chunk_pixels, 4 * chunk_pixels // item))
     block_h, block_w = header.block_shape
     block_h, block_w = min(block_h, header.height), min(block_w, header.width)
-    per_chunk = max(1, chunk_pixels // (block_h * block_w))
+    per_chunk = max(1, budget // (block_h * block_w))
     across = math.ceil(header.width / block_w)
     if per_chunk >= across:
         chunk_w, chunk_h = header.width, block_h * max(1, per_chunk // across)
@@ -426,22 +433,52 @@ def _split(total: int, size: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class _Source:
-    """What a read task needs: small, picklable, no open handles."""
+    """What a read task needs: small, picklable, no open handles.  ``bands`` are 1-based; a
+    mask band, when read, comes last."""
 
     path: str
     bands: tuple[int, ...]
     dtype: str
     block_shape: tuple[int, int]
+    mtime_ns: int = 0
     storage_options: dict | None = field(default=None, compare=False)
 
 
-def _source(header: GeoHeader, bands: tuple[int, ...] | None) -> _Source:
-    bands = tuple(bands) if bands else header.data_bands
-    for band in bands:
+def _mask_band(header: GeoHeader, mask: str) -> int | None:
+    """The 1-based band whose zeros mask pixels, from ``input.mask``."""
+    if mask == "none":
+        return None
+    if mask in ("auto", "alpha"):
+        if mask == "alpha" and header.alpha_band is None:
+            raise ConfigError(f"input.mask: 'alpha', but {header.path} has no alpha band "
+                              f"(bands: {', '.join(header.band_names)}); use 'auto', "
+                              "'band:N' or 'none'")
+        return header.alpha_band
+    found = re.fullmatch(r"band:(\d+)", mask)
+    if not found:
+        raise ConfigError(f"input.mask: must be 'auto', 'alpha', 'band:N' or 'none', got "
+                          f"{mask!r}")
+    band = int(found.group(1))
+    if not 1 <= band <= header.count:
+        raise ConfigError(f"input.mask: band {band} does not exist in {header.path} "
+                          f"({header.count} bands, numbered from 1)")
+    return band
+
+
+def _selected(header: GeoHeader, bands: tuple[int, ...] | None, mask: str) -> tuple[int, ...]:
+    mask_band = _mask_band(header, mask)
+    selected = tuple(bands) if bands else tuple(b for b in header.data_bands
+                                                if b != mask_band)
+    for band in selected:
         if not 1 <= band <= header.count:
             raise ConfigError(f"input.bands: band {band} does not exist in {header.path} "
                               f"({header.count} bands, numbered from 1)")
-    return _Source(header.path, bands, header.dtype, header.block_shape,
+    return selected
+
+
+def _source(header: GeoHeader, bands: tuple[int, ...], mask_band: int | None) -> _Source:
+    read = bands + ((mask_band,) if mask_band else ())
+    return _Source(header.path, read, header.dtype, header.block_shape, header.mtime_ns,
                    header.storage_options)
 
 
@@ -488,7 +525,7 @@ def _block_reason(src: Any, source: _Source, row: int, col: int, height: int, wi
 
 def read_mask_window(source: _Source, row: int, col: int, height: int,
                      width: int) -> np.ndarray:
-    """The dataset's own mask (mask band, alpha or nodata, as GDAL combines them) over one
+    """The dataset's own mask (an internal or .msk mask band, as GDAL reads it) over one
     window: True where masked."""
     from rasterio.windows import Window
 
@@ -502,39 +539,56 @@ def read_mask_window(source: _Source, row: int, col: int, height: int,
     return ~np.all(valid > 0, axis=0)
 
 
-def _graph_array(function: Any, source: _Source, chunks: tuple[tuple[int, ...], ...],
-                 dtype: Any, prefix: str, depth: int | None) -> da.Array:
+def _graph_array(function: Any, args: tuple, chunks: tuple[tuple[int, ...], ...],
+                 dtype: Any, prefix: str) -> da.Array:
+    """A dask array whose every task is ``function(*args, row, col, height, width)``."""
     import dask.array as da
     from dask.base import tokenize
 
-    name = f"{prefix}-{tokenize(source, chunks)}"
+    name = f"{prefix}-{tokenize(args, chunks)}"
     graph: dict = {}
     row = 0
     for i, height in enumerate(chunks[0]):
         col = 0
         for j, width in enumerate(chunks[1]):
-            key = (name, i, j) if depth is None else (name, i, j, 0)
-            graph[key] = (function, source, row, col, height, width)
+            key = (name, i, j) if len(chunks) == 2 else (name, i, j, 0)
+            graph[key] = (function, *args, row, col, height, width)
             col += width
         row += height
-    full = chunks if depth is None else chunks + ((depth,),)
-    return da.Array(graph, name, full, dtype=dtype)
+    return da.Array(graph, name, chunks, dtype=dtype)
+
+
+def raw_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | None = None,
+              mask: str = "auto") -> da.Array:
+    """The selected bands, then the mask band if ``mask`` picks one, in one read per window:
+    dask array of shape (height, width, n_bands [+ 1]), the file's dtype."""
+    selected = _selected(header, bands, mask)
+    source = _source(header, selected, _mask_band(header, mask))
+    chunks = chunk_grid(header, chunk_pixels, len(source.bands))
+    return _graph_array(read_window, (source,), chunks + ((len(source.bands),),),
+                        np.dtype(header.dtype), "geo-read")
 
 
 def pixel_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | None = None,
-                apply_scale: bool = False) -> da.Array:
+                mask: str = "auto", apply_scale: bool = False,
+                nodata: float | tuple[float, ...] | None = None) -> da.Array:
     """The raster's pixels as a dask array, one read task per window of whole blocks.
 
     Parameters
     ----------
     header : GeoHeader
     chunk_pixels : int
-        Pixel budget of one chunk (``dask.chunk_pixels``).
+        Pixel budget of one chunk (``dask.chunk_pixels``; see `chunk_grid`).
     bands : tuple of int, optional
-        1-based bands to read, in this order (``input.bands``); default every band but alpha.
+        1-based bands to read, in this order (``input.bands``); default every band but the
+        alpha or mask band.
+    mask : str
+        ``input.mask``; a mask band it picks is read by the same tasks and dropped here.
     apply_scale : bool
-        ``input.apply_scale``: ``value * scale + offset`` per band, as float32, with masked
-        pixels NaN.
+        ``input.apply_scale``: ``value * scale + offset`` per band (the file's scale and
+        offset, e.g. Landsat Collection 2 reflectance), as float32, masked pixels NaN.
+    nodata : float or tuple, optional
+        ``input.nodata``, for the NaN of masked pixels with ``apply_scale``.
 
     Returns
     -------
@@ -543,15 +597,15 @@ def pixel_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | N
     """
     import dask.array as da
 
-    source = _source(header, bands)
-    chunks = chunk_grid(header, chunk_pixels)
-    raw = _graph_array(read_window, source, chunks, np.dtype(header.dtype), "geo-read",
-                       len(source.bands))
+    raw = raw_array(header, chunk_pixels, bands, mask)
+    if _mask_band(header, mask) is not None:
+        raw = raw[..., :-1]
     if not apply_scale:
         return raw
-    scales = np.array([header.scales[b - 1] for b in source.bands], dtype=np.float64)
-    offsets = np.array([header.offsets[b - 1] for b in source.bands], dtype=np.float64)
-    masked = mask_array(header, chunk_pixels, bands, raw)
+    selected = _selected(header, bands, mask)
+    scales = np.array([header.scales[b - 1] for b in selected], dtype=np.float64)
+    offsets = np.array([header.offsets[b - 1] for b in selected], dtype=np.float64)
+    masked = mask_array(header, chunk_pixels, bands, mask, nodata)
     return da.map_blocks(functools.partial(_apply_scale, scales=scales, offsets=offsets),
                          raw, masked[..., None], dtype=np.float32)
 
@@ -564,54 +618,69 @@ def _apply_scale(pixels: np.ndarray, masked: np.ndarray, scales: np.ndarray,
 
 
 def mask_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | None = None,
-               pixels: da.Array | None = None) -> da.Array:
-    """True where a pixel is masked: any selected band holds its nodata value, a float band
-    holds NaN or inf, or the dataset's mask or alpha band marks it transparent.
+               mask: str = "auto", nodata: float | tuple[float, ...] | None = None) -> da.Array:
+    """True where a pixel is masked, chunked as `pixel_array` and sharing its read tasks.
 
-    Nodata and NaN are found from the pixels (``pixels``, the raw `pixel_array`, shares its
-    read tasks); a mask or alpha band is read by tasks of its own.
+    A pixel is masked when any selected band holds its nodata value (the dataset's, per band;
+    ``nodata`` overrides, a scalar for every band or one value per band of the file), a float
+    band holds NaN or inf, the mask band (``mask``: the alpha band with ``auto`` or
+    ``alpha``, band N with ``band:N``) is 0, or (``auto``) the dataset's own mask band (an
+    internal mask or a ``.msk`` file) marks it.  ``mask="none"`` ignores the file's nodata,
+    alpha and mask band; NaN and inf are always masked, and an explicit ``nodata`` always
+    applies.
 
     Returns
     -------
-    dask.array.Array of shape (height, width), bool, chunked as `pixel_array`
+    dask.array.Array of shape (height, width), bool
     """
     import dask.array as da
 
-    source = _source(header, bands)
-    if pixels is None:
-        pixels = pixel_array(header, chunk_pixels, bands)
-    nodata = np.array([np.nan if header.nodata[b - 1] is None else header.nodata[b - 1]
-                       for b in source.bands], dtype=np.float64)
-    has_nodata = np.array([header.nodata[b - 1] is not None for b in source.bands])
-    from_values = pixels.map_blocks(
-        functools.partial(_value_mask, nodata=nodata, has_nodata=has_nodata), drop_axis=2,
-        dtype=bool)
-    if not _has_mask_band(header, source.bands):
-        return from_values
-    band_mask = _graph_array(read_mask_window, source, pixels.chunks[:2], bool, "geo-mask",
-                             None)
-    return da.logical_or(from_values, band_mask)
+    raw = raw_array(header, chunk_pixels, bands, mask)
+    mask_band = _mask_band(header, mask)
+    selected = _selected(header, bands, mask)
+    values = _nodata_values(header, selected, mask, nodata)
+    masked = raw.map_blocks(functools.partial(_window_mask, nodata=values,
+                                              has_mask_band=mask_band is not None),
+                            drop_axis=2, dtype=bool)
+    if mask != "auto" or mask_band is not None or not _has_dataset_mask(header, selected):
+        return masked
+    source = _source(header, selected, None)
+    band_mask = _graph_array(read_mask_window, (source,), raw.chunks[:2], bool, "geo-mask")
+    return da.logical_or(masked, band_mask)
 
 
-def _has_mask_band(header: GeoHeader, bands: tuple[int, ...]) -> bool:
-    flags = [set(header.mask_flags[b - 1]) for b in bands]
-    return header.alpha_band is not None or any(
-        "per_dataset" in f or "alpha" in f for f in flags)
+def _has_dataset_mask(header: GeoHeader, bands: tuple[int, ...]) -> bool:
+    return any("per_dataset" in header.mask_flags[b - 1] for b in bands)
 
 
-def _value_mask(pixels: np.ndarray, nodata: np.ndarray, has_nodata: np.ndarray) -> np.ndarray:
-    masked = np.zeros(pixels.shape[:2], dtype=bool)
+def _nodata_values(header: GeoHeader, bands: tuple[int, ...], mask: str,
+                   nodata: float | tuple[float, ...] | None) -> np.ndarray:
+    """float64 per selected band; NaN: no nodata value (a NaN nodata is masked anyway)."""
+    if nodata is not None:
+        per_file = (nodata,) * header.count if np.isscalar(nodata) else tuple(nodata)
+        if len(per_file) != header.count:
+            raise ConfigError(f"input.nodata: {len(per_file)} values for {header.path}, "
+                              f"which has {header.count} bands; give one value, or one per "
+                              "band of the file")
+    elif mask == "none":
+        per_file = (None,) * header.count
+    else:
+        per_file = header.nodata
+    return np.array([np.nan if per_file[b - 1] is None else float(per_file[b - 1])
+                     for b in bands], dtype=np.float64)
+
+
+def _window_mask(raw: np.ndarray, nodata: np.ndarray, has_mask_band: bool) -> np.ndarray:
+    pixels = raw[..., :-1] if has_mask_band else raw
+    masked = raw[..., -1] == 0 if has_mask_band else np.zeros(raw.shape[:2], dtype=bool)
     floats = pixels.dtype.kind == "f"
     for band in range(pixels.shape[2]):
         values = pixels[..., band]
-        if has_nodata[band]:
-            if math.isnan(nodata[band]):
-                masked |= np.isnan(values)
-            else:
-                masked |= values == values.dtype.type(nodata[band]) if \
-                    _representable(nodata[band], values.dtype) else False
         if floats:
             masked |= ~np.isfinite(values)
+        value = nodata[band]
+        if not math.isnan(value) and _representable(value, values.dtype):
+            masked |= values == values.dtype.type(value)
     return masked
 
 
