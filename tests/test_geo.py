@@ -514,3 +514,27 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
                         cog.display_palette(4))
     left = [os.path.join(root, name) for root, _, names in os.walk(out) for name in names]
     assert left == []
+
+
+def test_outputs_to_a_url_are_uploaded_complete(tmp_path):
+    import fsspec
+
+    bands, truth = classes_scene()
+    header = geo.read_header(write_raster(tmp_path / "scene.tif", bands))
+    labels = label_array(header, 4096, CENTROIDS)
+    memory = fsspec.filesystem("memory")
+    try:
+        written = cog.write_scene("memory://geo-out/run", "scene", labels, header,
+                                  CENTROIDS.astype(np.uint16), cog.display_palette(4),
+                                  masks=False)
+        assert written.files["labels"] == [("labels/scene.tif", memory.size(
+            "/geo-out/run/labels/scene.tif"))]
+        local = tmp_path / "copy.tif"
+        local.write_bytes(memory.cat_file("/geo-out/run/labels/scene.tif"))
+        assert cog_validate(str(local))[0]
+        with rasterio.open(local) as src:
+            np.testing.assert_array_equal(src.read(1), truth)
+        assert memory.exists("/geo-out/run/classes/scene.csv")
+        assert memory.exists("/geo-out/run/labels/scene.qml")
+    finally:
+        memory.rm("/geo-out", recursive=True)
