@@ -503,17 +503,23 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
     header = geo.read_header(path)
     labels = label_array(header, 4096, CENTROIDS)
 
-    def broken(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    copy = rasterio.shutil.copy
+    calls = []
 
-    monkeypatch.setattr(rasterio.shutil, "copy", broken)
+    def full_disk(*args, **kwargs):  # the label COG is written, the segmented image is not
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return copy(*args, **kwargs)
+
+    monkeypatch.setattr(rasterio.shutil, "copy", full_disk)
     out = tmp_path / "out"
-    with pytest.raises(OutputError, match=r"cannot write .*labels/scene.tif \(\[Errno 28\] No "
+    with pytest.raises(OutputError, match=r"cannot write .*segmented/scene.tif \(\[Errno 28\] No "
                                           r"space left on device\); free space"):
         cog.write_scene(str(out), "scene", labels, header, CENTROIDS.astype(np.uint16),
                         cog.display_palette(4))
     left = [os.path.join(root, name) for root, _, names in os.walk(out) for name in names]
-    assert left == []
+    assert len(calls) == 2 and left == []
 
 
 def test_outputs_to_a_url_are_uploaded_complete(tmp_path):

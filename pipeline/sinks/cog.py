@@ -263,17 +263,46 @@ def write_scene(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
     """
     n_clusters = len(centroids)
     names = list(class_names or [f"class {j}" for j in range(n_clusters)])
-    georef = GeoReference.of(header)
-    height, width = labels.shape
-    sinks: dict[str, RasterSink] = {}
-    outputs = SceneOutputs()
-    if not georef.crs_wkt:
-        outputs.notes.append(NO_CRS_NOTE)
+    outputs = SceneOutputs(notes=[] if header.crs_wkt else [NO_CRS_NOTE])
     fill = masked_label(n_clusters)
     if nodata is None:
         nodata = header.nodata[0] if header.nodata else None
+    _make_folders(out_dir, name, masks, segmented)
+    sinks: dict[str, RasterSink] = {}
+    done: list[str] = []
     try:
-        _make_folders(out_dir, name, masks, segmented)
+        sinks = _open_sinks(out_dir, name, labels, header, centroids, palette, names, fill,
+                            segmented, masks, nodata, band_names, storage_options)
+        tally = _ClassTally(header, n_clusters)
+        for row, col, block in iterate_chunks(labels, concurrent):
+            _write_block(sinks, row, col, block, centroids, fill, nodata, n_clusters)
+            tally.add(row, block)
+        for kind in list(sinks):
+            sink = sinks.pop(kind)
+            size = sink.close()
+            done.append(sink.path)
+            outputs.files.setdefault("masks" if kind.startswith("mask") else kind,
+                                     []).append((_relative(sink.path, out_dir), size))
+    except BaseException:
+        for sink in sinks.values():
+            sink.abort()
+        for path in done:  # an image whose outputs could not all be written has none
+            _remove(path, storage_options)
+        raise
+    outputs.counts, outputs.areas, outputs.masked_pixels = tally.result()
+    _write_side_files(out_dir, name, palette, names, outputs, header, storage_options)
+    return outputs
+
+
+def _open_sinks(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
+                centroids: np.ndarray, palette: np.ndarray, names: list[str], fill: int,
+                segmented: bool, masks: bool, nodata: float | None,
+                band_names: Sequence[str] | None,
+                storage_options: dict | None) -> dict[str, RasterSink]:
+    georef = GeoReference.of(header)
+    height, width = labels.shape
+    sinks: dict[str, RasterSink] = {}
+    try:
         sinks["labels"] = RasterSink(
             storage.join(out_dir, f"labels/{name}.tif"), height, width, 1, labels.dtype, georef,
             nodata=fill, colormap=_colormap(palette, fill), description=["class"],
@@ -285,39 +314,62 @@ def write_scene(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
                 centroids.shape[1], centroids.dtype, georef, nodata=nodata,
                 resampling="average", description=band_names,
                 internal_mask=nodata is None, storage_options=storage_options)
-        if masks:
-            for j in range(n_clusters):
-                sinks[f"mask {j}"] = RasterSink(
-                    storage.join(out_dir, f"masks/{name}/{j}.tif"), height, width, 1, np.uint8,
-                    georef, storage_options=storage_options)
-        pixel_area = _row_areas(header)
-        # a projected CRS: every pixel has one area, so areas are counts x that area
-        uniform = pixel_area is not None and bool(np.all(pixel_area == pixel_area[0]))
-        counts = np.zeros(n_clusters + 1, dtype=np.int64)
-        areas = np.zeros(n_clusters + 1, dtype=np.float64)
-        for row, col, block in iterate_chunks(labels, concurrent):
-            _write_block(sinks, row, col, block, centroids, fill, nodata, n_clusters)
-            index = np.minimum(block.ravel(), n_clusters)
-            counts += np.bincount(index, minlength=n_clusters + 1)
-            if pixel_area is not None and not uniform:
-                weights = np.repeat(pixel_area[row:row + block.shape[0]], block.shape[1])
-                areas += np.bincount(index, weights=weights, minlength=n_clusters + 1)
-        for kind, sink in list(sinks.items()):
-            size = sink.close()
-            rel = os.path.relpath(sink.path, out_dir).replace(os.sep, "/") if not \
-                storage.is_url(out_dir) else sink.path[len(out_dir.rstrip("/")) + 1:]
-            outputs.files.setdefault("masks" if kind.startswith("mask") else kind,
-                                     []).append((rel, size))
-            del sinks[kind]
-    finally:
+        for j in range(len(centroids) if masks else 0):
+            sinks[f"mask {j}"] = RasterSink(
+                storage.join(out_dir, f"masks/{name}/{j}.tif"), height, width, 1, np.uint8,
+                georef, storage_options=storage_options)
+    except BaseException:
         for sink in sinks.values():
             sink.abort()
-    outputs.counts, outputs.masked_pixels = counts[:n_clusters], int(counts[n_clusters])
-    if pixel_area is not None and uniform:
-        areas = counts * pixel_area[0]
-    outputs.areas = areas[:n_clusters] if pixel_area is not None else None
-    _write_side_files(out_dir, name, palette, names, fill, outputs, header, storage_options)
-    return outputs
+        raise
+    return sinks
+
+
+class _ClassTally:
+    """Pixels and area per class, gathered chunk by chunk (the last slot: masked pixels)."""
+
+    def __init__(self, header: GeoHeader, n_clusters: int):
+        self.n_clusters = n_clusters
+        self.row_areas = _row_areas(header)
+        # a projected CRS: one area for every pixel, so areas are counts x that area
+        self.uniform = self.row_areas is not None and bool(
+            np.all(self.row_areas == self.row_areas[0]))
+        self.counts = np.zeros(n_clusters + 1, dtype=np.int64)
+        self.areas = np.zeros(n_clusters + 1, dtype=np.float64)
+
+    def add(self, row: int, block: np.ndarray) -> None:
+        index = np.minimum(block.ravel(), self.n_clusters)
+        self.counts += np.bincount(index, minlength=self.n_clusters + 1)
+        if self.row_areas is not None and not self.uniform:
+            weights = np.repeat(self.row_areas[row:row + block.shape[0]], block.shape[1])
+            self.areas += np.bincount(index, weights=weights, minlength=self.n_clusters + 1)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """(counts per class, areas per class in m^2 or None, masked pixels)."""
+        k = self.n_clusters
+        if self.row_areas is None:
+            areas = None
+        elif self.uniform:
+            areas = self.counts[:k] * self.row_areas[0]
+        else:
+            areas = self.areas[:k]
+        return self.counts[:k], areas, int(self.counts[k])
+
+
+def _relative(path: str, out_dir: str) -> str:
+    if storage.is_url(out_dir):
+        return path[len(out_dir.rstrip("/")) + 1:]
+    return os.path.relpath(path, out_dir).replace(os.sep, "/")
+
+
+def _remove(path: str, storage_options: dict | None) -> None:
+    try:
+        if storage.is_url(path):
+            storage.remove(path, storage_options)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def _make_folders(out_dir: str, name: str, masks: bool, segmented: bool) -> None:
@@ -425,7 +477,7 @@ def map_unit_name(header: GeoHeader) -> str:
 
 
 def _write_side_files(out_dir: str, name: str, palette: np.ndarray, names: list[str],
-                      fill: int, outputs: SceneOutputs, header: GeoHeader,
+                      outputs: SceneOutputs, header: GeoHeader,
                       storage_options: dict | None) -> None:
     from pipeline.write import atomic_write
 
