@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -106,6 +107,7 @@ class RasterSink:
         rasterio = require_rasterio()
         self.path, self.resampling = path, resampling
         self._dataset = None
+        self._lock = threading.Lock()
         self.storage_options = storage_options
         self.internal_mask = internal_mask
         self.cog = georef.crs_wkt is not None
@@ -151,9 +153,11 @@ class RasterSink:
 
         bands = values[None] if values.ndim == 2 else np.moveaxis(values, -1, 0)
         window = Window(col, row, bands.shape[2], bands.shape[1])
-        self._dataset.write(bands, window=window)
-        if self.internal_mask and valid is not None:
-            self._dataset.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
+        with self._lock:  # a GDAL dataset is not thread-safe; windows may come from threads
+            self._dataset.write(bands, window=window)
+            if self.internal_mask and valid is not None:
+                self._dataset.write_mask(np.where(valid, 255, 0).astype(np.uint8),
+                                         window=window)
 
     def close(self) -> int:
         """Finish the file (COG copy, or the tiled TIFF as it is without a CRS), move it into

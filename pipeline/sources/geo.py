@@ -444,8 +444,12 @@ class _Source:
     storage_options: dict | None = field(default=None, compare=False)
 
 
-def _mask_band(header: GeoHeader, mask: str) -> int | None:
-    """The 1-based band whose zeros mask pixels, from ``input.mask``."""
+DATASET_MASK = 0  # as a "band" number: the dataset's own mask band (GDAL's GetMaskBand)
+
+
+def mask_band_of(header: GeoHeader, mask: str) -> int | None:
+    """The 1-based band whose zeros mask pixels, from ``input.mask``; `DATASET_MASK` for the
+    dataset's internal or ``.msk`` mask band (``auto``, when the file has one and no alpha)."""
     if mask == "none":
         return None
     if mask in ("auto", "alpha"):
@@ -453,7 +457,11 @@ def _mask_band(header: GeoHeader, mask: str) -> int | None:
             raise ConfigError(f"input.mask: 'alpha', but {header.path} has no alpha band "
                               f"(bands: {', '.join(header.band_names)}); use 'auto', "
                               "'band:N' or 'none'")
-        return header.alpha_band
+        if header.alpha_band is not None or mask == "alpha":
+            return header.alpha_band
+        if any("per_dataset" in flags for flags in header.mask_flags):
+            return DATASET_MASK
+        return None
     found = re.fullmatch(r"band:(\d+)", mask)
     if not found:
         raise ConfigError(f"input.mask: must be 'auto', 'alpha', 'band:N' or 'none', got "
@@ -466,7 +474,7 @@ def _mask_band(header: GeoHeader, mask: str) -> int | None:
 
 
 def _selected(header: GeoHeader, bands: tuple[int, ...] | None, mask: str) -> tuple[int, ...]:
-    mask_band = _mask_band(header, mask)
+    mask_band = mask_band_of(header, mask)
     selected = tuple(bands) if bands else tuple(b for b in header.data_bands
                                                 if b != mask_band)
     for band in selected:
@@ -476,8 +484,9 @@ def _selected(header: GeoHeader, bands: tuple[int, ...] | None, mask: str) -> tu
     return selected
 
 
-def _source(header: GeoHeader, bands: tuple[int, ...], mask_band: int | None) -> _Source:
-    read = bands + ((mask_band,) if mask_band else ())
+def window_source(header: GeoHeader, bands: tuple[int, ...], mask_band: int | None) -> _Source:
+    """What the read tasks of ``bands`` (1-based) and the mask band (or None) carry."""
+    read = bands + ((mask_band,) if mask_band is not None else ())
     return _Source(header.path, read, header.dtype, header.block_shape, header.mtime_ns,
                    header.storage_options)
 
@@ -492,10 +501,14 @@ def read_window(source: _Source, row: int, col: int, height: int, width: int) ->
     """
     from rasterio.windows import Window
 
+    bands = [b for b in source.bands if b != DATASET_MASK]
     with open_dataset(source.path, source.storage_options) as src:
         window = Window(col, row, width, height)
         try:
-            pixels = src.read(list(source.bands), window=window)
+            pixels = src.read(bands, window=window)
+            if len(bands) < len(source.bands):  # then the dataset mask: 0 masked, 255 valid
+                valid = src.dataset_mask(window=window)
+                pixels = np.concatenate([pixels, valid[None].astype(pixels.dtype)])
         except Exception as exc:
             raise ImageReadError(_block_reason(src, source, row, col, height, width, exc)) \
                 from exc
@@ -513,7 +526,7 @@ def _block_reason(src: Any, source: _Source, row: int, col: int, height: int, wi
             block = Window(left, top, min(block_w, src.width - left),
                            min(block_h, src.height - top))
             try:
-                src.read(list(source.bands), window=block)
+                src.read([b for b in source.bands if b != DATASET_MASK], window=block)
             except Exception as block_exc:
                 return (f"{source.path}: damaged data in block (row {top // block_h}, column "
                         f"{left // block_w}) at pixels y {top}-{top + block.height - 1}, x "
@@ -521,22 +534,6 @@ def _block_reason(src: Any, source: _Source, row: int, col: int, height: int, wi
                         "remove it")
     return (f"{source.path}: cannot read the window at y {row}, x {col} ({_gdal_text(exc)}); "
             "fix or remove it")
-
-
-def read_mask_window(source: _Source, row: int, col: int, height: int,
-                     width: int) -> np.ndarray:
-    """The dataset's own mask (an internal or .msk mask band, as GDAL reads it) over one
-    window: True where masked."""
-    from rasterio.windows import Window
-
-    with open_dataset(source.path, source.storage_options) as src:
-        window = Window(col, row, width, height)
-        try:
-            valid = src.read_masks(list(source.bands), window=window)
-        except Exception as exc:
-            raise ImageReadError(_block_reason(src, source, row, col, height, width, exc)) \
-                from exc
-    return ~np.all(valid > 0, axis=0)
 
 
 def _graph_array(function: Any, args: tuple, chunks: tuple[tuple[int, ...], ...],
@@ -563,7 +560,7 @@ def raw_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | Non
     """The selected bands, then the mask band if ``mask`` picks one, in one read per window:
     dask array of shape (height, width, n_bands [+ 1]), the file's dtype."""
     selected = _selected(header, bands, mask)
-    source = _source(header, selected, _mask_band(header, mask))
+    source = window_source(header, selected, mask_band_of(header, mask))
     chunks = chunk_grid(header, chunk_pixels, len(source.bands))
     return _graph_array(read_window, (source,), chunks + ((len(source.bands),),),
                         np.dtype(header.dtype), "geo-read")
@@ -598,7 +595,7 @@ def pixel_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | N
     import dask.array as da
 
     raw = raw_array(header, chunk_pixels, bands, mask)
-    if _mask_band(header, mask) is not None:
+    if mask_band_of(header, mask) is not None:
         raw = raw[..., :-1]
     if not apply_scale:
         return raw
@@ -633,29 +630,18 @@ def mask_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | No
     -------
     dask.array.Array of shape (height, width), bool
     """
-    import dask.array as da
-
     raw = raw_array(header, chunk_pixels, bands, mask)
-    mask_band = _mask_band(header, mask)
-    selected = _selected(header, bands, mask)
-    values = _nodata_values(header, selected, mask, nodata)
-    masked = raw.map_blocks(functools.partial(_window_mask, nodata=values,
-                                              has_mask_band=mask_band is not None),
-                            drop_axis=2, dtype=bool)
-    if mask != "auto" or mask_band is not None or not _has_dataset_mask(header, selected):
-        return masked
-    source = _source(header, selected, None)
-    band_mask = _graph_array(read_mask_window, (source,), raw.chunks[:2], bool, "geo-mask")
-    return da.logical_or(masked, band_mask)
+    mask_band = mask_band_of(header, mask)
+    values = nodata_values(header, _selected(header, bands, mask), mask, nodata)
+    return raw.map_blocks(functools.partial(window_mask, nodata=values,
+                                            has_mask_band=mask_band is not None),
+                          drop_axis=2, dtype=bool)
 
 
-def _has_dataset_mask(header: GeoHeader, bands: tuple[int, ...]) -> bool:
-    return any("per_dataset" in header.mask_flags[b - 1] for b in bands)
-
-
-def _nodata_values(header: GeoHeader, bands: tuple[int, ...], mask: str,
+def nodata_values(header: GeoHeader, bands: tuple[int, ...], mask: str,
                    nodata: float | tuple[float, ...] | None) -> np.ndarray:
-    """float64 per selected band; NaN: no nodata value (a NaN nodata is masked anyway)."""
+    """The nodata value of each selected band, float64; NaN: none (a NaN nodata is masked
+    anyway, as every NaN)."""
     if nodata is not None:
         per_file = (nodata,) * header.count if np.isscalar(nodata) else tuple(nodata)
         if len(per_file) != header.count:
@@ -670,7 +656,9 @@ def _nodata_values(header: GeoHeader, bands: tuple[int, ...], mask: str,
                      for b in bands], dtype=np.float64)
 
 
-def _window_mask(raw: np.ndarray, nodata: np.ndarray, has_mask_band: bool) -> np.ndarray:
+def window_mask(raw: np.ndarray, nodata: np.ndarray, has_mask_band: bool) -> np.ndarray:
+    """True where a window's pixel is masked; ``raw`` ends with the mask band if one is
+    read (0: masked)."""
     pixels = raw[..., :-1] if has_mask_band else raw
     masked = raw[..., -1] == 0 if has_mask_band else np.zeros(raw.shape[:2], dtype=bool)
     floats = pixels.dtype.kind == "f"
