@@ -196,15 +196,22 @@ def test_apply_scale_gives_physical_units(tmp_path):
     path = write_raster(tmp_path / "refl.tif", raw, nodata=0, tiled=False, block=1)
     with rasterio.open(path, "r+") as dst:
         dst.scales, dst.offsets = (2.75e-05,), (-0.2,)
-    header = geo.read_header(path)
-    assert header.scales == (2.75e-05,) and header.offsets == (-0.2,)
-    scaled = geo.pixel_array(header, 1000, apply_scale=True).compute()[..., 0]
+    stored = geo.read_header(path)
+    assert stored.scales == (2.75e-05,) and stored.offsets == (-0.2,)
+    assert stored.dtype == "int16"
+    np.testing.assert_array_equal(geo.pixel_array(stored, 1000).compute()[..., 0], raw[0])
+    header = geo.read_header(path, apply_scale=True)
+    assert header.dtype == "float32" and header.stored_dtype == "int16"
+    scaled = geo.pixel_array(header, 1000).compute()[..., 0]
     assert scaled.dtype == np.float32
     expected = np.array([[100, -50], [0, 20000]]) * 2.75e-05 - 0.2
-    np.testing.assert_allclose(scaled[~np.isnan(scaled)], expected.ravel()[[0, 1, 3]],
+    np.testing.assert_allclose(scaled.ravel()[[0, 1, 3]], expected.ravel()[[0, 1, 3]],
                                rtol=1e-6)
-    assert np.isnan(scaled[1, 0])  # nodata stays masked after scaling
-    np.testing.assert_array_equal(geo.pixel_array(header, 1000).compute()[..., 0], raw[0])
+    assert np.isnan(scaled[1, 0])  # nodata is masked on the stored value, then NaN
+    np.testing.assert_array_equal(geo.mask_array(header, 1000).compute(),
+                                  [[False, False], [True, False]])
+    # -0.2 is where a stored 0 would land: masking never compares scaled values to nodata
+    assert np.isnan(geo.nodata_values(header, (1,), "auto", None)).all()
 
 
 def test_vrt_band_stack_is_one_image(tmp_path):

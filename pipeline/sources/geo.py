@@ -96,7 +96,7 @@ class GeoHeader:
     height: int
     width: int
     count: int
-    dtype: str
+    stored_dtype: str
     band_names: tuple[str, ...]
     nodata: tuple[float | None, ...]
     mask_flags: tuple[tuple[str, ...], ...]
@@ -107,10 +107,21 @@ class GeoHeader:
     offsets: tuple[float, ...]
     units: tuple[str, ...] = ()
     colorinterp: tuple[str, ...] = ()
+    apply_scale: bool = False  # input.apply_scale: pixels are value * scale + offset, float32
     files: tuple[str, ...] = ()
     size_bytes: int = 0
     mtime_ns: int = 0
     storage_options: dict | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def dtype(self) -> str:
+        """The dtype of the pixels the pipeline works on: the file's, or float32 when
+        ``apply_scale`` gives physical units."""
+        return "float32" if self.apply_scale else self.stored_dtype
+
+    @property
+    def format(self) -> str:
+        return "geo"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -270,8 +281,8 @@ def _named_file(text: str) -> str | None:
 # Headers
 
 
-def read_header(path: str, name: str | None = None,
-                storage_options: dict | None = None) -> GeoHeader:
+def read_header(path: str, name: str | None = None, storage_options: dict | None = None,
+                apply_scale: bool = False) -> GeoHeader:
     """Read a raster's metadata: no pixels (a VRT's sources are opened to check their grid).
 
     Parameters
@@ -280,6 +291,8 @@ def read_header(path: str, name: str | None = None,
         A local path or a URL.
     name : str, optional
         The image's output name (default: the file name without extension).
+    apply_scale : bool
+        ``input.apply_scale``: read ``value * scale + offset`` (see `GeoHeader.dtype`).
 
     Returns
     -------
@@ -300,7 +313,8 @@ def read_header(path: str, name: str | None = None,
         if src.driver == "VRT":
             _check_vrt_sources(path, src, storage_options)
         header = _header_of(src, path, name, storage_options)
-    return GeoHeader(**{**header, "size_bytes": size, "mtime_ns": mtime})
+    return GeoHeader(**{**header, "size_bytes": size, "mtime_ns": mtime,
+                        "apply_scale": apply_scale})
 
 
 def _stat(path: str, storage_options: dict | None) -> tuple[int, int]:
@@ -365,7 +379,7 @@ def _header_of(src: Any, path: str, name: str, storage_options: dict | None) -> 
     names = tuple(_band_name(src, b) for b in range(1, src.count + 1))
     return {
         "path": path, "name": name, "driver": src.driver, "height": src.height,
-        "width": src.width, "count": src.count, "dtype": src.dtypes[0],
+        "width": src.width, "count": src.count, "stored_dtype": src.dtypes[0],
         "band_names": names,
         "nodata": tuple(None if v is None else float(v) for v in src.nodatavals),
         "mask_flags": tuple(tuple(f.name for f in flags) for flags in src.mask_flag_enums),
@@ -441,6 +455,11 @@ class _Source:
     dtype: str
     block_shape: tuple[int, int]
     mtime_ns: int = 0
+    # apply_scale: per data band, scale, offset and the stored nodata (NaN: none), so the task
+    # masks on stored values before it scales them
+    scales: tuple[float, ...] = ()
+    offsets: tuple[float, ...] = ()
+    nodata: tuple[float, ...] = ()
     storage_options: dict | None = field(default=None, compare=False)
 
 
@@ -484,11 +503,21 @@ def _selected(header: GeoHeader, bands: tuple[int, ...] | None, mask: str) -> tu
     return selected
 
 
-def window_source(header: GeoHeader, bands: tuple[int, ...], mask_band: int | None) -> _Source:
-    """What the read tasks of ``bands`` (1-based) and the mask band (or None) carry."""
+def window_source(header: GeoHeader, bands: tuple[int, ...], mask_band: int | None,
+                  mask: str = "auto",
+                  nodata: float | tuple[float, ...] | None = None) -> _Source:
+    """What the read tasks of ``bands`` (1-based) and the mask band (or None) carry; with
+    ``apply_scale``, also what masking needs (``input.mask``, ``input.nodata``), since the
+    task masks before it scales."""
     read = bands + ((mask_band,) if mask_band is not None else ())
-    return _Source(header.path, read, header.dtype, header.block_shape, header.mtime_ns,
-                   header.storage_options)
+    scaling: dict = {}
+    if header.apply_scale:
+        stored = _stored_nodata(header, bands, mask, nodata)
+        scaling = {"scales": tuple(header.scales[b - 1] for b in bands),
+                   "offsets": tuple(header.offsets[b - 1] for b in bands),
+                   "nodata": tuple(stored.tolist())}
+    return _Source(header.path, read, header.stored_dtype, header.block_shape, header.mtime_ns,
+                   storage_options=header.storage_options, **scaling)
 
 
 def read_window(source: _Source, row: int, col: int, height: int, width: int) -> np.ndarray:
@@ -512,7 +541,20 @@ def read_window(source: _Source, row: int, col: int, height: int, width: int) ->
         except Exception as exc:
             raise ImageReadError(_block_reason(src, source, row, col, height, width, exc)) \
                 from exc
-    return np.moveaxis(pixels, 0, -1)
+    pixels = np.moveaxis(pixels, 0, -1)
+    return _scaled(pixels, source) if source.scales else pixels
+
+
+def _scaled(raw: np.ndarray, source: _Source) -> np.ndarray:
+    """``value * scale + offset`` per band as float32; pixels masked by their stored values
+    (nodata) become NaN; a mask band read last keeps its 0/255."""
+    n_bands = len(source.scales)
+    values = raw.astype(np.float32)
+    masked = window_mask(raw[..., :n_bands], np.array(source.nodata), False)
+    values[..., :n_bands] *= np.array(source.scales, dtype=np.float32)
+    values[..., :n_bands] += np.array(source.offsets, dtype=np.float32)
+    values[..., :n_bands][masked] = np.nan
+    return values
 
 
 def _block_reason(src: Any, source: _Source, row: int, col: int, height: int, width: int,
@@ -556,24 +598,26 @@ def _graph_array(function: Any, args: tuple, chunks: tuple[tuple[int, ...], ...]
 
 
 def raw_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | None = None,
-              mask: str = "auto") -> da.Array:
+              mask: str = "auto", nodata: float | tuple[float, ...] | None = None) -> da.Array:
     """The selected bands, then the mask band if ``mask`` picks one, in one read per window:
     dask array of shape (height, width, n_bands [+ 1]), the file's dtype."""
     selected = _selected(header, bands, mask)
-    source = window_source(header, selected, mask_band_of(header, mask))
+    source = window_source(header, selected, mask_band_of(header, mask), mask, nodata)
     chunks = chunk_grid(header, chunk_pixels, len(source.bands))
     return _graph_array(read_window, (source,), chunks + ((len(source.bands),),),
                         np.dtype(header.dtype), "geo-read")
 
 
 def pixel_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | None = None,
-                mask: str = "auto", apply_scale: bool = False,
-                nodata: float | tuple[float, ...] | None = None) -> da.Array:
+                mask: str = "auto", nodata: float | tuple[float, ...] | None = None) -> da.Array:
     """The raster's pixels as a dask array, one read task per window of whole blocks.
 
     Parameters
     ----------
     header : GeoHeader
+        With ``apply_scale`` (``read_header(..., apply_scale=True)``) the pixels are
+        ``value * scale + offset`` per band (the file's scale and offset, e.g. Landsat
+        Collection 2 reflectance), float32, masked pixels NaN.
     chunk_pixels : int
         Pixel budget of one chunk (``dask.chunk_pixels``; see `chunk_grid`).
     bands : tuple of int, optional
@@ -581,37 +625,15 @@ def pixel_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | N
         alpha or mask band.
     mask : str
         ``input.mask``; a mask band it picks is read by the same tasks and dropped here.
-    apply_scale : bool
-        ``input.apply_scale``: ``value * scale + offset`` per band (the file's scale and
-        offset, e.g. Landsat Collection 2 reflectance), as float32, masked pixels NaN.
     nodata : float or tuple, optional
-        ``input.nodata``, for the NaN of masked pixels with ``apply_scale``.
+        ``input.nodata`` (with ``apply_scale``, the stored values to mask before scaling).
 
     Returns
     -------
-    dask.array.Array of shape (height, width, n_bands)
-        The file's dtype, or float32 with ``apply_scale``.
+    dask.array.Array of shape (height, width, n_bands), ``header.dtype``
     """
-    import dask.array as da
-
-    raw = raw_array(header, chunk_pixels, bands, mask)
-    if mask_band_of(header, mask) is not None:
-        raw = raw[..., :-1]
-    if not apply_scale:
-        return raw
-    selected = _selected(header, bands, mask)
-    scales = np.array([header.scales[b - 1] for b in selected], dtype=np.float64)
-    offsets = np.array([header.offsets[b - 1] for b in selected], dtype=np.float64)
-    masked = mask_array(header, chunk_pixels, bands, mask, nodata)
-    return da.map_blocks(functools.partial(_apply_scale, scales=scales, offsets=offsets),
-                         raw, masked[..., None], dtype=np.float32)
-
-
-def _apply_scale(pixels: np.ndarray, masked: np.ndarray, scales: np.ndarray,
-                 offsets: np.ndarray) -> np.ndarray:
-    values = (pixels * scales + offsets).astype(np.float32)
-    values[np.broadcast_to(masked, values.shape)] = np.nan
-    return values
+    raw = raw_array(header, chunk_pixels, bands, mask, nodata)
+    return raw[..., :-1] if mask_band_of(header, mask) is not None else raw
 
 
 def mask_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | None = None,
@@ -630,7 +652,7 @@ def mask_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | No
     -------
     dask.array.Array of shape (height, width), bool
     """
-    raw = raw_array(header, chunk_pixels, bands, mask)
+    raw = raw_array(header, chunk_pixels, bands, mask, nodata)
     mask_band = mask_band_of(header, mask)
     values = nodata_values(header, _selected(header, bands, mask), mask, nodata)
     return raw.map_blocks(functools.partial(window_mask, nodata=values,
@@ -639,9 +661,17 @@ def mask_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | No
 
 
 def nodata_values(header: GeoHeader, bands: tuple[int, ...], mask: str,
+                  nodata: float | tuple[float, ...] | None) -> np.ndarray:
+    """The nodata value of each selected band in the pixels' units, float64; NaN: none (a NaN
+    nodata is masked anyway, as every NaN).  With ``apply_scale`` all NaN: the read task has
+    already turned masked pixels into NaN."""
+    if header.apply_scale:
+        return np.full(len(bands), np.nan)
+    return _stored_nodata(header, bands, mask, nodata)
+
+
+def _stored_nodata(header: GeoHeader, bands: tuple[int, ...], mask: str,
                    nodata: float | tuple[float, ...] | None) -> np.ndarray:
-    """The nodata value of each selected band, float64; NaN: none (a NaN nodata is masked
-    anyway, as every NaN)."""
     if nodata is not None:
         per_file = (nodata,) * header.count if np.isscalar(nodata) else tuple(nodata)
         if len(per_file) != header.count:
