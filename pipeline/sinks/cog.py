@@ -277,7 +277,7 @@ def write_scene(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
     try:
         sinks = _open_sinks(out_dir, name, labels, header, centroids, palette, names, fill,
                             segmented, masks, nodata, band_names, storage_options)
-        tally = _ClassTally(header, n_clusters)
+        tally = ClassTally(header, n_clusters)
         for row, col, block in iterate_chunks(labels, concurrent):
             _write_block(sinks, row, col, block, centroids, fill, nodata, n_clusters)
             tally.add(row, block)
@@ -294,7 +294,7 @@ def write_scene(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
             _remove(path, storage_options)
         raise
     outputs.counts, outputs.areas, outputs.masked_pixels = tally.result()
-    _write_side_files(out_dir, name, palette, names, outputs, header, storage_options)
+    write_side_files(out_dir, name, palette, names, outputs, header, storage_options)
     return outputs
 
 
@@ -303,25 +303,21 @@ def _open_sinks(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
                 segmented: bool, masks: bool, nodata: float | None,
                 band_names: Sequence[str] | None,
                 storage_options: dict | None) -> dict[str, RasterSink]:
-    georef = GeoReference.of(header)
     height, width = labels.shape
     sinks: dict[str, RasterSink] = {}
     try:
-        sinks["labels"] = RasterSink(
-            storage.join(out_dir, f"labels/{name}.tif"), height, width, 1, labels.dtype, georef,
-            nodata=fill, colormap=_colormap(palette, fill), description=["class"],
-            tags={f"CLASS_{j}": text for j, text in enumerate(names)},
-            storage_options=storage_options)
+        sinks["labels"] = output_sink("labels", storage.join(out_dir, f"labels/{name}.tif"),
+                                      header, 1, labels.dtype, fill, palette=palette,
+                                      class_names=names, storage_options=storage_options)
         if segmented:
-            sinks["segmented"] = RasterSink(
-                storage.join(out_dir, f"segmented/{name}.tif"), height, width,
-                centroids.shape[1], centroids.dtype, georef, nodata=nodata,
-                resampling="average", description=band_names,
+            sinks["segmented"] = output_sink(
+                "segmented", storage.join(out_dir, f"segmented/{name}.tif"), header,
+                centroids.shape[1], centroids.dtype, nodata, band_names=band_names,
                 internal_mask=nodata is None, storage_options=storage_options)
         for j in range(len(centroids) if masks else 0):
-            sinks[f"mask {j}"] = RasterSink(
-                storage.join(out_dir, f"masks/{name}/{j}.tif"), height, width, 1, np.uint8,
-                georef, storage_options=storage_options)
+            sinks[f"mask {j}"] = output_sink(
+                "masks", storage.join(out_dir, f"masks/{name}/{j}.tif"), header, 1, np.uint8,
+                None, storage_options=storage_options)
     except BaseException:
         for sink in sinks.values():
             sink.abort()
@@ -329,7 +325,43 @@ def _open_sinks(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
     return sinks
 
 
-class _ClassTally:
+def output_sink(kind: str, path: str, header: GeoHeader, n_bands: int, dtype: Any,
+                nodata: float | None, *, palette: np.ndarray | None = None,
+                class_names: Sequence[str] | None = None,
+                band_names: Sequence[str] | None = None, internal_mask: bool = False,
+                storage_options: dict | None = None) -> RasterSink:
+    """The `RasterSink` of one output of ``header``'s image, set up for its kind.
+
+    Parameters
+    ----------
+    kind : {"labels", "segmented", "masks"}
+        Labels get the colour table of ``palette`` (nodata transparent), the band description
+        ``class`` and ``CLASS_<j>`` metadata from ``class_names``; overviews are nearest for
+        labels and masks, average for the segmented image.
+    nodata : float or None
+        Labels: the masked label; segmented: the input's nodata; masks: None.
+    internal_mask : bool
+        Segmented image only: mark masked pixels in an internal mask band (each `write` then
+        needs ``valid``).
+    """
+    georef = GeoReference.of(header)
+    options: dict[str, Any] = {"storage_options": storage_options}
+    if kind == "labels":
+        n_clusters = len(palette) if palette is not None else 0
+        names = list(class_names or [f"class {j}" for j in range(n_clusters)])
+        options.update(colormap=_colormap(palette, int(nodata)) if palette is not None else None,
+                       description=["class"],
+                       tags={f"CLASS_{j}": text for j, text in enumerate(names)})
+    elif kind == "segmented":
+        options.update(resampling="average", description=band_names,
+                       internal_mask=internal_mask)
+    elif kind != "masks":
+        raise ValueError(f"unknown output kind {kind!r}")
+    return RasterSink(path, header.height, header.width, n_bands, dtype, georef,
+                      nodata=nodata, **options)
+
+
+class ClassTally:
     """Pixels and area per class, gathered chunk by chunk (the last slot: masked pixels)."""
 
     def __init__(self, header: GeoHeader, n_clusters: int):
@@ -480,21 +512,39 @@ def map_unit_name(header: GeoHeader) -> str:
 # QGIS style and class table
 
 
-def _write_side_files(out_dir: str, name: str, palette: np.ndarray, names: list[str],
-                      outputs: SceneOutputs, header: GeoHeader,
-                      storage_options: dict | None) -> None:
-    from pipeline.write import atomic_write
-
+def write_side_files(out_dir: str, name: str, palette: np.ndarray, names: list[str],
+                     outputs: SceneOutputs, header: GeoHeader,
+                     storage_options: dict | None) -> None:
+    """Write ``labels/<name>.qml`` and ``classes/<name>.csv`` (from ``outputs``' counts and
+    areas) and add them, and any note on areas, to ``outputs``."""
     qml = qgis_style(palette, names).encode()
     table = class_table(palette, names, outputs, header).encode()
     for kind, rel, data in (("style", f"labels/{name}.qml", qml),
                             ("classes", f"classes/{name}.csv", table)):
-        size = atomic_write(storage.join(out_dir, rel), lambda h, d=data: h.write(d),
-                            storage_options=storage_options)
+        size = _write_bytes(storage.join(out_dir, rel), data, storage_options)
         outputs.files.setdefault(kind, []).append((rel, size))
     if header.crs_wkt and header.crs().is_geographic:
         outputs.notes.append("geographic CRS: area_map_units2 is in square degrees; hectares "
                              "are computed on the authalic sphere (R = 6,371,007 m) row by row")
+
+
+def _write_bytes(path: str, data: bytes, storage_options: dict | None) -> int:
+    """A small file, atomically: one PUT for a URL, else a temporary name then a rename."""
+    if storage.is_url(path):
+        storage.put_bytes(path, data, storage_options)
+        return len(data)
+    folder, base = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    temp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{base}")
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        os.replace(temp, path)
+    except OSError as exc:
+        _remove(temp, None)
+        raise OutputError(f"cannot write {path} ({exc}); free space or fix the folder, then "
+                          "rerun with output.if_exists: resume") from exc
+    return len(data)
 
 
 def qgis_style(palette: np.ndarray, names: Sequence[str]) -> str:
