@@ -114,6 +114,7 @@ class RasterSink:
         self._local_dir = None if not storage.is_url(path) else tempfile.mkdtemp(
             prefix="kmeans-cog-")
         folder = self._local_dir or os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
         token = uuid.uuid4().hex[:12]
         base = os.path.basename(path.rstrip("/"))
         self._stage = os.path.join(folder, f"{TEMP_PREFIX}{token}-stage-{base}")

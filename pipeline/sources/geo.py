@@ -70,15 +70,64 @@ def available() -> bool:
     return True
 
 
+# Extensions of raster formats only GDAL reads here (TIFFs are routed by their tags, photos
+# keep their Pillow path); folders contribute these files.  JPEG 2000 is here: Sentinel-2 and
+# other scenes carry their georeferencing in it, which Pillow drops.
+GEO_EXTENSIONS = frozenset({".vrt", ".jp2", ".j2k", ".img", ".ntf", ".nc", ".asc", ".bil",
+                            ".hgt", ".dem", ".grd", ".sdat", ".rst", ".ers", ".kea", ".mrf"})
+TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
+
+
 def extensions() -> frozenset[str]:
-    """File extensions (lower case, with dot) of the raster formats this GDAL build reads."""
+    """`GEO_EXTENSIONS` this GDAL build has a driver for (empty without rasterio)."""
+    if not available():
+        return frozenset()
     rasterio = require_rasterio()
     from rasterio.drivers import raster_driver_extensions
 
     with rasterio.Env() as env:
         drivers = env.drivers()
-    return frozenset("." + ext for ext, driver in raster_driver_extensions().items()
-                     if driver in drivers)
+    known = {"." + ext for ext, driver in raster_driver_extensions().items() if driver in drivers}
+    return frozenset(ext for ext in GEO_EXTENSIONS if ext in known or ext in {".vrt", ".img"})
+
+
+def _extension(path: str) -> str:
+    return posixpath.splitext(path.split("?", 1)[0].rstrip("/"))[1].lower()
+
+
+def is_geo_only(path: str) -> bool:
+    """Whether ``path`` is a format only GDAL reads here (by its extension)."""
+    return _extension(path) in GEO_EXTENSIONS
+
+
+def route(path: str, storage_options: dict | None = None) -> str:
+    """How to read ``path`` (issue 13): ``geo`` (rasterio), ``tiff-ungeoreferenced`` (a
+    GeoTIFF, but rasterio is missing: tifffile reads it and georeferencing is lost),
+    ``missing-extra`` (a format only GDAL reads, rasterio missing) or ``other``."""
+    ext = _extension(path)
+    if ext in GEO_EXTENSIONS:
+        return "geo" if available() else "missing-extra"
+    if ext in TIFF_EXTENSIONS and has_geotiff_tags(path, storage_options):
+        return "geo" if available() else "tiff-ungeoreferenced"
+    return "other"
+
+
+NOT_KEPT_NOTE = (f"GeoTIFF read without its georeferencing (rasterio is not installed: "
+                 f"{INSTALL_HINT}); outputs are plain tiled TIFFs")
+
+
+def has_geotiff_tags(path: str, storage_options: dict | None = None) -> bool:
+    """Whether a TIFF's first page carries GeoTIFF tags (read with tifffile: no GDAL)."""
+    import tifffile
+
+    try:
+        handle = storage.open_read(path, storage_options) if storage.is_url(path) else \
+            open(path, "rb")
+        with handle, tifffile.TiffFile(handle) as tif:
+            tags = tif.pages.first.tags
+            return any(code in tags for code in _GEOTIFF_TAGS)
+    except Exception:  # not a TIFF, unreadable: the reader that opens it says why
+        return False
 
 
 @dataclass(frozen=True)
@@ -403,16 +452,6 @@ def _band_name(src: Any, band: int) -> str:
     return interp if interp not in ("undefined", "gray", "grey") else f"band {band}"
 
 
-def is_georeferenced_tiff(path: str, storage_options: dict | None = None) -> bool:
-    """Whether a TIFF carries GeoTIFF tags (so it is read with rasterio, keeping them)."""
-    rasterio = require_rasterio()
-    try:
-        with open_dataset(path, storage_options) as src:
-            return src.crs is not None or not src.transform.is_identity or bool(src.gcps[0])
-    except (ImageReadError, rasterio.errors.RasterioError):
-        return False
-
-
 # ---------------------------------------------------------------------------------------------
 # Windows
 
@@ -463,6 +502,7 @@ class _Source:
     storage_options: dict | None = field(default=None, compare=False)
 
 
+WindowSource = _Source  # the name pipeline.raster_job knows (as rasters.WindowSource)
 DATASET_MASK = 0  # as a "band" number: the dataset's own mask band (GDAL's GetMaskBand)
 
 
