@@ -449,7 +449,7 @@ def _band_name(src: Any, band: int) -> str:
     if description:
         return description
     interp = src.colorinterp[band - 1].name
-    return interp if interp not in ("undefined", "gray", "grey") else f"band {band}"
+    return interp if interp not in ("undefined", "gray", "grey") else f"band_{band}"
 
 
 # ---------------------------------------------------------------------------------------------
