@@ -23,6 +23,7 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 
+from conftest import read_json, run_cli, write_job
 from pipeline.errors import ConfigError, ImageReadError, OutputError
 from pipeline.sinks import cog
 from pipeline.sources import geo
@@ -551,3 +552,160 @@ def test_outputs_to_a_url_are_uploaded_complete(tmp_path):
         assert memory.exists("/geo-out/run/labels/scene.qml")
     finally:
         memory.rm("/geo-out", recursive=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the run (the CLI): listing, fit, COG outputs, report.json, resume
+
+
+def geo_job(tmp_path, paths, **sections) -> str:
+    sections["kmeans"] = {"k": 4, "seed": 0, **sections.get("kmeans", {})}
+    sections["input"] = {"paths": paths, **sections.get("input", {})}
+    return write_job(tmp_path, **sections)
+
+
+def run_job(job: str, *extra: str, quiet: bool = True):
+    return run_cli("run", job, *(("-q",) if quiet else ()), *extra)
+
+
+def test_sample_scene_runs_to_cogs_listed_in_the_report(tmp_path):
+    shutil.copy(SAMPLE, tmp_path / "scene.tif")
+    result = run_job(geo_job(tmp_path, ["scene.tif"], kmeans={"k": 6}))
+    assert result.code == 0, result.err
+    out = tmp_path / "out"
+    (entry,) = read_json(out)["images"]
+    outputs = entry["outputs"]
+    assert [rel for rel, _ in outputs["labels"]] == ["labels/scene.tif"]
+    assert [rel for rel, _ in outputs["style"]] == ["labels/scene.qml"]
+    assert [rel for rel, _ in outputs["classes"]] == ["classes/scene.csv"]
+    assert len(outputs["masks"]) == 6
+    for kind in ("labels", "segmented", "masks", "style", "classes"):
+        for rel, size in outputs[kind]:
+            assert os.path.getsize(out / rel) == size
+    with rasterio.open(SAMPLE) as src:
+        crs, transform = src.crs, src.transform
+    for rel, _ in outputs["labels"] + outputs["segmented"] + outputs["masks"]:
+        assert cog_validate(str(out / rel))[0], rel
+        with rasterio.open(out / rel) as dst:
+            assert dst.crs == crs and dst.transform == transform
+    with rasterio.open(out / "labels/scene.tif") as dst:
+        assert dst.nodata == 255 and dst.colormap(1)[255] == (0, 0, 0, 0)
+        labels = dst.read(1)
+    with rasterio.open(out / "segmented/scene.tif") as dst:
+        assert dst.nodata == 0 and dst.dtypes[0] == "uint16"
+    assert entry["masked"] == int((labels == 255).sum()) > 0
+    row = entry["classes"][0]
+    assert row["area_metre2"] == row["pixels"] * 900.0
+    assert row["hectares"] == pytest.approx(row["pixels"] * 0.09)
+    assert set(row["mean"]) == {"blue", "green", "red"}
+
+
+def test_resume_checks_the_cog_outputs(tmp_path):
+    shutil.copy(SAMPLE, tmp_path / "scene.tif")
+    job = geo_job(tmp_path, ["scene.tif"], output={"masks": False})
+    assert run_job(job).code == 0
+    out = tmp_path / "out"
+    first = read_json(out)["images"][0]
+    assert run_job(job).code == 0
+    assert read_json(out)["images"][0].get("resumed") is True
+    os.unlink(out / "classes" / "scene.csv")  # an output listed in report.json is gone
+    assert run_job(job).code == 0
+    again = read_json(out)["images"][0]
+    assert not again.get("resumed") and os.path.isfile(out / "classes" / "scene.csv")
+    assert again["outputs"]["labels"] == first["outputs"]["labels"]
+
+
+def test_labels_identical_for_any_chunking_through_the_run(tmp_path):
+    bands, truth = classes_scene(height=300, width=260)
+    write_raster(tmp_path / "scene.tif", bands, nodata=0, block=32)
+    maps = []
+    for chunk_pixels in (1024, 32 * 96, 1 << 22):
+        job = geo_job(tmp_path, ["scene.tif"], dask={"chunk_pixels": chunk_pixels},
+                      output={"dir": f"out{chunk_pixels}", "masks": False})
+        assert run_job(job).code == 0
+        with rasterio.open(tmp_path / f"out{chunk_pixels}" / "labels" / "scene.tif") as src:
+            maps.append(src.read(1))
+    for labels in maps[1:]:
+        np.testing.assert_array_equal(labels, maps[0])
+    # the four classes found, whatever their numbering
+    assert len({(int(t), int(lab)) for t, lab in zip(truth.ravel(), maps[0].ravel())}) == 4
+
+
+def test_vrt_band_stack_and_scenes_in_other_crss_in_one_run(tmp_path):
+    bands, _ = classes_scene()
+    files = [write_raster(tmp_path / f"B{b}.tif", bands[b:b + 1], nodata=0) for b in range(3)]
+    build_vrt(str(tmp_path / "stack.vrt"), files)
+    write_raster(tmp_path / "degrees.tif", bands, crs=WGS84, transform=DEGREE_TRANSFORM,
+                 nodata=0)
+    result = run_job(geo_job(tmp_path, ["stack.vrt", "degrees.tif"], output={"masks": False}))
+    assert result.code == 0, result.err
+    out = tmp_path / "out"
+    with rasterio.open(out / "labels" / "stack.tif") as a, \
+            rasterio.open(out / "labels" / "degrees.tif") as b:
+        assert a.crs == rasterio.crs.CRS.from_string(UTM) and a.transform == UTM_TRANSFORM
+        assert b.crs == rasterio.crs.CRS.from_string(WGS84) and b.transform == DEGREE_TRANSFORM
+        np.testing.assert_array_equal(a.read(1), b.read(1))  # one palette for the collection
+    entries = {e["name"]: e for e in read_json(out)["images"]}
+    assert "area_degree2" in entries["degrees"]["classes"][0]
+    assert any("square degrees" in n for n in entries["degrees"]["notes"])
+
+
+def test_bad_geo_inputs_are_skipped_with_one_line_each(tmp_path):
+    bands, _ = classes_scene()
+    write_raster(tmp_path / "good.tif", bands, nodata=0)
+    files = [write_raster(tmp_path / f"B{b}.tif", bands[b:b + 1]) for b in range(3)]
+    build_vrt(str(tmp_path / "stack.vrt"), files)
+    os.unlink(files[2])
+    corrupt = write_raster(tmp_path / "corrupt.tif", bands)
+    with rasterio.open(corrupt) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_1_0", "TIFF", bidx=1))
+    with open(corrupt, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\xff" * 64)
+    result = run_job(geo_job(tmp_path, ["good.tif", "stack.vrt", "corrupt.tif"],
+                             output={"masks": False}), quiet=False)
+    assert result.code == 3, result.err
+    skipped = sorted(line for line in result.lines if line.startswith("skipped: "))
+    assert len(skipped) == 2
+    assert "corrupt.tif: damaged data in block (row 0, column 1)" in skipped[0]
+    assert "stack.vrt: names " in skipped[1] and "B2.tif, which does not exist" in skipped[1]
+    assert os.path.isfile(tmp_path / "out" / "labels" / "good.tif")
+    assert not os.path.exists(tmp_path / "out" / "labels" / "corrupt.tif")
+
+
+def test_raster_without_crs_runs_with_a_note(tmp_path):
+    bands, _ = classes_scene()
+    write_raster(tmp_path / "plain.tif", bands, crs=None, transform=from_origin(0, 0, 1, -1),
+                 nodata=0)
+    result = run_job(geo_job(tmp_path, ["plain.tif"], output={"masks": False}))
+    assert result.code == 0, result.err
+    (entry,) = read_json(tmp_path / "out")["images"]
+    assert cog.NO_CRS_NOTE in entry["notes"]
+    with rasterio.open(tmp_path / "out" / "labels" / "plain.tif") as src:
+        assert src.crs is None and src.is_tiled
+
+
+def test_apply_scale_through_the_run(tmp_path):
+    bands, truth = classes_scene(dtype="int16")
+    path = write_raster(tmp_path / "refl.tif", bands, nodata=-9999)
+    with rasterio.open(path, "r+") as dst:
+        dst.scales, dst.offsets = (2.75e-05,) * 3, (-0.2,) * 3
+    result = run_job(geo_job(tmp_path, ["refl.tif"], input={"apply_scale": True},
+                             output={"masks": False}))
+    assert result.code == 0, result.err
+    with rasterio.open(tmp_path / "out" / "segmented" / "refl.tif") as src:
+        assert src.dtypes[0] == "float32"
+        segmented = src.read()
+    assert -0.2 < float(np.nanmin(segmented)) and float(np.nanmax(segmented)) < 0.0
+    entry = read_json(tmp_path / "out")["images"][0]
+    assert entry["mode"] == "3xfloat32"
+
+
+def test_output_format_cog_refused_for_a_tiff_without_geotiff_tags(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "plain.tif", np.zeros((20, 20, 3), np.uint16), tile=(16, 16))
+    result = run_job(geo_job(tmp_path, ["plain.tif"], output={"format": "cog"}))
+    assert result.code == 2
+    assert result.lines[-1].startswith("error: output.format: 'cog' keeps a GeoTIFF's "
+                                       "georeferencing, but ")
