@@ -237,7 +237,8 @@ def write_scene(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
                 centroids: np.ndarray, palette: np.ndarray,
                 class_names: Sequence[str] | None = None, segmented: bool = True,
                 masks: bool = True, nodata: float | None = None,
-                band_names: Sequence[str] | None = None, storage_options: dict | None = None, concurrent: int = 0) -> SceneOutputs:
+                band_names: Sequence[str] | None = None, storage_options: dict | None = None,
+                concurrent: int = 0) -> SceneOutputs:
     """Write one scene's outputs in one pass over its label chunks.
 
     Parameters
@@ -558,7 +559,8 @@ def qgis_style(palette: np.ndarray, names: Sequence[str]) -> str:
 <qgis version="3.28.0" styleCategories="Symbology">
   <pipe>
     <provider>
-      <resampling enabled="false" zoomedInResamplingMethod="nearestNeighbour" zoomedOutResamplingMethod="nearestNeighbour" maxOversampling="2"/>
+      <resampling enabled="false" zoomedInResamplingMethod="nearestNeighbour"
+                  zoomedOutResamplingMethod="nearestNeighbour" maxOversampling="2"/>
     </provider>
     <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
       <rasterTransparency/>

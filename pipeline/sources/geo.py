@@ -384,7 +384,8 @@ def _check_bands(path: str, src: Any) -> None:
                              f"driver {src.driver}){hint}")
     dtypes = set(src.dtypes)
     if len(dtypes) > 1:
-        raise ImageReadError(f"{path}: bands have different data types ({', '.join(sorted(dtypes))}); "
+        names = ", ".join(sorted(dtypes))
+        raise ImageReadError(f"{path}: bands have different data types ({names}); "
                              "write them to one type (gdal_translate -ot) first")
     dtype = src.dtypes[0]
     if dtype not in SUPPORTED_DTYPES:
