@@ -379,7 +379,7 @@ def test_cog_outputs_keep_crs_transform_and_nodata(tmp_path):
                 assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
                 assert src.crs == header.crs() and src.transform == header.affine()
                 assert src.nodata == expected[kind]
-                assert src.compression.name == "deflate" and src.is_tiled
+                assert src.compression.name == "deflate" and src.profile["tiled"]
                 assert src.block_shapes[0] == (512, 512)
                 assert src.overviews(1) == [2]
     with rasterio.open(os.path.join(out, "labels/scene.tif")) as src:
@@ -498,7 +498,7 @@ def test_raster_without_crs_gets_plain_tiled_tiffs(tmp_path):
     bands, _ = classes_scene()
     _, out, written = scene_outputs(tmp_path, bands, crs=None, transform=from_origin(0, 0, 1, -1))
     with rasterio.open(os.path.join(out, "labels/scene.tif")) as src:
-        assert src.crs is None and src.is_tiled
+        assert src.crs is None and src.profile["tiled"]
         assert "LAYOUT" not in src.tags(ns="IMAGE_STRUCTURE")
     assert cog.NO_CRS_NOTE in written.notes
     with open(os.path.join(out, "classes/scene.csv")) as handle:
@@ -682,7 +682,7 @@ def test_raster_without_crs_runs_with_a_note(tmp_path):
     (entry,) = read_json(tmp_path / "out")["images"]
     assert cog.NO_CRS_NOTE in entry["notes"]
     with rasterio.open(tmp_path / "out" / "labels" / "plain.tif") as src:
-        assert src.crs is None and src.is_tiled
+        assert src.crs is None and src.profile["tiled"]
 
 
 def test_apply_scale_through_the_run(tmp_path):
@@ -709,3 +709,23 @@ def test_output_format_cog_refused_for_a_tiff_without_geotiff_tags(tmp_path):
     assert result.code == 2
     assert result.lines[-1].startswith("error: output.format: 'cog' keeps a GeoTIFF's "
                                        "georeferencing, but ")
+
+
+def test_without_the_geo_extra_a_geotiff_runs_and_the_report_says_what_was_lost(
+        tmp_path, monkeypatch):
+    bands, _ = classes_scene()
+    write_raster(tmp_path / "scene.tif", bands, nodata=0)
+    write_raster(tmp_path / "other.tif", bands)
+    build_vrt(str(tmp_path / "stack.vrt"), [str(tmp_path / "other.tif")])
+    monkeypatch.setattr(geo, "available", lambda: False)
+    result = run_job(geo_job(tmp_path, ["scene.tif", "stack.vrt"], output={"masks": False}),
+                     quiet=False)
+    assert result.code == 3, result.err
+    entries = {os.path.basename(e["path"]): e for e in read_json(tmp_path / "out")["images"]}
+    assert entries["scene.tif"]["status"] == "ok"
+    assert geo.NOT_KEPT_NOTE in entries["scene.tif"]["notes"]
+    assert entries["stack.vrt"]["error"].endswith(
+        "reading this format needs rasterio, which is not installed: "
+        "pip install 'kmeans-pipeline[geo]'")
+    with rasterio.open(tmp_path / "out" / "labels" / "scene.tif") as src:
+        assert "LAYOUT" not in src.tags(ns="IMAGE_STRUCTURE")  # tifffile's tiled TIFF

@@ -127,9 +127,10 @@ class RasterSink:
             "dtype": np.dtype(dtype).name, "tiled": True, "blockxsize": BLOCK,
             "blockysize": BLOCK, "compress": "deflate", "zlevel": 1, "BIGTIFF": "IF_SAFER",
             "interleave": "pixel" if count > 1 else "band",
-            "transform": Affine(*georef.transform),
             "crs": CRS.from_wkt(georef.crs_wkt) if georef.crs_wkt else None,
         }
+        if not Affine(*georef.transform).is_identity:  # none: GDAL writes no geotransform
+            profile["transform"] = Affine(*georef.transform)
         if nodata is not None:
             profile["nodata"] = nodata
         if colormap:
