@@ -34,9 +34,9 @@ import numpy as np
 from pipeline import features as feature_rows
 from pipeline import storage
 from pipeline.engine import kmeans
-from pipeline.errors import ConfigError, ImageReadError, StorageError
-from pipeline.sinks import tiled
-from pipeline.sources import rasters
+from pipeline.errors import ConfigError, ImageReadError, OutputError, StorageError
+from pipeline.sinks import cog, tiled
+from pipeline.sources import geo, rasters
 
 log = logging.getLogger(__name__)
 MODEL_KIND = "raster"
@@ -46,7 +46,7 @@ MODEL_KIND = "raster"
 class RasterImage:
     """One raster plane and how to read it (``input.bands``, ``mask``, ``nodata``)."""
 
-    header: rasters.RasterHeader
+    header: rasters.RasterHeader | geo.GeoHeader
     bands: tuple[int, ...] | None = None
     mask: str = "auto"
     nodata: float | tuple[float, ...] | None = None
@@ -57,9 +57,15 @@ class RasterImage:
         return self.header.name
 
     @property
+    def source(self) -> Any:
+        """The module that reads this image: `pipeline.sources.geo` (rasterio) for a header it
+        read, else `pipeline.sources.rasters` (tifffile, zarr); both have one window API."""
+        return geo if self.header.format == "geo" else rasters
+
+    @property
     def selected(self) -> tuple[int, ...]:
         """The 1-based bands used as features."""
-        mask_band = rasters.mask_band_of(self.header, self.mask)
+        mask_band = self.source.mask_band_of(self.header, self.mask)
         return tuple(self.bands) if self.bands else tuple(
             b for b in self.header.data_bands if b != mask_band)
 
@@ -69,12 +75,13 @@ class RasterImage:
 
     @property
     def nodata_per_band(self) -> tuple[float | None, ...]:
-        values = rasters.nodata_values(self.header, self.selected, self.mask, self.nodata)
+        values = self.source.nodata_values(self.header, self.selected, self.mask, self.nodata)
         return tuple(None if math.isnan(v) else float(v) for v in values)
 
     def windows(self) -> list[tuple[int, int, int, int]]:
         """(row, col, height, width) of every chunk, in raster order."""
-        rows, cols = rasters.chunk_grid(self.header, self.chunk_pixels, len(self.selected) + 1)
+        rows, cols = self.source.chunk_grid(self.header, self.chunk_pixels,
+                                            len(self.selected) + 1)
         out, row = [], 0
         for h in rows:
             col = 0
@@ -86,16 +93,21 @@ class RasterImage:
 
     def reader(self) -> tuple[rasters.WindowSource, np.ndarray, bool]:
         """What a window task needs: the source, nodata per band, whether a mask band is read."""
-        mask_band = rasters.mask_band_of(self.header, self.mask)
-        source = rasters.window_source(self.header, self.selected, mask_band)
-        nodata = rasters.nodata_values(self.header, self.selected, self.mask, self.nodata)
+        mask_band = self.source.mask_band_of(self.header, self.mask)
+        if self.source is geo:  # apply_scale masks in the read task, on stored values
+            source = geo.window_source(self.header, self.selected, mask_band, self.mask,
+                                       self.nodata)
+        else:
+            source = rasters.window_source(self.header, self.selected, mask_band)
+        nodata = self.source.nodata_values(self.header, self.selected, self.mask, self.nodata)
         return source, nodata, mask_band is not None
 
 
 def read_masked(source: rasters.WindowSource, nodata: np.ndarray, has_mask_band: bool, row: int,
                 col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """One window: pixels (h, w, n_bands) in the file's dtype, and the mask (h, w), bool."""
-    raw = rasters.read_window(source, row, col, height, width)
+    reader = geo if isinstance(source, geo.WindowSource) else rasters
+    raw = reader.read_window(source, row, col, height, width)
     masked = rasters.window_mask(raw, nodata, has_mask_band)
     return (raw[..., :-1] if has_mask_band else raw), masked
 
@@ -384,12 +396,20 @@ class Outputs:
 
 
 def output_format(image: RasterImage, requested: str) -> str:
-    """``output.format`` for one image: ``auto`` is zarr for a zarr input, else TIFF."""
+    """``output.format`` for one image: ``auto`` is COG for a raster read by rasterio (issue
+    13; without a CRS the COG writer makes a plain tiled TIFF and says why), zarr for a zarr
+    input, else TIFF."""
     if requested == "auto":
+        if image.header.format == "geo":
+            return "cog"
         return "zarr" if image.header.format == "zarr" else "tiff"
     if requested == "png":
         raise ConfigError(f"output.format: 'png' holds 8-bit RGB, but {image.header.path} is "
-                          "a raster; use 'auto', 'tiff' or 'zarr'")
+                          "a raster; use 'auto', 'tiff', 'zarr' or 'cog'")
+    if requested == "cog" and image.header.format != "geo":
+        raise ConfigError(f"output.format: 'cog' keeps a GeoTIFF's georeferencing, but "
+                          f"{image.header.path} was read without it (no GeoTIFF tags, or the "
+                          f"geo extra is missing: {geo.INSTALL_HINT}); use 'auto' or 'tiff'")
     return requested
 
 
@@ -539,8 +559,11 @@ def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
     paths = output_paths(image, outputs, fmt, k)
     values = tiled.centroid_values(model.native, header.dtype)
     fill = tiled.fill_values(header.dtype, image.nodata_per_band)
-    sinks = _open_sinks(image, outputs, fmt, paths, values, fill, k)
+    palette = display.to_rgb(model.native) if display is not None else \
+        cog.display_palette(k)
+    sinks = _open_sinks(image, outputs, fmt, paths, values, fill, k, palette)
     stats, masked_total = _ClassStats(model.native), [0]
+    areas = cog.ClassTally(header, k) if fmt == "cog" else None
     masked_label = tiled.masked_label(k)
     lock = threading.Lock()
     overview = _Overview(header.height, header.width, display, masked_label) \
@@ -556,6 +579,8 @@ def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
         with lock:
             stats.merge(window_stats)
             masked_total[0] += int(masked.sum())
+            if areas is not None:
+                areas.add(row, labels)
     closed: list[_Sink] = []
     try:
         _each_window(window, image.windows(), max_workers)
@@ -571,11 +596,42 @@ def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
         raise
     result = {"files": files, "masked": masked_total[0],
               "classes": stats.table(image.band_names)}
+    if areas is not None:
+        _geo_side_files(image, outputs, result, areas, palette, closed)
     if overview is not None and write_thumbs is not None:
         palette = display.to_rgb(model.native)
         result["thumbs"] = write_thumbs(overview.rgb, overview.labels, palette)
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def _geo_side_files(image: RasterImage, outputs: Outputs, result: dict, areas: cog.ClassTally,
+                    palette: np.ndarray, closed: list[_Sink]) -> None:
+    """COG outputs (issue 13): class areas into the per-class table, ``labels/<name>.qml``
+    and ``classes/<name>.csv`` into the files, and the notes on CRS and areas."""
+    counts, area_m2, _ = areas.result()
+    scene = cog.SceneOutputs(counts=counts, areas=area_m2)
+    if not image.header.georeferenced:
+        scene.notes.append(cog.NO_CRS_NOTE)
+    try:
+        cog.write_side_files(outputs.dir, image.name, palette,
+                             [f"class {j}" for j in range(len(counts))], scene, image.header,
+                             outputs.storage_options)
+    except BaseException:
+        for sink in closed:  # an image has all its outputs or none
+            _remove(sink)
+        raise
+    unit = cog.map_unit_name(image.header)
+    per_pixel = cog.pixel_area_map_units(image.header)
+    for row, count in zip(result["classes"], counts.tolist()):
+        if image.header.georeferenced:
+            row[f"area_{unit}2"] = count * per_pixel
+        if area_m2 is not None:
+            row["hectares"] = float(area_m2[row["class"]]) / 1e4
+    for kind, entries in scene.files.items():
+        result["files"][kind] = [list(entry) for entry in entries]
+    if scene.notes:
+        result["notes"] = scene.notes
 
 
 def _each_window(work: Callable[..., None], windows: list[tuple[int, int, int, int]],
@@ -661,7 +717,8 @@ class _Sink:
 
 
 def _open_sinks(image: RasterImage, outputs: Outputs, fmt: str, paths: dict[str, list[str]],
-                values: np.ndarray, fill: np.ndarray, k: int) -> list[tuple[str, _Sink]]:
+                values: np.ndarray, fill: np.ndarray, k: int,
+                palette: np.ndarray | None = None) -> list[tuple[str, _Sink]]:
     header = image.header
     n_bands = values.shape[1]
     label_type = tiled.label_dtype(k)
@@ -678,12 +735,18 @@ def _open_sinks(image: RasterImage, outputs: Outputs, fmt: str, paths: dict[str,
         specs.append(("masks", rel, lambda lab, j=j: tiled.cluster_mask(lab, j), 1, np.uint8,
                       None))
     tile = tiled.tile_for(header.block_shape, header.height, header.width)
-    chunks = rasters.chunk_grid(header, image.chunk_pixels, len(image.selected) + 1)
+    chunks = image.source.chunk_grid(header, image.chunk_pixels, len(image.selected) + 1)
     sinks = []
     try:
         for kind, rel, transform, bands, dtype, nodata in specs:
             url = storage.join(outputs.dir, rel)
-            if fmt == "zarr":
+            if fmt == "cog":  # issue 13: the input's CRS and transform, overviews, COG layout
+                writer = cog.output_sink(kind, url, header, bands, dtype, nodata,
+                                         palette=palette, band_names=image.band_names,
+                                         storage_options=outputs.storage_options)
+                sinks.append((kind, _Sink(rel, url, transform, writer, None,
+                                          outputs.storage_options)))
+            elif fmt == "zarr":
                 shape = (header.height, header.width) + ((bands,) if bands > 1 else ())
                 zchunks = (chunks[0][0], chunks[1][0]) + ((bands,) if bands > 1 else ())
                 writer = tiled.create_zarr(url, shape, dtype, zchunks,
@@ -747,7 +810,7 @@ def segment_task(image: RasterImage, model: RasterModel, outputs: Outputs, fmt: 
         result = segment_image(image, model, outputs, fmt, max_workers, display, write_thumbs)
     except ImageReadError as exc:
         return {"error": str(exc)}
-    except StorageError as exc:
+    except (StorageError, OutputError) as exc:
         return {"error": str(exc), "output_error": True}
     except OSError as exc:
         return {"error": f"cannot write the outputs of {image.header.path} to "
@@ -786,6 +849,8 @@ def _entry(result: dict, model: RasterModel) -> dict:
              "classes": result["classes"], "seconds": round(result["seconds"], 4)}
     if "thumbs" in result:
         entry["outputs"]["thumbs"] = result["thumbs"]
+    if result.get("notes"):
+        entry["notes"] = result["notes"]
     return entry
 
 

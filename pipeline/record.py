@@ -70,7 +70,12 @@ class RunRecord:
         return [info for info in images if self.status_of(info) == "pending"]
 
     def done(self, info: ImageInfo, result: dict, finished: str) -> None:
-        self.entry(info).update(status="ok", finished=finished, **result)
+        entry = self.entry(info)
+        notes = entry.get("notes", []) + [n for n in result.get("notes", ())
+                                          if n not in entry.get("notes", [])]
+        entry.update(status="ok", finished=finished, **result)
+        if notes:  # the listing's notes and the task's (issue 13: no CRS, areas)
+            entry["notes"] = notes
 
     def refused(self, info: ImageInfo, error: str) -> None:
         """The image cannot be used: skipped or failed, as ``input.on_error`` says."""

@@ -29,7 +29,7 @@ PLANES = ("all", "first")  # issue 12: rasters
 MASKS = ("auto", "alpha", "none")
 NORMALIZE = ("none", "standard", "robust")
 ERROR_METRICS = ("auto", "de76", "variance")
-OUTPUT_FORMATS = ("auto", "png", "tiff", "zarr")
+OUTPUT_FORMATS = ("auto", "png", "tiff", "zarr", "cog")
 MAX_K = 65535
 AUTO_K = "auto"  # kmeans.k: choose the smallest k meeting kmeans.max_error
 # Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS * 2 is its hard error).
@@ -273,6 +273,9 @@ KEYS: tuple[Key, ...] = (
     Key("input", "nodata", "numbers", None, "rasters: nodata value overriding the file's, "
         "one for every band or one per band (null: the file's GDAL_NODATA)", nullable=True,
         hash_if_set=True),
+    Key("input", "apply_scale", "boolean", False, "georeferenced rasters (geo extra): value x "
+        "scale + offset per band, as float32 (e.g. Landsat Collection 2 reflectance)",
+        hash_if_set=True),
     Key("preprocess", "scale", "number", 1.0, "resize factor (0.5 = half width and height), "
         "like the tutorial's scale_percent / 100", minimum=0.0, exclusive=True),
     Key("preprocess", "color_space", "enum", "rgb", "rgb | lab (CIELAB D65: perceptual "
@@ -325,8 +328,8 @@ KEYS: tuple[Key, ...] = (
         "when k > 256)"),
     Key("output", "masks", "boolean", True, "masks/<name>/<j>.png: 255 where the label is j, "
         "else 0"),
-    Key("output", "format", "enum", "auto", "auto (png for photos, tiff for TIFF rasters, zarr "
-        "for zarr) | png | tiff | zarr", choices=OUTPUT_FORMATS, hash_if_set=True),
+    Key("output", "format", "enum", "auto", "auto (png for photos, cog for georeferenced "
+        "rasters, tiff for other TIFF rasters, zarr for zarr) | png | tiff | zarr | cog", choices=OUTPUT_FORMATS, hash_if_set=True),
     Key("output", "if_exists", "enum", "resume", "resume (skip images already complete) | "
         "overwrite | fail", choices=IF_EXISTS, hashed=False),
     Key("output", "png_compression", "integer", 1, "zlib level 0-9: 1 (zlib run-length mode) is "

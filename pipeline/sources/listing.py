@@ -58,9 +58,10 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
     ConfigError
         An input path does not exist, or the inputs match no file.
     """
-    from pipeline.sources import rasters
+    from pipeline.sources import geo, rasters
 
-    extensions = readable_extensions() | (rasters.EXTENSIONS if raster_path else frozenset())
+    extensions = readable_extensions() | (
+        rasters.EXTENSIONS | geo.extensions() if raster_path else frozenset())
     out = storage.Location(output_dir) if output_dir else None
     skip_root = out.canonical() if out else None
     found: dict[str, str] = {}  # realpath -> name (first entry wins)
@@ -86,7 +87,8 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
                           + "; check the paths, globs and input.exclude")
     named = _unique_names([(paths[real], name) for real, name in found.items()])
     renamed = [(path, name) for path, name, was_renamed in named if was_renamed]
-    if raster_path and all(rasters.is_raster(path) for path, _, _ in named):
+    if raster_path and all(rasters.is_raster(path) or geo.is_geo_only(path)
+                           for path, _, _ in named):
         return _list_rasters(cfg, named, sorted(set(ignored)), renamed)
     images, failed, notes = [], [], []
     for path, name, _ in named:
@@ -109,18 +111,27 @@ def _list_rasters(cfg: InputConfig, named: list[tuple[str, str, bool]], ignored:
                   renamed: list[tuple[str, str]]) -> Listing:
     """Headers of raster inputs, one `ImageInfo` (and `RasterImage`) per image plane."""
     from pipeline import raster_job
-    from pipeline.sources import rasters
+    from pipeline.sources import geo, rasters
 
     images, failed, notes, readers = [], [], [], {}
     nodata = cfg.nodata
     for path, name, _ in named:
+        how = geo.route(path, cfg.storage_options)
         try:
-            headers = rasters.read_headers(path, name, axes=cfg.axes, planes=cfg.planes,
-                                           level=cfg.level,
-                                           storage_options=cfg.storage_options)
+            if how == "missing-extra":
+                raise ImageReadError(f"{path}: reading this format needs rasterio, which is "
+                                     f"not installed: {geo.INSTALL_HINT}")
+            if how == "geo":  # issue 13: GDAL reads it and its georeferencing is kept
+                headers = [geo.read_header(path, name, cfg.storage_options, cfg.apply_scale)]
+            else:
+                headers = rasters.read_headers(path, name, axes=cfg.axes, planes=cfg.planes,
+                                               level=cfg.level,
+                                               storage_options=cfg.storage_options)
         except ImageReadError as exc:
             failed.append((path, str(exc).removeprefix(f"{path}: ")))
             continue
+        if how == "tiff-ungeoreferenced":
+            notes.append((path, geo.NOT_KEPT_NOTE))
         for header in headers:
             mode = f"{header.count}x{header.dtype}"
             images.append(ImageInfo(
@@ -129,7 +140,7 @@ def _list_rasters(cfg: InputConfig, named: list[tuple[str, str, bool]], ignored:
                 mtime_ns=header.mtime_ns,
                 storage_options=cfg.storage_options if storage.is_url(path) else None))
             readers[header.name] = raster_job.RasterImage(header, cfg.bands, cfg.mask, nodata)
-        if headers and headers[0].note:
+        if headers and getattr(headers[0], "note", None):
             notes.append((path, headers[0].note))
     return Listing(images, failed, ignored, renamed, notes, readers)
 
