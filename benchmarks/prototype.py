@@ -108,9 +108,24 @@ def lloyd_with(assign, features: np.ndarray, weights: np.ndarray, centroids: np.
     return centroids, max_iter, inertia
 
 
+def _jumps():
+    """`jumps` (Fritzke's k-means-u*) of the engine branch, when it is there (prototype only)."""
+    try:
+        from pipeline.engine.kmeans import jumps
+        return jumps
+    except ImportError:
+        import importlib.util
+        path = os.environ.get("KMP_ENGINE_KMEANS")
+        spec = importlib.util.spec_from_file_location("engine_kmeans", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["engine_kmeans"] = module
+        spec.loader.exec_module(module)
+        return module.jumps
+
+
 def fit_coarse(codes: np.ndarray, counts: np.ndarray, cfg: KMeansConfig, bits: int,
                seed_bits: int | None = None, refine: bool = True,
-               lloyd=None) -> tuple[np.ndarray, dict]:
+               lloyd=None, jump: bool = False) -> tuple[np.ndarray, dict]:
     """The ``n_init`` starts: k-means++ on coarse points of ``seed_bits``, Lloyd on those of
     ``bits``; the winner (lowest inertia there) refined by Lloyd on the exact histogram."""
     lloyd = lloyd or lloyd_hamerly
@@ -127,9 +142,12 @@ def fit_coarse(codes: np.ndarray, counts: np.ndarray, cfg: KMeansConfig, bits: i
         score = float((kmeans.assign(cf, centroids)[1] * cw).sum())
         if best is None or score < best[0]:
             best = (score, centroids, len(steps))
+    centroids = best[1]
+    if jump:
+        rng = np.random.default_rng([cfg.seed, 1 << 20])
+        centroids = _jumps()(cf, cw, centroids, cfg.max_iter, tol_abs, rng)[0]
     t_starts = time.perf_counter() - t
     steps = []
-    centroids = best[1]
     if refine:
         centroids, steps, _ = lloyd(features, counts, centroids, cfg.max_iter, tol_abs)
     return centroids, {"bins": len(cw), "coarse_steps": best[2], "refine_steps": len(steps),
@@ -374,10 +392,10 @@ def main() -> None:
                                      lambda: fit.fit_sample(sample, km, "rgb"))
                 ref = inertia_on(codes, counts, cur.centroids)
                 for variant in args.variants.split(","):
-                    bits, seed_bits, refine = _variant(variant)
+                    bits, seed_bits, refine, jump = _variant(variant)
                     s, (centroids, info) = best_of(
                         args.repeat, lambda: fit_coarse(codes, counts, km, bits, seed_bits,
-                                                        refine))
+                                                        refine, jump=jump))
                     ratio = inertia_on(codes, counts, centroids) / ref
                     print(f"| {name} | {k} | {seed} | {len(codes)} | {cur_s:.2f} "
                           f"| {variant} | {s:.3f} | {s / cur_s:.3f} | {ratio:.4f} "
@@ -386,12 +404,15 @@ def main() -> None:
                           flush=True)
 
 
-def _variant(text: str) -> tuple[int, int | None, bool]:
-    """'6', '5/6' (seed on 5 bits, Lloyd on 6), '6-' (no exact refine)."""
+def _variant(text: str) -> tuple[int, int | None, bool, bool]:
+    """'6', '5/6' (seed on 5 bits, Lloyd on 6), '6-' (no exact refine), '6j' (jumps on the
+    coarse winner)."""
+    jump = "j" in text
+    text = text.replace("j", "")
     refine = not text.endswith("-")
     text = text.rstrip("-")
     seed, _, bits = text.rpartition("/")
-    return int(bits), int(seed) if seed else None, refine
+    return int(bits), int(seed) if seed else None, refine, jump
 
 
 if __name__ == "__main__":
