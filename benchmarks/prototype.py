@@ -31,7 +31,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pipeline import fit, kmeans, read  # noqa: E402
+from pipeline import fitting as fit, kmeans  # noqa: E402
+from pipeline.sources import collection as read  # noqa: E402
 from pipeline.config import KMeansConfig  # noqa: E402
 
 _BLOCK = 4096  # rows per block of `assign_checked`: a (block, k) float64 matrix stays in L2
@@ -360,7 +361,7 @@ def samples(folder: str, n_images: int, km: KMeansConfig) -> list[tuple[str, np.
         whole.append((info, rows))
     for info, rows in whole[:n_images]:
         out.append((info.name, rows[read.sample_positions(info, km.sample_pixels, km.seed)]))
-    from pipeline.run import _allocate
+    from pipeline.sources.collection import allocate as _allocate
 
     sizes = _allocate([len(r) for _, r in whole], km.sample_pixels)
     out.append(("collection", np.concatenate([r[read.sample_positions(i, n, km.seed)]

@@ -6,7 +6,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from pipeline import fit, kmeans
+from pipeline import fitting, kmeans
 from pipeline.config import KMeansConfig
 
 PHOTOS = os.path.join(os.path.dirname(__file__), "..", "samples", "photos")
@@ -29,7 +29,7 @@ def _reference_inertia(codes, counts, k, n_starts=6):
 def test_fit_is_within_half_a_percent_of_a_thorough_fit(photo, k):
     pixels = iio.imread(os.path.join(PHOTOS, photo))[..., :3].reshape(-1, 3)
     codes, counts = kmeans.histogram(pixels)
-    result = fit.fit_sample(pixels, KMeansConfig(k=k), "rgb")
+    result = fitting.fit_sample(pixels, KMeansConfig(k=k), "rgb")
     features = kmeans.to_features(kmeans.unpack(codes), "rgb")
     inertia = kmeans.partial_sums(features, counts, result.centroids)[0].inertia
     assert inertia <= 1.005 * _reference_inertia(codes, counts, k)

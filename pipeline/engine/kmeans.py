@@ -90,12 +90,15 @@ def coarse_histogram(codes: np.ndarray, counts: np.ndarray, features: np.ndarray
     boxes = ((((codes >> np.uint32(16)) >> drop) & mask) << np.uint32(2 * bits)
              | (((codes >> np.uint32(8)) >> drop) & mask) << np.uint32(bits)
              | ((codes >> drop) & mask))
-    occupied, box = np.unique(boxes, return_inverse=True)
     w = counts.astype(np.float64)
-    totals = np.bincount(box, weights=w, minlength=len(occupied))
+    totals = np.bincount(boxes, weights=w, minlength=1 << (3 * bits))
+    occupied = np.flatnonzero(totals)
+    index = np.zeros(len(totals), np.int64)
+    index[occupied] = np.arange(len(occupied))
+    box = index[boxes]
     sums = np.stack([np.bincount(box, weights=features[:, c] * w, minlength=len(occupied))
                      for c in range(features.shape[1])], axis=1)
-    return sums / totals[:, None], totals.astype(np.int64)
+    return sums / totals[occupied, None], totals[occupied].astype(np.int64)
 
 
 def to_features(pixels: np.ndarray, color_space: str) -> np.ndarray:
