@@ -39,6 +39,16 @@ _SPATIAL_ROWS = 1 << 18
 # 3-8x fewer points than colours on photos, and the winner refined on the colours lands
 # within 0.5 % of the inertia of starts run on the colours (benchmarks/prototype.py).
 _COARSE_BITS = 6
+# Each start on the boxes is compared after at most this many Lloyd steps; only the winner
+# goes on to converge (issue 14: most of a start's steps polish a basin already chosen).
+_START_STEPS = 10
+# Jumps on the boxes (`_fit_on_boxes`) up to this k, with this patience: on the benchmark's
+# `small` at k = 16, seeds 0-3 all reach the better basin with 10, not with kmeans.jumps's 3;
+# above k = 32 they cost seconds for under 0.3 % (benchmarks/prototype.py, issue 14).
+_JUMPS_UP_TO = 32
+_JUMP_PATIENCE = 10
+# Random streams (seed, stream): starts use 0..n_init - 1, the jumps this one.
+_JUMP_STREAM = (1 << 30) + 1
 
 
 @dataclass
@@ -105,47 +115,73 @@ def fit_sample(pixels: np.ndarray, cfg: KMeansConfig, color_space: str,
 
 def _best_of_starts(points: _Points, cfg: KMeansConfig, init: np.ndarray | None,
                     iterate: bool, parallel: bool = False) -> FitResult:
-    """Seed ``n_init`` times and keep the start with the lowest inertia (the first of equals).
+    """Seed ``n_init`` times and keep the start with the lowest inertia on ``points`` (the
+    first of equals).
 
-    For colours with ``minibatch`` and ``refine`` (issue 14), each start is seeded and runs
-    Lloyd steps on the colours merged into boxes (`_Points.coarse`), which cost a fraction of
-    steps on the colours; a mini-batch step, drawing ``batch_pixels`` rows from a histogram
-    of fewer points, would cost more than a full step.  Only the winner is refined by Lloyd
-    steps on the colours.  Otherwise every start runs all its steps (mini-batch, then Lloyd
-    with ``refine``) on ``points``.  With ``parallel`` the starts are tasks on the active
-    scheduler (each has its own random stream, so the result is the same).
+    Colours fitted with ``minibatch`` and ``refine`` go through `_fit_on_boxes`.  Otherwise
+    every start runs all its steps (mini-batch, then Lloyd with ``refine``) on ``points``.
+    With ``parallel`` the starts are tasks on the active scheduler (each has its own random
+    stream, so the result is the same).
     """
     tol_abs = kmeans.tolerance(points.features, points.weights, cfg.tol)
-    starts = range(1 if init is not None else cfg.n_init)
     iterate = iterate and cfg.max_iter > 0
-    coarse = (iterate and init is None and points.codes is not None
-              and cfg.algorithm == "minibatch" and cfg.refine)
-    on = points.coarse() if coarse else points
+    if (iterate and init is None and points.codes is not None and cfg.algorithm == "minibatch"
+            and cfg.refine):
+        return _fit_on_boxes(points, cfg, tol_abs, parallel)
+    starts = range(1 if init is not None else cfg.n_init)
+    return _run_starts(points, cfg, init, starts, tol_abs, iterate, False, parallel)
+
+
+def _run_starts(points: _Points, cfg: KMeansConfig, init: np.ndarray | None, starts: range,
+                tol_abs: float, iterate: bool, boxes: bool, parallel: bool) -> FitResult:
+    """The start with the lowest inertia on ``points`` (the first of equals)."""
     if parallel and len(starts) > 1:
-        shared = dask.delayed(on, traverse=False)
+        shared = dask.delayed(points, traverse=False)
         outcomes = dask.compute(*[dask.delayed(_start, pure=True)(shared, cfg, init, start,
-                                                                 tol_abs, iterate, coarse)
+                                                                 tol_abs, iterate, boxes)
                                   for start in starts])
     else:
-        outcomes = [_start(on, cfg, init, start, tol_abs, iterate, coarse) for start in starts]
-    best = min(outcomes, key=lambda outcome: outcome[0])[1]
-    if not coarse:
-        return best
-    centroids, steps, converged = kmeans.lloyd(points.features, points.weights,
-                                               best.centroids, cfg.max_iter, tol_abs)
-    return FitResult(centroids, best.steps + steps, converged, len(points.weights))
+        outcomes = [_start(points, cfg, init, start, tol_abs, iterate, boxes)
+                    for start in starts]
+    return min(outcomes, key=lambda outcome: outcome[0])[1]
+
+
+def _fit_on_boxes(points: _Points, cfg: KMeansConfig, tol_abs: float,
+                  parallel: bool) -> FitResult:
+    """The fit of issue 14: the starts, each seeded and run by Lloyd steps on the colours
+    merged into boxes (`_Points.coarse`, 3-8x fewer points on photos; a mini-batch step,
+    ``batch_pixels`` draws from fewer points, would cost more than a full step); the winner's
+    jumps out of its local minimum on the boxes (`kmeans.jumps`, up to k = 32, where the
+    basins of starts differ by percents); then Lloyd steps on the colours."""
+    boxes = points.coarse()
+    best = _run_starts(boxes, cfg, None, range(cfg.n_init), tol_abs, True, True, parallel)
+    centroids, steps = best.centroids, best.steps
+    if not best.converged and cfg.max_iter > len(steps):
+        centroids, more, _ = kmeans.lloyd(boxes.features, boxes.weights, centroids,
+                                          cfg.max_iter - len(steps), tol_abs)
+        steps = steps + [kmeans.Step("coarse", s.shift, s.inertia) for s in more]
+    if cfg.n_clusters <= _JUMPS_UP_TO:
+        rng = np.random.default_rng([cfg.seed, _JUMP_STREAM])
+        centroids, jump_steps, kept = kmeans.jumps(boxes.features, boxes.weights, centroids,
+                                                   cfg.max_iter, tol_abs, rng,
+                                                   patience=_JUMP_PATIENCE)
+        log.debug("%d jump(s) kept", kept)
+        steps = steps + [kmeans.Step("coarse", s.shift, s.inertia) for s in jump_steps]
+    centroids, lloyd_steps, converged = kmeans.lloyd(points.features, points.weights,
+                                                     centroids, cfg.max_iter, tol_abs)
+    return FitResult(centroids, steps + lloyd_steps, converged, len(points.weights))
 
 
 def _start(points: _Points, cfg: KMeansConfig, init: np.ndarray | None, start: int,
-           tol_abs: float, iterate: bool,
-           coarse: bool = False) -> tuple[float, FitResult]:
+           tol_abs: float, iterate: bool, boxes: bool = False) -> tuple[float, FitResult]:
     """One start: seed, then its own steps; returns (inertia on ``points``, result).  With
-    ``coarse`` the points are boxes of colours and the steps Lloyd steps (kind "coarse")."""
+    ``boxes`` the points are boxes of colours and the steps Lloyd steps (kind "coarse")."""
     rng = np.random.default_rng([cfg.seed, start])
     result = FitResult(_seed(points, cfg, init, rng), n_distinct=len(points.weights))
-    if coarse:
+    if boxes:
         centroids, steps, converged = kmeans.lloyd(points.features, points.weights,
-                                                   result.centroids, cfg.max_iter, tol_abs)
+                                                   result.centroids,
+                                                   min(cfg.max_iter, _START_STEPS), tol_abs)
         steps = [kmeans.Step("coarse", step.shift, step.inertia) for step in steps]
         result = FitResult(centroids, steps, converged, len(points.weights))
     elif iterate:
