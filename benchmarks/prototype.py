@@ -31,7 +31,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pipeline import fitting as fit, kmeans  # noqa: E402
+from pipeline import fitting as fit  # noqa: E402
+from pipeline.engine import kmeans  # noqa: E402
 from pipeline.sources import collection as read  # noqa: E402
 from pipeline.config import KMeansConfig  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pipeline import kmeans
+from pipeline.engine import kmeans
 
 
 def _plain_lloyd(features, weights, centroids, max_iter, tol_abs):

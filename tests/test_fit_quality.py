@@ -6,7 +6,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from pipeline import fitting, kmeans
+from pipeline import fitting
+from pipeline.engine import kmeans
 from pipeline.config import KMeansConfig
 
 PHOTOS = os.path.join(os.path.dirname(__file__), "..", "samples", "photos")
