@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import dask
 import numpy as np
 
+from pipeline import cluster
 from pipeline.engine import kmeans
 from pipeline.config import KMeansConfig
 
@@ -137,9 +138,9 @@ def _run_starts(points: _Points, cfg: KMeansConfig, init: np.ndarray | None, sta
     """The start with the lowest inertia on ``points`` (the first of equals)."""
     if parallel and len(starts) > 1:
         shared = dask.delayed(points, traverse=False)
-        outcomes = dask.compute(*[dask.delayed(_start, pure=True)(shared, cfg, init, start,
-                                                                 tol_abs, iterate, boxes)
-                                  for start in starts])
+        outcomes = cluster.compute(*[dask.delayed(_start, pure=True)(shared, cfg, init, start,
+                                                                    tol_abs, iterate, boxes)
+                                     for start in starts])
     else:
         outcomes = [_start(points, cfg, init, start, tol_abs, iterate, boxes)
                     for start in starts]
@@ -265,7 +266,7 @@ def _lloyd_passes(pixels: da.Array, points: _Points, centroids: np.ndarray, cfg:
     hists = [dask.delayed(kmeans.histogram, pure=True)(chunk)
              for chunk in pixels.to_delayed().ravel()]
     if persist:
-        hists = list(dask.persist(*hists))
+        hists = list(cluster.persist(*hists))
     tol_abs = kmeans.tolerance(points.features, points.weights, cfg.tol)
     steps: list[kmeans.Step] = []
     for _ in range(cfg.max_iter):
@@ -293,7 +294,7 @@ def _full_pass(hists: list, centroids: np.ndarray, color_space: str) -> kmeans.P
     parts = [da.from_delayed(dask.delayed(_chunk_partial, pure=True)(h, centroids, color_space),
                              shape=(n_clusters, centroids.shape[1] + 2), dtype=np.float64)
              for h in hists]
-    packed = da.stack(parts).sum(axis=0, split_every=_SPLIT_EVERY).compute()
+    packed, = cluster.compute(da.stack(parts).sum(axis=0, split_every=_SPLIT_EVERY))
     return kmeans.Partial.unpack(packed)
 
 
