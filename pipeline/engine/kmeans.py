@@ -283,10 +283,21 @@ def assign_hinted(features: np.ndarray, centroids: np.ndarray,
     lower : ndarray of shape (n,), float64
         A lower bound of each row's (not squared) distance to its second-nearest centroid.
     """
+    own = np.sqrt(distance_to_own(features, centroids, hints))
+    return _assign_hinted(features, centroids, hints, own, _gaps(centroids))
+
+
+def _gaps(centroids: np.ndarray) -> np.ndarray:
+    """Distances (not squared) between centroids: ndarray (n_clusters, n_clusters), float64."""
+    return np.sqrt(_distances_to(np.ascontiguousarray(centroids.T), centroids))
+
+
+def _assign_hinted(features: np.ndarray, centroids: np.ndarray, hints: np.ndarray,
+                   own: np.ndarray,
+                   gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`assign_hinted` given each row's distance to its hint's centroid and `_gaps`."""
     n, n_features = features.shape
     k = len(centroids)
-    own = np.sqrt(distance_to_own(features, centroids, hints))
-    gaps = np.sqrt(_distances_to(np.ascontiguousarray(centroids.T), centroids))
     neighbours = np.argsort(gaps, axis=1, kind="stable")  # gap 0 (itself) first
     sorted_gaps = np.take_along_axis(gaps, neighbours, axis=1)
     reach = 2 * own * (1 + _SLACK) + _SLACK
@@ -626,16 +637,16 @@ def _reassign(features: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
         top = np.argsort(drift, kind="stable")[-2:]
         upper += drift[labels] * (1 + _SLACK)
         lower -= np.where(labels == top[-1], drift[top[0]], drift[top[-1]]) * (1 + _SLACK)
-        gaps = np.sqrt(_distances_to(np.ascontiguousarray(centroids.T), centroids))
-        np.fill_diagonal(gaps, np.inf)
-        bound = np.maximum(0.5 * gaps.min(axis=1)[labels], lower)
+        gaps = _gaps(centroids)
+        nearest = np.where(np.eye(len(gaps), dtype=bool), np.inf, gaps).min(axis=1)
+        bound = np.maximum(0.5 * nearest[labels], lower)
         check = np.flatnonzero(upper * (1 + _SLACK) + _SLACK >= bound)
         upper[check] = np.sqrt(distance_to_own(features[check], centroids, labels[check]))
         check = check[upper[check] * (1 + _SLACK) + _SLACK >= bound[check]]
         if len(check):
             labels = labels.copy()
-            labels[check], near, lower[check] = assign_hinted(features[check], centroids,
-                                                              labels[check])
+            labels[check], near, lower[check] = _assign_hinted(
+                features[check], centroids, labels[check], upper[check], gaps)
             upper[check] = np.sqrt(near)
     return labels, distance_to_own(features, centroids, labels)
 
