@@ -48,6 +48,7 @@ _START_STEPS = 10
 # above k = 32 they cost seconds for under 0.3 % (benchmarks/prototype.py, issue 14).
 _JUMPS_UP_TO = 32
 _JUMP_PATIENCE = 10
+_JUMP_BITS = 5  # the jumps' trials run on boxes of 8 levels: the same basins, half the cost
 # Random streams (seed, stream): starts use 0..n_init - 1, the jumps this one.
 _JUMP_STREAM = (1 << 30) + 1
 
@@ -84,10 +85,11 @@ class _Points:
         codes, counts = kmeans.histogram(pixels)
         return cls(kmeans.to_features(kmeans.unpack(codes), color_space), counts, codes)
 
-    def coarse(self) -> "_Points":
-        """The colours merged into boxes (`kmeans.coarse_histogram`)."""
+    def coarse(self, bits: int = 0) -> "_Points":
+        """The colours merged into boxes (`kmeans.coarse_histogram`), of ``bits`` per channel
+        (default ``_COARSE_BITS``)."""
         return _Points(*kmeans.coarse_histogram(self.codes, self.weights, self.features,
-                                                _COARSE_BITS))
+                                                bits or _COARSE_BITS))
 
 
 def fit_sample(pixels: np.ndarray, cfg: KMeansConfig, color_space: str,
@@ -152,8 +154,9 @@ def _fit_on_boxes(points: _Points, cfg: KMeansConfig, tol_abs: float,
     """The fit of issue 14: the starts, each seeded and run by Lloyd steps on the colours
     merged into boxes (`_Points.coarse`, 3-8x fewer points on photos; a mini-batch step,
     ``batch_pixels`` draws from fewer points, would cost more than a full step); the winner's
-    jumps out of its local minimum on the boxes (`kmeans.jumps`, up to k = 32, where the
-    basins of starts differ by percents); then Lloyd steps on the colours."""
+    jumps out of its local minimum (`kmeans.jumps`, up to k = 32, where the basins of starts
+    differ by percents) on boxes twice as large, back on the boxes when a jump was kept; then
+    Lloyd steps on the colours."""
     boxes = points.coarse()
     best = _run_starts(boxes, cfg, None, range(cfg.n_init), tol_abs, True, True, parallel)
     centroids, steps = best.centroids, best.steps
@@ -163,11 +166,16 @@ def _fit_on_boxes(points: _Points, cfg: KMeansConfig, tol_abs: float,
         steps = steps + [kmeans.Step("coarse", s.shift, s.inertia) for s in more]
     if cfg.n_clusters <= _JUMPS_UP_TO:
         rng = np.random.default_rng([cfg.seed, _JUMP_STREAM])
-        centroids, jump_steps, kept = kmeans.jumps(boxes.features, boxes.weights, centroids,
+        big = points.coarse(_JUMP_BITS)
+        centroids, jump_steps, kept = kmeans.jumps(big.features, big.weights, centroids,
                                                    cfg.max_iter, tol_abs, rng,
                                                    patience=_JUMP_PATIENCE)
         log.debug("%d jump(s) kept", kept)
         steps = steps + [kmeans.Step("coarse", s.shift, s.inertia) for s in jump_steps]
+        if kept:
+            centroids, more, _ = kmeans.lloyd(boxes.features, boxes.weights, centroids,
+                                              cfg.max_iter, tol_abs)
+            steps = steps + [kmeans.Step("coarse", s.shift, s.inertia) for s in more]
     centroids, lloyd_steps, converged = kmeans.lloyd(points.features, points.weights,
                                                      centroids, cfg.max_iter, tol_abs)
     return FitResult(centroids, steps + lloyd_steps, converged, len(points.weights))
