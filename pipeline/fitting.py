@@ -37,8 +37,8 @@ _AUTO_ROWS = 1 << 16
 # this many sample rows (evenly strided), which bounds a Lloyd step to ~0.05 s at k = 8.
 _SPATIAL_ROWS = 1 << 18
 # The starts run on the sample's colours merged into boxes of 4 levels per channel (issue 14):
-# 3-8x fewer points than colours on photos, and the winner refined on the colours lands
-# within 0.5 % of the inertia of starts run on the colours (benchmarks/prototype.py).
+# 3-8x fewer points than colours on photos; with the jumps below, the winner refined on the
+# colours lands within 0.5 % of a thorough fit on the colours (tests/test_fit_quality.py).
 _COARSE_BITS = 6
 # Each start on the boxes is compared after at most this many Lloyd steps; only the winner
 # goes on to converge (issue 14: most of a start's steps polish a basin already chosen).
@@ -163,22 +163,33 @@ def _fit_on_boxes(points: _Points, cfg: KMeansConfig, tol_abs: float,
     if not best.converged and cfg.max_iter > len(steps):
         centroids, more, _ = kmeans.lloyd(boxes.features, boxes.weights, centroids,
                                           cfg.max_iter - len(steps), tol_abs)
-        steps = steps + [kmeans.Step("coarse", s.shift, s.inertia) for s in more]
+        steps = steps + _coarse(more)
     if cfg.n_clusters <= _JUMPS_UP_TO:
-        rng = np.random.default_rng([cfg.seed, _JUMP_STREAM])
-        big = points.coarse(_JUMP_BITS)
-        centroids, jump_steps, kept = kmeans.jumps(big.features, big.weights, centroids,
-                                                   cfg.max_iter, tol_abs, rng,
-                                                   patience=_JUMP_PATIENCE)
-        log.debug("%d jump(s) kept", kept)
-        steps = steps + [kmeans.Step("coarse", s.shift, s.inertia) for s in jump_steps]
-        if kept:
-            centroids, more, _ = kmeans.lloyd(boxes.features, boxes.weights, centroids,
-                                              cfg.max_iter, tol_abs)
-            steps = steps + [kmeans.Step("coarse", s.shift, s.inertia) for s in more]
+        centroids, more = _jump(points, boxes, centroids, cfg, tol_abs)
+        steps = steps + more
     centroids, lloyd_steps, converged = kmeans.lloyd(points.features, points.weights,
                                                      centroids, cfg.max_iter, tol_abs)
     return FitResult(centroids, steps + lloyd_steps, converged, len(points.weights))
+
+
+def _jump(points: _Points, boxes: _Points, centroids: np.ndarray, cfg: KMeansConfig,
+          tol_abs: float) -> tuple[np.ndarray, list[kmeans.Step]]:
+    """`kmeans.jumps` on boxes of ``_JUMP_BITS``, then Lloyd on ``boxes`` if one was kept."""
+    big = points.coarse(_JUMP_BITS)
+    rng = np.random.default_rng([cfg.seed, _JUMP_STREAM])
+    centroids, steps, kept = kmeans.jumps(big.features, big.weights, centroids, cfg.max_iter,
+                                          tol_abs, rng, patience=_JUMP_PATIENCE)
+    log.debug("%d jump(s) kept", kept)
+    if kept:
+        centroids, more, _ = kmeans.lloyd(boxes.features, boxes.weights, centroids,
+                                          cfg.max_iter, tol_abs)
+        steps = steps + more
+    return centroids, _coarse(steps)
+
+
+def _coarse(steps: list[kmeans.Step]) -> list[kmeans.Step]:
+    """Steps on boxes, marked as such for the report (their inertia is the boxes')."""
+    return [kmeans.Step("coarse", step.shift, step.inertia) for step in steps]
 
 
 def _start(points: _Points, cfg: KMeansConfig, init: np.ndarray | None, start: int,
@@ -191,8 +202,7 @@ def _start(points: _Points, cfg: KMeansConfig, init: np.ndarray | None, start: i
         centroids, steps, converged = kmeans.lloyd(points.features, points.weights,
                                                    result.centroids,
                                                    min(cfg.max_iter, _START_STEPS), tol_abs)
-        steps = [kmeans.Step("coarse", step.shift, step.inertia) for step in steps]
-        result = FitResult(centroids, steps, converged, len(points.weights))
+        result = FitResult(centroids, _coarse(steps), converged, len(points.weights))
     elif iterate:
         result = _iterate(points, cfg, result.centroids, tol_abs, rng)
     score = kmeans.partial_sums(points.features, points.weights, result.centroids)[0].inertia
