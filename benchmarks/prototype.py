@@ -111,18 +111,8 @@ def lloyd_with(assign, features: np.ndarray, weights: np.ndarray, centroids: np.
 
 
 def _jumps():
-    """`jumps` (Fritzke's k-means-u*) of the engine branch, when it is there (prototype only)."""
-    try:
-        from pipeline.engine.kmeans import jumps
-        return jumps
-    except ImportError:
-        import importlib.util
-        path = os.environ.get("KMP_ENGINE_KMEANS")
-        spec = importlib.util.spec_from_file_location("engine_kmeans", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["engine_kmeans"] = module
-        spec.loader.exec_module(module)
-        return module.jumps
+    """The engine's `jumps` (Fritzke's k-means-u*)."""
+    return kmeans.jumps
 
 
 def fit_coarse(codes: np.ndarray, counts: np.ndarray, cfg: KMeansConfig, bits: int,
