@@ -3,7 +3,8 @@
 Runs real `dask scheduler` / `dask worker` processes on 127.0.0.1 (the launcher the cluster
 tests use) and the pipeline against them.  Not part of the test suite: it takes minutes.
 
-    python benchmarks/cluster.py all            # or: graph | client | worker | kill
+    python benchmarks/cluster.py all            # or: graph | client | worker | kill | speed
+    python benchmarks/cluster.py speed --folder .bench/collections/medium   # issue 14
     python benchmarks/cluster.py worker --images 90 --side 2560 --memory-limit 400MiB
 
 Figures are printed as one line each; the work folder (default: a temporary one) keeps the
@@ -220,16 +221,107 @@ def _ok(report: str) -> int:
     return data.get("totals", {}).get("ok", 0) if data.get("status") == "running" else 0
 
 
+# ---------------------------------------------------------------------------------------------
+# Issue 14: the cluster as fast as threads
+
+
+def _timed_run(argv: list[str]) -> tuple[float, str]:
+    """Wall seconds of a CLI run and its stderr."""
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[3:])}: exit {done.returncode}: {done.stderr[-600:]}")
+    return seconds, done.stderr
+
+
+def _report_timings(job: str) -> dict:
+    with open(os.path.join(os.path.dirname(job), "out", "report.json")) as handle:
+        return json.load(handle)["timings"]
+
+
+def _best(argv: list[str], job: str, repeat: int) -> tuple[float, dict, str]:
+    best = None
+    for _ in range(repeat):
+        seconds, err = _timed_run(argv)
+        if best is None or seconds < best[0]:
+            best = (seconds, _report_timings(job), err)
+    return best
+
+
+def _passes(stderr: str) -> list[float]:
+    return [float(line.split("full pass in ")[1].split()[0]) for line in stderr.splitlines()
+            if "full pass in " in line]
+
+
+def localcluster_startup(repeat: int) -> float:
+    """Seconds to start and stop a 2-worker LocalCluster (in a fresh process, best of)."""
+    code = ("import time; t = time.perf_counter(); from distributed import LocalCluster; "
+            "c = LocalCluster(n_workers=2, threads_per_worker=1, host='127.0.0.1', "
+            "dashboard_address=None); print(time.perf_counter() - t); c.close()")
+    return min(float(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                    text=True, check=True).stdout.split()[0])
+               for _ in range(repeat))
+
+
+def speed(work: str, folder: str | None, repeat: int) -> None:
+    """End-to-end seconds on threads, a LocalCluster and running workers; lloyd passes."""
+    root = os.path.join(work, "speed")
+    images = folder or make_images(os.path.join(root, "images"), 64, 1024, "jpg")
+    os.makedirs(root, exist_ok=True)
+    job = write_job(root, os.path.abspath(images))
+    lloyd_job_dir = os.path.join(root, "lloyd")
+    os.makedirs(lloyd_job_dir, exist_ok=True)
+    lloyd_job = write_job(lloyd_job_dir, os.path.abspath(images),
+                          kmeans={"algorithm": "lloyd", "max_iter": 6, "tol": 0.0})
+    cluster = DaskProcesses(os.path.join(root, "dask"), n_workers=2, memory_limit="2GiB")
+    try:
+        base = cli("run", job, "-q")
+        threads = _best(base, job, repeat)
+        local = _best([*base, "--scheduler", "local"], job, repeat)
+        _timed_run([*base, "--scheduler", cluster.address])  # warm the workers' imports
+        remote = _best([*base, "--scheduler", cluster.address], job, repeat)
+        verbose = cli("run", lloyd_job, "-vv")
+        lloyd_threads = _passes(_best(verbose, lloyd_job, 1)[2])
+        lloyd_remote = _passes(_best([*verbose, "--scheduler", cluster.address], lloyd_job,
+                                     1)[2])
+    finally:
+        cluster.close()
+    startup = localcluster_startup(repeat)
+    print("| measurement | seconds | ratio to threads | target |")
+    print("|---|---|---|---|")
+    print(f"| threads (default), end to end | {threads[0]:.2f} | 1.00 | |")
+    print(f"| --scheduler local, end to end (LocalCluster start-up counted) | {local[0]:.2f} "
+          f"| {local[0] / threads[0]:.2f} | <= 1.35 |")
+    print(f"| --scheduler local, run phase only (report total) | {local[1]['total']:.2f} "
+          f"| {local[1]['total'] / threads[1]['total']:.2f} | |")
+    print(f"| remote scheduler, 2 workers already running, end to end | {remote[0]:.2f} "
+          f"| {remote[0] / threads[0]:.2f} | <= 1.1 |")
+    print(f"| 2-worker LocalCluster start-up alone (fresh process) | {startup:.2f} | | |")
+    for name, passes in (("threads", lloyd_threads), ("remote", lloyd_remote)):
+        print(f"| lloyd full passes, {name}: {', '.join(f'{p:.3f}' for p in passes)} "
+              f"| {np.median(passes):.3f} | | |")
+    if lloyd_threads and lloyd_remote:
+        extra = np.median(lloyd_remote) - np.median(lloyd_threads)
+        print(f"| scheduler overhead per lloyd pass (median remote - median threads, same 2-way "
+              f"parallelism) | {extra:.3f} | | <= 0.05 |")
+    print(f"\n(phases, threads: {threads[1]}; local: {local[1]}; remote: {remote[1]})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("all", "graph", "client", "worker", "kill"))
+    parser.add_argument("part", choices=("all", "graph", "client", "worker", "kill",
+                                             "speed"))
     parser.add_argument("--work", help="work folder (default: a new temporary one)")
     parser.add_argument("--images", type=int, default=90, help="worker: number of images")
     parser.add_argument("--side", type=int, default=2560, help="worker: image side in pixels")
     parser.add_argument("--memory-limit", default="400MiB", help="worker: its memory_limit")
     parser.add_argument("--persist", default="never", help="worker: dask.persist")
+    parser.add_argument("--folder", help="speed: the collection (default: 64 synthetic "
+                                         "1024x1024 JPEGs)")
+    parser.add_argument("--repeat", type=int, default=3, help="speed: best of")
     args = parser.parse_args()
-    work = args.work or tempfile.mkdtemp(prefix="kmeans-cluster-bench-")
+    work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="kmeans-cluster-bench-"))
     print(f"work folder: {work}; {os.cpu_count()} CPUs")
     if args.part in ("all", "graph"):
         graph_bytes(work, 1000)
@@ -239,6 +331,8 @@ def main() -> None:
         killed_worker(work, 96, 512)
     if args.part in ("all", "worker"):
         worker_memory(work, args.images, args.side, args.memory_limit, args.persist)
+    if args.part in ("all", "speed"):
+        speed(work, args.folder, args.repeat)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import dask
 import numpy as np
 
+from pipeline import cluster
 from pipeline.engine import kmeans
 from pipeline.config import KMeansConfig
 
@@ -35,6 +36,21 @@ _AUTO_ROWS = 1 << 16
 # Rows with positions have no colour histogram to shrink them: the spatial fit keeps at most
 # this many sample rows (evenly strided), which bounds a Lloyd step to ~0.05 s at k = 8.
 _SPATIAL_ROWS = 1 << 18
+# The starts run on the sample's colours merged into boxes of 4 levels per channel (issue 14):
+# 3-8x fewer points than colours on photos; with the jumps below, the winner refined on the
+# colours lands within 0.5 % of a thorough fit on the colours (tests/test_fit_quality.py).
+_COARSE_BITS = 6
+# Each start on the boxes is compared after at most this many Lloyd steps; only the winner
+# goes on to converge (issue 14: most of a start's steps polish a basin already chosen).
+_START_STEPS = 10
+# Jumps on the boxes (`_fit_on_boxes`) up to this k, with this patience: on the benchmark's
+# `small` at k = 16, seeds 0-3 all reach the better basin with 10, not with kmeans.jumps's 3;
+# above k = 32 they cost seconds for under 0.3 % (benchmarks/prototype.py, issue 14).
+_JUMPS_UP_TO = 32
+_JUMP_PATIENCE = 10
+_JUMP_BITS = 5  # the jumps' trials run on boxes of 8 levels: the same basins, half the cost
+# Random streams (seed, stream): starts use 0..n_init - 1, the jumps this one.
+_JUMP_STREAM = (1 << 30) + 1
 
 
 @dataclass
@@ -57,15 +73,23 @@ class FitResult:
 
 @dataclass
 class _Points:
-    """A weighted point set: the colour histogram of a sample, in the working space."""
+    """A weighted point set: the colour histogram of a sample, in the working space
+    (``codes``: its 24-bit colours; None for rows that are not colours)."""
 
     features: np.ndarray
     weights: np.ndarray
+    codes: np.ndarray | None = None
 
     @classmethod
     def from_pixels(cls, pixels: np.ndarray, color_space: str) -> "_Points":
         codes, counts = kmeans.histogram(pixels)
-        return cls(kmeans.to_features(kmeans.unpack(codes), color_space), counts)
+        return cls(kmeans.to_features(kmeans.unpack(codes), color_space), counts, codes)
+
+    def coarse(self, bits: int = 0) -> "_Points":
+        """The colours merged into boxes (`kmeans.coarse_histogram`), of ``bits`` per channel
+        (default ``_COARSE_BITS``)."""
+        return _Points(*kmeans.coarse_histogram(self.codes, self.weights, self.features,
+                                                bits or _COARSE_BITS))
 
 
 def fit_sample(pixels: np.ndarray, cfg: KMeansConfig, color_space: str,
@@ -97,31 +121,89 @@ def _best_of_starts(points: _Points, cfg: KMeansConfig, init: np.ndarray | None,
     """Seed ``n_init`` times and keep the start with the lowest inertia on ``points`` (the
     first of equals).
 
-    Starts are compared after all their steps (mini-batch, then Lloyd with ``refine``):
-    comparing them after the mini-batch steps alone and refining only the winner halves the
-    cost, but picked a local minimum 2.7 % worse than scikit-learn's in half of the seeds
-    tried on the benchmark's k = 16 (issue 5).  With ``parallel`` the starts are tasks on the
-    active scheduler (each has its own random stream, so the result is the same).
+    Colours fitted with ``minibatch`` and ``refine`` go through `_fit_on_boxes`.  Otherwise
+    every start runs all its steps (mini-batch, then Lloyd with ``refine``) on ``points``.
+    With ``parallel`` the starts are tasks on the active scheduler (each has its own random
+    stream, so the result is the same).
     """
     tol_abs = kmeans.tolerance(points.features, points.weights, cfg.tol)
-    starts = range(1 if init is not None else cfg.n_init)
     iterate = iterate and cfg.max_iter > 0
+    if (iterate and init is None and points.codes is not None and cfg.algorithm == "minibatch"
+            and cfg.refine):
+        return _fit_on_boxes(points, cfg, tol_abs, parallel)
+    starts = range(1 if init is not None else cfg.n_init)
+    return _run_starts(points, cfg, init, starts, tol_abs, iterate, False, parallel)
+
+
+def _run_starts(points: _Points, cfg: KMeansConfig, init: np.ndarray | None, starts: range,
+                tol_abs: float, iterate: bool, boxes: bool, parallel: bool) -> FitResult:
+    """The start with the lowest inertia on ``points`` (the first of equals)."""
     if parallel and len(starts) > 1:
         shared = dask.delayed(points, traverse=False)
-        outcomes = dask.compute(*[dask.delayed(_start, pure=True)(shared, cfg, init, start,
-                                                                 tol_abs, iterate)
-                                  for start in starts])
+        outcomes = cluster.compute(*[dask.delayed(_start, pure=True)(shared, cfg, init, start,
+                                                                    tol_abs, iterate, boxes)
+                                     for start in starts])
     else:
-        outcomes = [_start(points, cfg, init, start, tol_abs, iterate) for start in starts]
+        outcomes = [_start(points, cfg, init, start, tol_abs, iterate, boxes)
+                    for start in starts]
     return min(outcomes, key=lambda outcome: outcome[0])[1]
 
 
+def _fit_on_boxes(points: _Points, cfg: KMeansConfig, tol_abs: float,
+                  parallel: bool) -> FitResult:
+    """The fit of issue 14: the starts, each seeded and run by Lloyd steps on the colours
+    merged into boxes (`_Points.coarse`, 3-8x fewer points on photos; a mini-batch step,
+    ``batch_pixels`` draws from fewer points, would cost more than a full step); the winner's
+    jumps out of its local minimum (`kmeans.jumps`, up to k = 32, where the basins of starts
+    differ by percents) on boxes twice as large, back on the boxes when a jump was kept; then
+    Lloyd steps on the colours."""
+    boxes = points.coarse()
+    best = _run_starts(boxes, cfg, None, range(cfg.n_init), tol_abs, True, True, parallel)
+    centroids, steps = best.centroids, best.steps
+    if not best.converged and cfg.max_iter > len(steps):
+        centroids, more, _ = kmeans.lloyd(boxes.features, boxes.weights, centroids,
+                                          cfg.max_iter - len(steps), tol_abs)
+        steps = steps + _coarse(more)
+    if cfg.n_clusters <= _JUMPS_UP_TO:
+        centroids, more = _jump(points, boxes, centroids, cfg, tol_abs)
+        steps = steps + more
+    centroids, lloyd_steps, converged = kmeans.lloyd(points.features, points.weights,
+                                                     centroids, cfg.max_iter, tol_abs)
+    return FitResult(centroids, steps + lloyd_steps, converged, len(points.weights))
+
+
+def _jump(points: _Points, boxes: _Points, centroids: np.ndarray, cfg: KMeansConfig,
+          tol_abs: float) -> tuple[np.ndarray, list[kmeans.Step]]:
+    """`kmeans.jumps` on boxes of ``_JUMP_BITS``, then Lloyd on ``boxes`` if one was kept."""
+    big = points.coarse(_JUMP_BITS)
+    rng = np.random.default_rng([cfg.seed, _JUMP_STREAM])
+    centroids, steps, kept = kmeans.jumps(big.features, big.weights, centroids, cfg.max_iter,
+                                          tol_abs, rng, patience=_JUMP_PATIENCE)
+    log.debug("%d jump(s) kept", kept)
+    if kept:
+        centroids, more, _ = kmeans.lloyd(boxes.features, boxes.weights, centroids,
+                                          cfg.max_iter, tol_abs)
+        steps = steps + more
+    return centroids, _coarse(steps)
+
+
+def _coarse(steps: list[kmeans.Step]) -> list[kmeans.Step]:
+    """Steps on boxes, marked as such for the report (their inertia is the boxes')."""
+    return [kmeans.Step("coarse", step.shift, step.inertia) for step in steps]
+
+
 def _start(points: _Points, cfg: KMeansConfig, init: np.ndarray | None, start: int,
-           tol_abs: float, iterate: bool) -> tuple[float, FitResult]:
-    """One start: seed, then its own steps; returns (inertia on ``points``, result)."""
+           tol_abs: float, iterate: bool, boxes: bool = False) -> tuple[float, FitResult]:
+    """One start: seed, then its own steps; returns (inertia on ``points``, result).  With
+    ``boxes`` the points are boxes of colours and the steps Lloyd steps (kind "coarse")."""
     rng = np.random.default_rng([cfg.seed, start])
     result = FitResult(_seed(points, cfg, init, rng), n_distinct=len(points.weights))
-    if iterate:
+    if boxes:
+        centroids, steps, converged = kmeans.lloyd(points.features, points.weights,
+                                                   result.centroids,
+                                                   min(cfg.max_iter, _START_STEPS), tol_abs)
+        result = FitResult(centroids, _coarse(steps), converged, len(points.weights))
+    elif iterate:
         result = _iterate(points, cfg, result.centroids, tol_abs, rng)
     score = kmeans.partial_sums(points.features, points.weights, result.centroids)[0].inertia
     log.debug("start %d: sample inertia %.6g after %d steps", start, score, result.n_iter)
@@ -202,7 +284,7 @@ def _lloyd_passes(pixels: da.Array, points: _Points, centroids: np.ndarray, cfg:
     hists = [dask.delayed(kmeans.histogram, pure=True)(chunk)
              for chunk in pixels.to_delayed().ravel()]
     if persist:
-        hists = list(dask.persist(*hists))
+        hists = list(cluster.persist(*hists))
     tol_abs = kmeans.tolerance(points.features, points.weights, cfg.tol)
     steps: list[kmeans.Step] = []
     for _ in range(cfg.max_iter):
@@ -230,7 +312,7 @@ def _full_pass(hists: list, centroids: np.ndarray, color_space: str) -> kmeans.P
     parts = [da.from_delayed(dask.delayed(_chunk_partial, pure=True)(h, centroids, color_space),
                              shape=(n_clusters, centroids.shape[1] + 2), dtype=np.float64)
              for h in hists]
-    packed = da.stack(parts).sum(axis=0, split_every=_SPLIT_EVERY).compute()
+    packed, = cluster.compute(da.stack(parts).sum(axis=0, split_every=_SPLIT_EVERY))
     return kmeans.Partial.unpack(packed)
 
 

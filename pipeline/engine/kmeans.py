@@ -64,6 +64,43 @@ def histogram(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unique.astype(np.uint32), counts.astype(np.int64)
 
 
+def coarse_histogram(codes: np.ndarray, counts: np.ndarray, features: np.ndarray,
+                     bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """A colour histogram merged into boxes of ``2**(8 - bits)`` levels per RGB channel, each
+    box keeping the exact (weighted) mean of its colours' features and their pixel count.
+
+    A k-means step on the boxes costs a fraction of one on the colours; its inertia differs
+    from the colours' only by the spread inside boxes cut by a cluster boundary.
+
+    Parameters
+    ----------
+    codes, counts : from `histogram`
+    features : ndarray of shape (n_colors, n_features), float64
+        The colours' working-space features (`to_features` of `unpack(codes)`).
+    bits : int, 1 to 8
+
+    Returns
+    -------
+    means : ndarray of shape (n_boxes, n_features), float64, boxes in increasing order
+    weights : ndarray of shape (n_boxes,), int64
+    """
+    drop = np.uint32(8 - bits)
+    mask = np.uint32((1 << bits) - 1)
+    codes = codes.astype(np.uint32)
+    boxes = ((((codes >> np.uint32(16)) >> drop) & mask) << np.uint32(2 * bits)
+             | (((codes >> np.uint32(8)) >> drop) & mask) << np.uint32(bits)
+             | ((codes >> drop) & mask))
+    w = counts.astype(np.float64)
+    totals = np.bincount(boxes, weights=w, minlength=1 << (3 * bits))
+    occupied = np.flatnonzero(totals)
+    index = np.zeros(len(totals), np.int64)
+    index[occupied] = np.arange(len(occupied))
+    box = index[boxes]
+    sums = np.stack([np.bincount(box, weights=features[:, c] * w, minlength=len(occupied))
+                     for c in range(features.shape[1])], axis=1)
+    return sums / totals[occupied, None], totals[occupied].astype(np.int64)
+
+
 def to_features(pixels: np.ndarray, color_space: str) -> np.ndarray:
     """Working-space features of uint8 RGB rows: ndarray of shape (n, 3), float64.
 
@@ -136,9 +173,11 @@ def assign(features: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _assign_block(channels: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
-                  best: np.ndarray) -> None:
+                  best: np.ndarray, second: np.ndarray | None = None) -> None:
     best.fill(np.inf)
     labels.fill(0)
+    if second is not None:
+        second.fill(np.inf)
     d = np.empty_like(best)
     term = np.empty_like(best)
     for j, centre in enumerate(centroids):
@@ -149,6 +188,8 @@ def _assign_block(channels: np.ndarray, centroids: np.ndarray, labels: np.ndarra
             np.square(term, out=term)
             d += term
         closer = d < best
+        if second is not None:
+            np.minimum(second, np.where(closer, best, d), out=second)
         np.copyto(best, d, where=closer)
         np.copyto(labels, j, where=closer)
 
@@ -180,6 +221,137 @@ def weighted_inertia(features: np.ndarray, weights: np.ndarray | None,
     """Sum over rows of weight times squared distance to the nearest centroid."""
     distances = assign(features, centroids)[1]
     return float(distances.sum() if weights is None else (distances * weights).sum())
+
+
+def assign_two(features: np.ndarray,
+               centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`assign`, and each row's squared distance to its second-nearest centroid.
+
+    Returns
+    -------
+    labels, distances : as from `assign` (the same values)
+    second : ndarray of shape (n,), float64 (inf with one centroid)
+    """
+    n = len(features)
+    labels = np.empty(n, np.int64)
+    best = np.empty(n)
+    second = np.empty(n)
+    for start in range(0, n, _ASSIGN_BLOCK):
+        block = np.array(features[start:start + _ASSIGN_BLOCK].T, np.float64, order="C")
+        rows = slice(start, start + _ASSIGN_BLOCK)
+        _assign_block(block, centroids, labels[rows], best[rows], second[rows])
+    return labels, best, second
+
+
+def distance_to_own(features: np.ndarray, centroids: np.ndarray,
+                    labels: np.ndarray) -> np.ndarray:
+    """Squared distance of each row to centroid ``labels[i]``, added in `assign`'s order (the
+    same bits): ndarray of shape (n,), float64."""
+    own = centroids[labels]
+    d = (features[:, 0] - own[:, 0]) ** 2
+    for c in range(1, features.shape[1]):
+        d += (features[:, c] - own[:, c]) ** 2
+    return d
+
+
+# Lloyd keeps Hamerly's bounds from this many clusters on (measured: 0.6-0.9x the time of
+# plain steps at k = 8-64, 2.4x faster at k = 128, on photo histograms; issue 14).
+_BOUNDS_FROM = 100
+# Relative slack of the bounds of `assign_hinted` and `lloyd`: far above the rounding of a
+# distance (~1e-16 relative), far below any gap that matters.
+_SLACK = 1e-9
+
+
+def assign_hinted(features: np.ndarray, centroids: np.ndarray,
+                  hints: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`assign`, comparing each row only with the centroids that can beat a hint.
+
+    With u the distance from a row to its hint's centroid, a centroid farther than 2u from
+    that centroid is farther than u from the row (Elkan 2003, lemma 1), so only the nearer
+    ones are compared (with a slack far above rounding, ties still go to the lowest index).
+    Any hints give `assign`'s labels and distances; good hints (the previous label) are fast.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n, n_features), float64
+    centroids : ndarray of shape (n_clusters, n_features), float64
+    hints : ndarray of shape (n,), int, in [0, n_clusters)
+
+    Returns
+    -------
+    labels, distances : as from `assign`
+    lower : ndarray of shape (n,), float64
+        A lower bound of each row's (not squared) distance to its second-nearest centroid.
+    """
+    own = np.sqrt(distance_to_own(features, centroids, hints))
+    return _assign_hinted(features, centroids, hints, own, _gaps(centroids))
+
+
+def _gaps(centroids: np.ndarray) -> np.ndarray:
+    """Distances (not squared) between centroids: ndarray (n_clusters, n_clusters), float64."""
+    return np.sqrt(_distances_to(np.ascontiguousarray(centroids.T), centroids))
+
+
+def _assign_hinted(features: np.ndarray, centroids: np.ndarray, hints: np.ndarray,
+                   own: np.ndarray,
+                   gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`assign_hinted` given each row's distance to its hint's centroid and `_gaps`."""
+    n, n_features = features.shape
+    k = len(centroids)
+    neighbours = np.argsort(gaps, axis=1, kind="stable")  # gap 0 (itself) first
+    sorted_gaps = np.take_along_axis(gaps, neighbours, axis=1)
+    reach = 2 * own * (1 + _SLACK) + _SLACK
+    # m[i]: the candidates of row i are neighbours[hints[i], :m[i]]; a binary search of every
+    # row at once (column 0 always qualifies)
+    flat, base = sorted_gaps.ravel(), hints * k
+    last = np.zeros(n, np.int64)
+    step = 1 << (k.bit_length() - 1)
+    while step:
+        ahead = last + step
+        ok = ahead < k
+        ok[ok] = flat[base[ok] + ahead[ok]] <= reach[ok]
+        last[ok] = ahead[ok]
+        step >>= 1
+    m = last + 1
+    channels = [np.ascontiguousarray(centroids[:, c]) for c in range(n_features)]
+    labels, best, lower = np.empty(n, np.int64), np.empty(n), np.empty(n)
+    low = 0
+    while low < k:  # rows in groups of up to 1, 2, 4, ... candidates
+        width = min(max(1, 2 * low), k)
+        group = np.flatnonzero((m > low) & (m <= width))
+        low = width
+        for start in range(0, len(group), 1 << 14):
+            rows = group[start:start + (1 << 14)]
+            _assign_candidates(features[rows], channels, neighbours[hints[rows], :width],
+                               m[rows], sorted_gaps[hints[rows], np.minimum(m[rows], k - 1)],
+                               own[rows], labels, best, lower, rows)
+    return labels, best, lower
+
+
+def _assign_candidates(x: np.ndarray, channels: list[np.ndarray], candidates: np.ndarray,
+                       m: np.ndarray, next_gap: np.ndarray, own: np.ndarray,
+                       labels: np.ndarray, best: np.ndarray, lower: np.ndarray,
+                       rows: np.ndarray) -> None:
+    """One group of `assign_hinted`: rows compared with their first ``m`` candidates."""
+    width = candidates.shape[1]
+    d = (x[:, 0, None] - channels[0][candidates]) ** 2
+    for c in range(1, len(channels)):
+        d += (x[:, c, None] - channels[c][candidates]) ** 2
+    if width > 1:
+        d[np.arange(width) >= m[:, None]] = np.inf
+    r = np.arange(len(x))
+    pick = d.argmin(axis=1)
+    dmin = d[r, pick]
+    chosen = candidates[r, pick]
+    tied = (d == dmin[:, None]).sum(axis=1) > 1
+    if tied.any():  # candidates are in distance order, not index order: lowest index wins
+        chosen[tied] = np.where(d[tied] == dmin[tied, None], candidates[tied],
+                                len(channels[0])).min(axis=1)
+    labels[rows], best[rows] = chosen, dmin
+    d[r, pick] = np.inf
+    second = np.sqrt(d.min(axis=1))
+    beyond = np.where(m < len(channels[0]), next_gap - own, np.inf)
+    lower[rows] = np.minimum(second, beyond) * (1 - _SLACK) - _SLACK
 
 
 @dataclass
@@ -395,7 +567,7 @@ def random_init(features: np.ndarray, weights: np.ndarray, n_clusters: int,
 class Step:
     """One iteration, for logging and the convergence report."""
 
-    kind: str  # "minibatch" or "lloyd"
+    kind: str  # "minibatch", "lloyd", or "coarse" (Lloyd on boxes of colours)
     shift: float
     inertia: float
 
@@ -403,6 +575,15 @@ class Step:
 def lloyd(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_iter: int,
           tol_abs: float) -> tuple[np.ndarray, list[Step], bool]:
     """Weighted Lloyd iterations until the squared shift is at most ``tol_abs``.
+
+    Each step assigns every row to its nearest centroid (ties to the lowest index, as
+    `assign`) and moves each centroid to the mean of its rows.  Hamerly's bounds (2010) skip
+    the rows whose centroid provably stays the nearest: an upper bound of the distance to it
+    and a lower bound of the distance to the second-nearest, moved by how far the centroids
+    moved (with a slack far above rounding); the other rows are compared with the centroids
+    that can beat their label (`assign_hinted`).  Labels, distances and so the steps are
+    exactly those of assigning every row from scratch (tested).  The bounds cost a few passes
+    over the rows per step: below ``_BOUNDS_FROM`` clusters every row is assigned from scratch.
 
     Returns
     -------
@@ -413,18 +594,61 @@ def lloyd(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_
     steps: list[Step] = []
     w = weights.astype(np.float64)
     weighted = _weighted_columns(features, weights, w)
+    n_clusters = len(centroids)
+    if max_iter <= 0:
+        return centroids, steps, False
+    bounded = n_clusters >= _BOUNDS_FROM
+    if bounded:
+        labels, distances, second = assign_two(features, centroids)
+        upper, lower = np.sqrt(distances), np.sqrt(second)
+    else:
+        labels, distances = assign(features, centroids)
     for _ in range(max_iter):
-        partial, _, distances = _partial_sums(features, w, weighted, centroids)
+        if weighted is None:  # integer rows: exact int64 sums, as `partial_sums`
+            sums = _integer_sums(features, w, labels, n_clusters)
+        else:
+            sums = np.stack([np.bincount(labels, weights=column, minlength=n_clusters)
+                             for column in weighted], axis=1)
+        partial = Partial(sums, np.bincount(labels, weights=w, minlength=n_clusters),
+                          float((distances * w).sum()))
         new, empty = update(partial, centroids)
         # A row of weight zero is not there: it never becomes a centre (histogram counts of
         # the colour pipeline are all positive, so this changes nothing for it).
         reseed_empty(new, empty, features, np.where(w > 0, distances, 0.0))
         moved = shift(centroids, new)
         steps.append(Step("lloyd", moved, partial.inertia))
+        drift = np.sqrt(((new - centroids) ** 2).sum(axis=1))
         centroids = new
         if moved <= tol_abs:
             return centroids, steps, True
+        if bounded:
+            labels, distances = _reassign(features, centroids, labels, upper, lower, drift)
+        else:
+            labels, distances = assign(features, centroids)
     return centroids, steps, False
+
+
+def _reassign(features: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
+              upper: np.ndarray, lower: np.ndarray,
+              drift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One Hamerly step of `lloyd`: bounds moved by each centroid's ``drift``, rows whose bounds
+    fail reassigned; ``upper`` and ``lower`` modified in place.  Returns labels, distances."""
+    if len(centroids) > 1:
+        top = np.argsort(drift, kind="stable")[-2:]
+        upper += drift[labels] * (1 + _SLACK)
+        lower -= np.where(labels == top[-1], drift[top[0]], drift[top[-1]]) * (1 + _SLACK)
+        gaps = _gaps(centroids)
+        nearest = np.where(np.eye(len(gaps), dtype=bool), np.inf, gaps).min(axis=1)
+        bound = np.maximum(0.5 * nearest[labels], lower)
+        check = np.flatnonzero(upper * (1 + _SLACK) + _SLACK >= bound)
+        upper[check] = np.sqrt(distance_to_own(features[check], centroids, labels[check]))
+        check = check[upper[check] * (1 + _SLACK) + _SLACK >= bound[check]]
+        if len(check):
+            labels = labels.copy()
+            labels[check], near, lower[check] = _assign_hinted(
+                features[check], centroids, labels[check], upper[check], gaps)
+            upper[check] = np.sqrt(near)
+    return labels, distance_to_own(features, centroids, labels)
 
 
 def minibatch(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray,

@@ -1,0 +1,40 @@
+"""Issue 14: the faster fit keeps its quality: inertia vs a thorough reference on fixed data."""
+
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from pipeline import fitting
+from pipeline.engine import kmeans
+from pipeline.config import KMeansConfig
+
+PHOTOS = os.path.join(os.path.dirname(__file__), "..", "samples", "photos")
+
+
+def _reference_inertia(codes, counts, k, n_starts=6):
+    """The best of ``n_starts`` k-means++ starts, each run by Lloyd on every colour."""
+    features = kmeans.to_features(kmeans.unpack(codes), "rgb")
+    tol = kmeans.tolerance(features, counts, 1e-4)
+    best = np.inf
+    for start in range(n_starts):
+        seeds = kmeans.kmeans_plusplus(features, counts, k, np.random.default_rng([99, start]))
+        centroids = kmeans.lloyd(features, counts, seeds, 300, tol)[0]
+        best = min(best, kmeans.partial_sums(features, counts, centroids)[0].inertia)
+    return best
+
+
+# Up to k = 32 the fit jumps out of poor local minima (issue 14's guarantee: within 0.5 % of
+# a thorough fit at k = 5, 8, 16); at palette sizes it keeps the winner of its starts, within
+# 1.5 % (coffee.png at k = 64: 1.0104).
+@pytest.mark.parametrize("photo", ["coffee.png", "rocket.jpg"])
+@pytest.mark.parametrize("k, within", [(5, 1.005), (16, 1.005), (64, 1.015)])
+def test_fit_is_close_to_a_thorough_fit(photo, k, within):
+    pixels = iio.imread(os.path.join(PHOTOS, photo))[..., :3].reshape(-1, 3)
+    codes, counts = kmeans.histogram(pixels)
+    result = fitting.fit_sample(pixels, KMeansConfig(k=k), "rgb")
+    features = kmeans.to_features(kmeans.unpack(codes), "rgb")
+    inertia = kmeans.partial_sums(features, counts, result.centroids)[0].inertia
+    assert inertia <= within * _reference_inertia(codes, counts, k)
+    assert result.converged
