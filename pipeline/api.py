@@ -122,17 +122,10 @@ def _config(job: Job | JobConfig) -> JobConfig:
 
 @contextlib.contextmanager
 def _connected(cfg: JobConfig) -> Iterator["Connection"]:
-    """The job's scheduler; a notebook's active distributed client when the job names none."""
+    """The job's scheduler; when the job names none, dask's own configuration, a notebook's
+    active distributed client, else threads (`pipeline.cluster.choose_scheduler`)."""
     from pipeline import cluster
 
-    if "dask.scheduler" not in cfg.given and cfg.dask.scheduler_file is None:
-        active = cluster.active()
-        if active is not None:
-            import dask
-
-            with dask.config.set(cfg.dask.config):
-                yield active
-            return
     with cluster.connect(cfg.dask) as connection:
         yield connection
 
@@ -145,8 +138,9 @@ def run(job: Job | JobConfig, progress: Progress | None = None, *,
         on_connect: Callable[["Connection"], None] | None = None) -> dict:
     """Run a job and write every output: what ``kmeans-pipeline run`` does.
 
-    Connects to the job's ``dask.scheduler`` (default ``threads``; a distributed client
-    already active in this process is used when the job names no scheduler).
+    Connects to the job's ``dask.scheduler``; when the job names none, to what dask's own
+    configuration names (``DASK_SCHEDULER_ADDRESS``...), or a distributed client already
+    active in this process, else the threads scheduler.
 
     Parameters
     ----------
@@ -174,7 +168,7 @@ def run(job: Job | JobConfig, progress: Progress | None = None, *,
     with _connected(cfg) as connection:
         if on_connect is not None:
             on_connect(connection)
-        return driver.run(cfg, progress)
+        return driver.run(cfg, progress, scheduler=connection.describe())
 
 
 def validate(job: Job | JobConfig) -> dict:

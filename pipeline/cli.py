@@ -180,15 +180,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     skipped = [{"path": r["path"], "error": r["error"]} for r in report["images"]
                if r["status"] != "ok" and r["error"]]
     return _summary(args, report["status"], exit_status(totals), totals, job.out_dir,
-                    time.perf_counter() - started, connected[0].scheduler, skipped)
+                    time.perf_counter() - started, connected[0].describe(), skipped)
 
 
 def _summary(args: argparse.Namespace, status: str, code: int, totals: dict, out_dir: str,
-             seconds: float, scheduler: str, skipped: list[dict]) -> int:
+             seconds: float, scheduler: dict, skipped: list[dict]) -> int:
     summary = {"status": status, "exit_code": code, "output_dir": out_dir,
                "images": totals["images"], "ok": totals["ok"], "skipped": totals["skipped"],
                "failed": totals["failed"], "pixels": totals["pixels"],
-               "seconds": round(seconds, 3), "scheduler": scheduler, "problems": skipped}
+               "seconds": round(seconds, 3), "scheduler": scheduler["scheduler"],
+               "scheduler_reason": scheduler["reason"], "dashboard": scheduler["dashboard"],
+               "problems": skipped}
     if not args.quiet:
         for entry in skipped:
             print(f"skipped: {entry['path']}: {entry['error']}", file=sys.stderr)
@@ -229,8 +231,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if result["error"]:
         _print_error(result["error"])
         return result["exit_code"]
+    scheduler = {"scheduler": entry["scheduler"], "reason": "the job was submitted to it",
+                 "dashboard": entry.get("dashboard")}
     return _summary(args, result["status"], result["exit_code"], result["totals"], out,
-                    time.perf_counter() - started, entry["scheduler"], result["problems"])
+                    time.perf_counter() - started, scheduler, result["problems"])
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -55,7 +55,7 @@ class _Silent:
 
 
 def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = None,
-        cancelled: Callable[[], bool] | None = None) -> dict:
+        cancelled: Callable[[], bool] | None = None, scheduler: dict | None = None) -> dict:
     """Run a job on the active scheduler and write every output.
 
     Parameters
@@ -67,6 +67,9 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
         The id of a submitted job (see `pipeline.batch`), recorded in report.json.
     cancelled : callable, optional
         Asked between images; when it returns True the run stops with `JobCancelled`.
+    scheduler : dict, optional
+        Which scheduler runs the job and why, with its dashboard
+        (`pipeline.cluster.Connection.describe`), recorded in report.json.
 
     Returns
     -------
@@ -85,6 +88,7 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
     listing = list_inputs(cfg.input, cfg.preprocess, cfg.output.dir)
     previous = _prepare_output(cfg)
     record = RunRecord.of_listing(cfg, listing, job_id, notes)
+    record.scheduler = scheduler
     phases = _Phases(record, progress or _Silent(), cancelled)
     record.timings["list"] = time.perf_counter() - clock
     for path, reason in listing.failed:

@@ -38,6 +38,7 @@ class RunRecord:
     renamed: list[dict] = field(default_factory=list)
     progress: dict | None = None  # the phase under way: name, images and pixels done of total
     auto_k: dict | None = None
+    scheduler: dict | None = None  # which scheduler ran the job, why, its dashboard
     started: str = field(default_factory=files.utc_now)
 
     @classmethod
@@ -119,6 +120,8 @@ class RunRecord:
             extra["progress"] = self.progress
         if self.auto_k is not None:
             extra["auto_k"] = self.auto_k
+        if self.scheduler is not None:
+            extra["scheduler"] = self.scheduler
         return {"schema_version": model.SCHEMA_VERSION, "status": self.status,
                 "error": self.error, "job_file": self.cfg.source,
                 "job_hash": self.cfg.job_hash(), "started": self.started,

@@ -280,9 +280,10 @@ KEYS: tuple[Key, ...] = (
         minimum=0, maximum=9),
     Key("output", "storage_options", "mapping", {}, "for a URL output.dir (s3://, gs://, "
         "az://): passed to fsspec", hashed=False, secrets=True),
-    Key("dask", "scheduler", "enum", "threads", "threads | processes | synchronous | local (a "
+    Key("dask", "scheduler", "enum", None, "null: DASK_SCHEDULER_ADDRESS, dask config or an "
+        "active Client decide, else threads | threads | processes | synchronous | local (a "
         "LocalCluster) | tcp://host:port", choices=LOCAL_SCHEDULERS, pattern=ADDRESS,
-        pattern_text=_ADDRESS, hashed=False),
+        pattern_text=_ADDRESS, nullable=True, hashed=False),
     Key("dask", "chunk_pixels", "integer", 4194304, "most pixels per chunk; a larger image is "
         "split into row bands", minimum=1, hashed=False),
     Key("dask", "n_workers", "integer", None, "local: worker processes (null: dask picks)",
@@ -301,6 +302,9 @@ KEYS: tuple[Key, ...] = (
         "for lloyd, in memory", choices=PERSIST, hashed=False),
     Key("dask", "config", "mapping", {}, "passed to dask.config.set, e.g. "
         "{\"distributed.comm.timeouts.connect\": \"30s\"}", hashed=False),
+    Key("dask", "performance_report", "string", None, "a path: dask's performance report (HTML) "
+        "of the run; needs a distributed scheduler (a LocalCluster when none is configured)",
+        nullable=True, is_path=True, hashed=False),
 )
 
 SECTIONS: dict[str, dict[str, Key]] = {}
