@@ -352,9 +352,19 @@ class _Progress:
 
 
 def _setup_logging(level: int) -> None:
-    logging.basicConfig(format="%(levelname)s: %(name)s: %(message)s", stream=sys.stderr)
     ours = {2: logging.DEBUG, 1: logging.INFO, 0: logging.WARNING}.get(level, logging.ERROR)
-    logging.getLogger("pipeline").setLevel(ours if level <= 2 else logging.DEBUG)
+    root = logging.getLogger()
+    console = next((h for h in root.handlers if getattr(h, "kmeans_pipeline", False)), None)
+    if console is None and not root.handlers:  # as logging.basicConfig, but ours to re-level
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
+        console.kmeans_pipeline = True
+        root.addHandler(console)
+    # -q quiets the console, not the loggers: warnings still reach report.json (tasklog).
+    if console is not None:
+        console.setLevel(ours if level <= 2 else logging.DEBUG)
+    logging.getLogger("pipeline").setLevel(min(ours, logging.WARNING) if level <= 2
+                                           else logging.DEBUG)
     # A lost scheduler or worker is reported by us in one line; -v shows dask's own errors.
     noisy = logging.CRITICAL if level < 1 else logging.ERROR if level < 2 else logging.INFO
     names = ("distributed", "distributed.client", "distributed.gc", "bokeh", "tornado")

@@ -454,6 +454,8 @@ def _sample(record: RunRecord, images: list[ImageInfo], phases: _Phases,
     sample = collection.draw_sample(images, cfg.kmeans.sample_pixels, cfg.kmeans.seed,
                                     features, phases, kept,
                                     stop_at_failure=cfg.input.on_error == "fail")
+    for info, lines in sample.logged:
+        record.logged(info, lines)
     for info, error in sample.failed:
         _image_failed(record, info, error)
     if not sample.good:
@@ -480,7 +482,8 @@ def _check_decodable(record: RunRecord, images: list[ImageInfo], phases: _Phases
         return
     todo = record.pending(images)
     results = collection.sample_pass(todo, [0] * len(todo), 0, phases, "check")
-    for info, (_, error) in zip(todo, results):
+    for info, ((_, error), lines) in zip(todo, results):
+        record.logged(info, lines)
         if error is not None:
             _image_failed(record, info, error)
 
@@ -551,8 +554,9 @@ def _compute_images(record: RunRecord, groups: list[list[ImageInfo]], image_task
     todo = [info for group in groups for info in group]
     phases.phase(phase, len(todo), sum(i.n_pixels for i in todo))
 
-    def done(g: int, results: list[dict]) -> None:
-        for info, result in zip(groups[g], results):
+    def done(g: int, results: list[tuple[dict, list[str]]]) -> None:
+        for info, (result, lines) in zip(groups[g], results):
+            record.logged(info, lines)
             error = result.pop("error", None)
             if result.pop("output_error", False):  # disk full, folder removed: stop the run
                 record.failed(info, error)

@@ -73,6 +73,12 @@ class RunRecord:
     def done(self, info: ImageInfo, result: dict, finished: str) -> None:
         self.entry(info).update(status="ok", finished=finished, **result)
 
+    def logged(self, info: ImageInfo, lines: list[str]) -> None:
+        """Warnings the image's tasks logged (`pipeline.tasklog`), each once, under ``log``."""
+        if lines:
+            entry = self.entry(info).setdefault("log", [])
+            entry += [line for line in lines if line not in entry]
+
     def refused(self, info: ImageInfo, error: str) -> None:
         """The image cannot be used: skipped or failed, as ``input.on_error`` says."""
         on_error = self.cfg.input.on_error

@@ -10,7 +10,9 @@ import subprocess
 import sys
 
 import dask
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import write_job
 from pipeline.cli import main
@@ -40,8 +42,19 @@ def _labels(folder) -> dict[str, bytes]:
             for name in sorted(os.listdir(labels))}
 
 
+ICC_WARNING = ("WARNING pipeline.sources.photos: ignoring an unusable ICC profile (cannot open profile "
+               "from string)")
+
+
+def _with_bad_icc_profile(folder) -> None:
+    """An image whose ICC profile is garbage: decoding it logs a warning (in the task)."""
+    pixels = np.full((8, 12, 3), 90, np.uint8)
+    Image.fromarray(pixels).save(str(folder / "icc.png"), icc_profile=b"not a profile" * 8)
+
+
 def test_dask_scheduler_address_is_used_when_the_job_names_no_scheduler(tmp_path, collection,
                                                                         scheduler):
+    _with_bad_icc_profile(tmp_path / "images")
     job = write_job(tmp_path, output={"masks": False})
     env = {**os.environ, "DASK_SCHEDULER_ADDRESS": scheduler.address,
            "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
@@ -53,9 +66,14 @@ def test_dask_scheduler_address_is_used_when_the_job_names_no_scheduler(tmp_path
     assert summary["scheduler_reason"] == "DASK_SCHEDULER_ADDRESS"
     assert summary["dashboard"].startswith("http://127.0.0.1:")
     assert f"scheduler: {scheduler.address} (DASK_SCHEDULER_ADDRESS)" in done.stderr
-    assert _report(tmp_path)["scheduler"] == {
+    report = _report(tmp_path)
+    assert report["scheduler"] == {
         "scheduler": scheduler.address, "reason": "DASK_SCHEDULER_ADDRESS",
         "dashboard": summary["dashboard"], "workers": 1}
+    # the warning logged on the worker: in the client's log and in the image's report entry
+    assert "WARNING: pipeline.sources.photos: ignoring an unusable ICC profile" in done.stderr
+    logs = {entry["name"]: entry.get("log") for entry in report["images"]}
+    assert logs.pop("icc") == [ICC_WARNING] and set(logs.values()) == {None}
     # the same label maps as on threads
     threads = tmp_path / "threads"
     threads.mkdir()
@@ -63,6 +81,8 @@ def test_dask_scheduler_address_is_used_when_the_job_names_no_scheduler(tmp_path
     assert main(["run", write_job(threads, output={"masks": False}), "-q",
                  "--scheduler", "threads"]) == 0
     assert _labels(threads) == _labels(tmp_path)
+    assert [entry.get("log") for entry in _report(threads)["images"]] == \
+        [entry.get("log") for entry in report["images"]]  # -q quiets the console only
 
 
 def test_default_is_threads_and_says_why(tmp_path, collection, capsys):
