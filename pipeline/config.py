@@ -93,8 +93,9 @@ class JobConfig:
         data = self.to_dict()
         hashed = {}
         for key in schema.KEYS:
-            if key.hashed:
-                hashed.setdefault(key.section, {})[key.name] = data[key.section][key.name]
+            value = data[key.section][key.name]
+            if key.hashed and not (key.added and value == key.default):
+                hashed.setdefault(key.section, {})[key.name] = value
         text = json.dumps(hashed, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -367,6 +368,7 @@ def _check_across(sections: dict, problems: list[str]) -> None:
         problems.append(f"kmeans.init: model file {km.init!r} not found; give 'k-means++', "
                         "'random' or the path of a model.json written by an earlier run")
     out: OutputConfig = sections["output"]
+    _check_dither(km, out, problems)
     if not (out.segmented or out.labels or out.masks):
         problems.append("output: segmented, labels and masks are all false; "
                         "enable at least one output")
@@ -401,6 +403,17 @@ def _check_output_dir(path: str, problems: list[str]) -> None:
     elif not os.access(existing, os.W_OK | os.X_OK):
         problems.append(f"output.dir: cannot write to {existing!r} (permission denied); "
                         "choose a writable folder")
+
+
+def _check_dither(km: KMeansConfig, out: OutputConfig, problems: list[str]) -> None:
+    if out.dither == "none":
+        return
+    most = km.max_k if km.auto_k else km.k
+    if most > schema.MAX_PALETTE:
+        what = f"kmeans.max_k is {km.max_k} with k: auto" if km.auto_k else f"kmeans.k is {km.k}"
+        problems.append(f"output.dither: {out.dither} paints a palette of at most "
+                        f"{schema.MAX_PALETTE} colours, but {what}; lower it or set "
+                        "output.dither: none")
 
 
 def _check_auto_and_spatial(km: KMeansConfig, pre: PreprocessConfig,

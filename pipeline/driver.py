@@ -25,6 +25,7 @@ from pipeline.config import JobConfig
 from pipeline.errors import (ConfigError, ImageReadError, JobCancelled, OutputError,
                              PipelineError, StorageError)
 from pipeline.record import RunRecord
+from pipeline.schema import MAX_PALETTE
 from pipeline.sinks import images as files
 from pipeline.sinks import model, report
 from pipeline.sinks.segment import whole_table_pays
@@ -150,6 +151,10 @@ def resolve_init(cfg: JobConfig) -> tuple[JobConfig, np.ndarray | None, list[str
     init = model.load_palette(km.init, cfg.preprocess.color_space, cfg.preprocess.spatial_weight,
                               cfg.input.storage_options)
     notes = []
+    if cfg.output.dither != "none" and len(init) > MAX_PALETTE:
+        raise ConfigError(f"output.dither: {cfg.output.dither} paints a palette of at most "
+                          f"{MAX_PALETTE} colours, but the model {km.init} has k={len(init)}; "
+                          "set output.dither: none")
     if "kmeans.k" in cfg.given and km.k != len(init) and km.max_iter > 0:
         # Fitting from a palette: a k the user wrote that the model cannot start is a mistake.
         raise ConfigError(f"kmeans.init: {km.init}: model has k={len(init)}, the job has "

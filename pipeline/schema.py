@@ -25,6 +25,9 @@ ON_ERROR = ("skip", "fail")
 IF_EXISTS = ("resume", "overwrite", "fail")
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "local")
 PERSIST = ("auto", "always", "never")
+ERROR_METRICS = ("de76", "de2000")  # kmeans.error_metric: CIE 1976 or CIEDE2000 Delta-E
+DITHERS = ("none", "floyd-steinberg")  # output.dither
+MAX_PALETTE = 256  # colours in a PNG palette: the most a dithered segmented image can use
 MAX_K = 65535
 AUTO_K = "auto"  # kmeans.k: choose the smallest k meeting kmeans.max_error
 # Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS * 2 is its hard error).
@@ -80,6 +83,9 @@ class Key:
     min_items: int = 0  # strings: an empty list is refused
     is_path: bool = False  # relative values are resolved against the job file's folder
     hashed: bool = True  # part of the job hash (it changes the outputs)
+    # A key added after jobs were written: at its default it is left out of the job hash, so
+    # the hash of a job that does not use it (and `resume` of its output folder) is unchanged.
+    added: bool = False
     secrets: bool = False  # may hold credentials: masked in model.json and report.json
     required: str = ""  # required key: what to give (the message when it is missing)
     example: Any = None  # the value configs/example.yaml shows, when not the default
@@ -261,9 +267,13 @@ KEYS: tuple[Key, ...] = (
     Key("kmeans", "refine", "boolean", True, "minibatch: finish with full Lloyd steps on the "
         "sample's colour histogram"),
     Key("kmeans", "max_error", "number", 4.0, "k: auto: target mean colour error of the painted "
-        "image, CIELAB Delta-E 76 units (~2.3 = just noticeable)", minimum=0.0, exclusive=True),
+        "image, in kmeans.error_metric's Delta-E units (~2.3 de76 or ~1 de2000: just "
+        "noticeable)", minimum=0.0, exclusive=True),
     Key("kmeans", "max_k", "integer", 64, "k: auto: largest k tried; if even max_k misses "
         "max_error, max_k is used and a warning says so", minimum=1, maximum=MAX_K),
+    Key("kmeans", "error_metric", "enum", "de76", "k: auto: max_error's colour difference: "
+        "de76 (CIE 1976, Euclidean CIELAB) | de2000 (CIEDE2000, the one colour scientists "
+        "quote)", choices=ERROR_METRICS, added=True),
     Key("output", "dir", "string", "out", "output folder (left out: out, in the working "
         "directory)", is_path=True,
         example="../out/example"),
@@ -273,6 +283,9 @@ KEYS: tuple[Key, ...] = (
         "when k > 256)"),
     Key("output", "masks", "boolean", True, "masks/<name>/<j>.png: 255 where the label is j, "
         "else 0"),
+    Key("output", "dither", "enum", "none", "none | floyd-steinberg: the segmented image "
+        "error-diffused to the palette (k <= 256; label maps and masks stay undithered)",
+        choices=DITHERS, added=True),
     Key("output", "if_exists", "enum", "resume", "resume (skip images already complete) | "
         "overwrite | fail", choices=IF_EXISTS, hashed=False),
     Key("output", "png_compression", "integer", 1, "zlib level 0-9: 1 (zlib run-length mode) is "

@@ -106,3 +106,36 @@ def test_parametric_weights_scale_their_term():
     # Two greys differ in lightness only: k_l divides the whole difference.
     grey_1, grey_2 = [40.0, 0.0, 0.0], [60.0, 0.0, 0.0]
     assert ciede2000(grey_1, grey_2, k_l=2.0) == pytest.approx(ciede2000(grey_1, grey_2) / 2)
+
+
+def test_k_auto_with_de2000_reports_the_mean_ciede2000_of_the_painted_images(tmp_path,
+                                                                             collection):
+    """``kmeans.error_metric: de2000`` (issue 15 §5): the error k: auto reports is the mean
+    CIEDE2000, by scikit-image, between every pixel and its segmented colour."""
+    import json
+    import os
+
+    from PIL import Image
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    from conftest import write_job
+    from pipeline.cli import main
+
+    job = write_job(tmp_path, kmeans={"k": "auto", "max_error": 1.5, "error_metric": "de2000"},
+                    output={"masks": False})
+    assert main(["run", job, "-q"]) == 0
+    auto = json.loads((tmp_path / "out" / "report.json").read_text())["auto_k"]
+    assert auto["metric"] == "de2000" and auto["met"]
+    differences = []
+    for name in sorted(os.listdir(tmp_path / "images")):
+        original = np.asarray(Image.open(tmp_path / "images" / name).convert("RGB"))
+        painted = np.asarray(Image.open(tmp_path / "out" / "segmented" / name).convert("RGB"))
+        differences.append(deltaE_ciede2000(rgb2lab(original), rgb2lab(painted)).ravel())
+    assert auto["error"] == pytest.approx(np.concatenate(differences).mean(), rel=1e-3)
+    assert auto["error"] <= 1.5 < auto["tried"][0]["error"]
+    # the metric only chooses k: a job with that k fixed fits the same palette
+    job76 = write_job(tmp_path, kmeans={"k": auto["k"], "seed": 0}, output={"masks": False,
+                                                                            "dir": "out76"})
+    assert main(["run", job76, "-q"]) == 0
+    model = json.loads((tmp_path / "out76" / "model.json").read_text())
+    assert model["palette"] == json.loads((tmp_path / "out" / "model.json").read_text())["palette"]

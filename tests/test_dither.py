@@ -75,3 +75,78 @@ def test_same_input_same_output():
 def test_bad_shapes_are_refused(pixels, palette, message):
     with pytest.raises(ValueError, match=message):
         dither(pixels, palette)
+
+
+# ---------------------------------------------------------------------------------------------
+# output.dither through the CLI
+
+
+def _photos(folder) -> None:
+    """Smooth gradients: every pixel lies between palette colours, as in a photo's sky."""
+    from conftest import save
+
+    for i, (h, w) in enumerate([(48, 64), (40, 40)]):
+        save(folder / "images" / f"g{i}.png", np.roll(_gradient(h, w), 7 * i, axis=1))
+
+
+def _png(path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _raw(path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def test_dithered_segmented_images_keep_the_palette_and_labels_stay_undithered(tmp_path):
+    import json
+
+    from conftest import write_job
+    from pipeline.cli import main
+
+    _photos(tmp_path)
+    plain = write_job(tmp_path, kmeans={"k": 6, "seed": 0})
+    assert main(["run", plain, "-q", "--set", "output.dir=plain"]) == 0
+    assert main(["run", plain, "-q", "--set", "output.dir=dithered",
+                 "--set", "output.dither=floyd-steinberg"]) == 0
+    model = json.loads((tmp_path / "dithered" / "model.json").read_text())
+    palette = {tuple(c) for c in model["palette"]}
+    assert model["palette"] == json.loads((tmp_path / "plain" / "model.json").read_text())[
+        "palette"]  # dithering changes no fit
+    for name in ("g0", "g1"):
+        original = _png(tmp_path / "images" / f"{name}.png")
+        dithered = _png(tmp_path / "dithered" / "segmented" / f"{name}.png")
+        undithered = _png(tmp_path / "plain" / "segmented" / f"{name}.png")
+        assert {tuple(c) for c in dithered.reshape(-1, 3)} <= palette
+        error = {kind: np.abs(_block_means(image, 8) - _block_means(original, 8)).mean()
+                 for kind, image in (("dithered", dithered), ("plain", undithered))}
+        assert error["dithered"] < 0.8 * error["plain"], error
+        for kind in ("labels", "masks/" + name):
+            folder = tmp_path / "dithered" / kind
+            for file in sorted(p.name for p in folder.iterdir() if p.suffix == ".png"):
+                if kind == "labels" and not file.startswith(name):
+                    continue
+                assert np.array_equal(_raw(folder / file),
+                                      _raw(tmp_path / "plain" / kind / file)), (kind, file)
+
+
+@pytest.mark.parametrize("keys, message", [
+    (["kmeans.k=300"], "output.dither: floyd-steinberg paints a palette of at most 256 colours, "
+                       "but kmeans.k is 300; lower it or set output.dither: none"),
+    (["kmeans.k=auto", "kmeans.max_k=512", "kmeans.batch_pixels=1024"],
+     "output.dither: floyd-steinberg paints a palette of at most 256 colours, but "
+     "kmeans.max_k is 512 with k: auto; lower it or set output.dither: none"),
+])
+def test_dither_with_more_than_256_colours_is_a_config_error(tmp_path, keys, message, capsys):
+    from conftest import write_job
+    from pipeline.cli import main
+
+    _photos(tmp_path)
+    job = write_job(tmp_path, output={"dither": "floyd-steinberg"})
+    assert main(["validate", job, *[arg for key in keys for arg in ("--set", key)]]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {job}: {message}"
