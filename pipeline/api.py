@@ -75,16 +75,17 @@ class Job:
     @classmethod
     def from_dict(cls, job: Mapping[str, Any], base_dir: str | os.PathLike = ".",
                   overrides: Mapping[str, Any] | Iterable[str] | None = None,
-                  source: str = "<job>") -> "Job":
+                  source: str = "<job>", scheduler: str | None = None) -> "Job":
         """Validate a job given as a mapping of sections, as a job file would hold it.
 
         ``base_dir`` is what relative paths are relative to; ``source`` names the job in
-        messages.  Raises `ConfigError` as `from_yaml` does.
+        messages; ``scheduler`` is as for `from_yaml`.  Raises `ConfigError` as `from_yaml`
+        does.
         """
         raw = json.loads(json.dumps(dict(job)))  # a plain copy; refuses what YAML could not hold
         items = _override_items(overrides)
-        config = build_config(raw, source, items, base_dir=os.fspath(base_dir))
-        return cls(config, raw, tuple(items))
+        config = build_config(raw, source, items, scheduler, base_dir=os.fspath(base_dir))
+        return cls(config, raw, tuple(items), scheduler)
 
     def with_overrides(self, overrides: Mapping[str, Any] | Iterable[str]) -> "Job":
         """This job with more ``section.key`` values set (they win over earlier ones)."""

@@ -16,8 +16,9 @@ import traceback
 import warnings
 
 from pipeline import __version__
-from pipeline.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError,
-                             PipelineError, exit_status)
+from pipeline.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNNING,
+                             EXIT_STATUSES, EXIT_USAGE, STATE_EXIT, ConfigError, PipelineError,
+                             exit_status)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,12 +70,23 @@ def _parser() -> argparse.ArgumentParser:
                               "of a saved model.json, without fitting"),
                              ("submit", _cmd_submit, "run a job on a dask cluster by itself; "
                                                      "prints its job id and returns")):
-        sub = commands.add_parser(name, help=text, description=text)
+        sub = commands.add_parser(name, help=text, description=text, epilog=_epilog(name),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.set_defaults(command=func)
         if name == "apply":
             sub.add_argument("model", help="a model.json written by an earlier run "
                                            "(kmeans.scope: collection)")
-        sub.add_argument("job", help="the YAML job file")
+        if name == "run":
+            sub.add_argument("job", nargs="+", metavar="JOB.yaml | INPUT",
+                             help="the YAML job file; or, for a run without one, the images, "
+                                  "folders, globs or URLs to segment (then -o is required)")
+            sub.add_argument("-k", dest="k", metavar="K",
+                             help="without a job file: kmeans.k (a number or auto; default 5)")
+            sub.add_argument("-o", "--output", metavar="OUT",
+                             help="without a job file: output.dir; the job run is written to "
+                                  "OUT/job.yaml, so `run OUT/job.yaml` repeats it")
+        else:
+            sub.add_argument("job", help="the YAML job file")
         sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                          help="override a job-file key (repeatable); paths are relative to "
                               "the job file")
@@ -98,12 +110,46 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_EXAMPLES = {
+    "run": ["kmeans-pipeline run job.yaml --set kmeans.k=8",
+            "kmeans-pipeline run photos/ more/*.png -k 8 -o out/   # no job file: writes "
+            "out/job.yaml"],
+    "validate": ["kmeans-pipeline validate job.yaml --json"],
+    "apply": ["kmeans-pipeline apply out/model.json job2.yaml"],
+    "submit": ["kmeans-pipeline submit job.yaml --scheduler tcp://10.0.0.5:8786"],
+    "status": ["kmeans-pipeline status out/ || echo not done yet"],
+    "cancel": ["kmeans-pipeline cancel out/ --timeout 30"],
+}
+# Which exit statuses each command can return (EXIT_STATUSES says what they mean).
+_COMMAND_EXITS = {"run": (0, 3, 2, 1, 130), "validate": (0, 2, 1), "apply": (0, 3, 2, 1, 130),
+                  "submit": (0, 3, 2, 1, 130), "status": (0, 4, 1, 130, 2),
+                  "cancel": (0, 2, 1)}
+
+
+# `status` exits with the job's state (errors.STATE_EXIT), not with how the command went.
+_STATUS_MEANINGS = {EXIT_OK: "the job is done", EXIT_FAILED: "the job failed",
+                    EXIT_INTERRUPTED: "the job was cancelled",
+                    EXIT_RUNNING: "the job is submitted or still running (or being cancelled)",
+                    EXIT_USAGE: "not the output folder of a job (no report.json or "
+                                "submission.json)"}
+
+
+def _epilog(command: str) -> str:
+    """``--help``'s example and exit statuses of one command."""
+    example = "\n".join(f"  {line}" for line in _EXAMPLES[command])
+    meanings = {**EXIT_STATUSES, **(_STATUS_MEANINGS if command == "status" else {})}
+    statuses = "\n".join(f"  {code:>3}  {meanings[code].replace('`', '')}"
+                         for code in _COMMAND_EXITS[command])
+    return f"example:\n{example}\n\nexit statuses:\n{statuses}"
+
+
 def _add_folder_commands(commands) -> None:
     for name, func, text in (("status", _cmd_status, "say how a job in an output folder is "
                                                      "doing: running, done, failed, cancelled"),
                              ("cancel", _cmd_cancel, "stop a submitted job; its completed "
                                                      "images stay valid for a resume")):
-        sub = commands.add_parser(name, help=text, description=text)
+        sub = commands.add_parser(name, help=text, description=text, epilog=_epilog(name),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.set_defaults(command=func, verbose=0, quiet=0)
         sub.add_argument("out", help="the job's output folder (output.dir)")
         sub.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
@@ -116,9 +162,64 @@ def _add_folder_commands(commands) -> None:
         help="seconds to wait for the scheduler, then for the job to stop (default 10)")
 
 
+def _quick(args: argparse.Namespace) -> bool:
+    """Whether ``run`` was given inputs and -o instead of a job file (pngquant style)."""
+    if not isinstance(args.job, list):
+        return False
+    job_file = len(args.job) == 1 and args.job[0].lower().endswith((".yaml", ".yml"))
+    if job_file and (args.k is not None or args.output is not None):
+        raise ConfigError("-k and -o are for a run without a job file; with one, use --set "
+                          "kmeans.k=... and --set output.dir=...")
+    if job_file:
+        args.job = args.job[0]
+        return False
+    if args.output is None:
+        raise ConfigError(f"{args.job[0]}: not a job file (.yaml or .yml); to run without one, "
+                          "give the output folder with -o OUT")
+    return True
+
+
+def _load_quick(args: argparse.Namespace):
+    from pipeline.api import Job
+
+    raw = {"input": {"paths": list(args.job)}, "output": {"dir": args.output}}
+    if args.k is not None:
+        raw["kmeans"] = {"k": args.k if args.k == "auto" else _int(args.k, "-k")}
+    overrides = list(args.set)
+    if args.scheduler_file:
+        overrides.append(f"dask.scheduler_file={args.scheduler_file}")
+    return Job.from_dict(raw, os.getcwd(), overrides, "command line", args.scheduler)
+
+
+def _int(text: str, option: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{option}: must be an integer or 'auto', got {text!r}") from None
+
+
+def _write_quick_job(args: argparse.Namespace, cfg) -> str:
+    """``OUT/job.yaml``: the job this run without a job file ran, paths relative to OUT."""
+    from pipeline import config, storage
+    from pipeline.sinks import images
+
+    command = " ".join(["kmeans-pipeline", "run", *args.job]
+                       + (["-k", args.k] if args.k is not None else []) + ["-o", args.output]
+                       + [f"--set {item}" for item in args.set])
+    path = storage.join(cfg.output.dir, "job.yaml")
+    again = storage.join(args.output, "job.yaml")
+    text = config.job_file_text(cfg, cfg.output.dir, f"written by: {command}\nrun it again "
+                                                      f"with: kmeans-pipeline run {again}")
+    images.atomic_write(path, lambda handle: handle.write(text.encode()), False,
+                        cfg.output.storage_options)
+    return path
+
+
 def _load(args: argparse.Namespace):
     from pipeline.api import Job
 
+    if _quick(args):
+        return _load_quick(args)
     overrides = list(args.set)
     if args.scheduler_file:
         overrides.append(f"dask.scheduler_file={args.scheduler_file}")
@@ -176,6 +277,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             report = api.apply(args.model, job, show, on_connect=on_connect)
         else:
             report = api.run(job, show, on_connect=on_connect)
+    if isinstance(args.job, list):  # run without a job file: say what it ran
+        _write_quick_job(args, job.config)
     totals = report["totals"]
     skipped = [{"path": r["path"], "error": r["error"]} for r in report["images"]
                if r["status"] != "ok" and r["error"]]
@@ -245,7 +348,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(state))
     else:
         print(_describe(state))
-    return EXIT_OK
+    return STATE_EXIT.get(state["state"], EXIT_FAILED)
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:

@@ -429,3 +429,38 @@ def _check_auto_and_spatial(km: KMeansConfig, pre: PreprocessConfig,
 def example_keys() -> dict[str, list[str]]:
     """Every section and key the schema knows (for the example-file sync test)."""
     return {section: list(keys) for section, keys in _SCHEMA.items()}
+
+
+def job_file_text(cfg: JobConfig, folder: str, header: str = "") -> str:
+    """The keys the user gave, as a job file saved in ``folder`` would hold them.
+
+    Paths are written relative to ``folder`` (every job file's paths are relative to the file),
+    so ``kmeans-pipeline run FOLDER/job.yaml`` runs the same job; URLs, and local paths when
+    ``folder`` is a URL, are written as they are.  Secrets in ``storage_options`` are masked.
+
+    Parameters
+    ----------
+    cfg : JobConfig
+    folder : str
+        Where the job file will be (for ``kmeans-pipeline run -o OUT``: ``OUT``).
+    header : str
+        Comment lines put first.
+    """
+    data = cfg.to_dict()
+    sections: dict[str, dict] = {}
+    for key in schema.KEYS:
+        if key.path not in cfg.given:
+            continue
+        value = data[key.section][key.name]
+        if key.is_path:
+            value = [_relative(v, folder) for v in value] if isinstance(value, (list, tuple)) \
+                else _relative(value, folder) if isinstance(value, str) else value
+        sections.setdefault(key.section, {})[key.name] = value
+    body = yaml.safe_dump(sections, sort_keys=False, default_flow_style=False)
+    return "".join(f"# {line}\n" for line in header.splitlines()) + body
+
+
+def _relative(path: str, folder: str) -> str:
+    if "://" in path or "://" in folder or not os.path.isabs(path) or path in schema.INITS:
+        return path
+    return os.path.relpath(path, folder).replace(os.sep, "/")
