@@ -19,6 +19,7 @@ from pipeline import __version__
 from pipeline.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNNING,
                              EXIT_STATUSES, EXIT_USAGE, STATE_EXIT, ConfigError, PipelineError,
                              exit_status)
+from pipeline.progress import progress_for
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,7 +263,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline import api
 
     job = _load(args)
-    show = None if (args.quiet or args.json) else _Progress(sys.stderr)
+    show = None if (args.quiet or args.json) else progress_for(sys.stderr, lines=True)
     started = time.perf_counter()
     connected = []
 
@@ -311,7 +312,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
     job = _load(args)
     started = time.perf_counter()
-    follow = None if (args.quiet or args.json) else _Progress(sys.stderr)
+    follow = None if (args.quiet or args.json) else progress_for(sys.stderr, lines=True)
 
     def on_submit(entry: dict) -> None:
         if args.wait and follow is not None:
@@ -409,49 +410,6 @@ def _describe(state: dict) -> str:
     if state["error"]:
         text += f"; {state['error']}"
     return text
-
-
-class _Progress:
-    """A progress bar on a terminal; plain periodic log lines otherwise."""
-
-    def __init__(self, stream, every: float = 5.0):
-        self.stream, self.every = stream, every
-        self.tty = stream.isatty()
-        self.name, self.total, self.pixels = "", 0, 0
-        self.done = self.done_pixels = 0
-        self.started = self.shown = time.monotonic()
-
-    def phase(self, name: str, images: int, pixels: int) -> None:
-        self._end_line()
-        self.name, self.total, self.pixels = name, images, pixels
-        self.done = self.done_pixels = 0
-        self.started = self.shown = time.monotonic()
-
-    def advance(self, images: int, pixels: int) -> None:
-        self.done += images
-        self.done_pixels += pixels
-        now = time.monotonic()
-        if self.tty or now - self.shown >= self.every or self.done == self.total:
-            self.shown = now
-            self._show(now)
-
-    def _show(self, now: float) -> None:
-        elapsed = now - self.started
-        fraction = self.done_pixels / self.pixels if self.pixels else 1.0
-        eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
-        text = (f"{self.name}: {self.done}/{self.total} images, "
-                f"{self.done_pixels / 1e6:.1f}/{self.pixels / 1e6:.1f} Mpx, "
-                f"{elapsed:.1f} s, ETA {eta:.0f} s")
-        if self.tty:
-            bar = "#" * int(24 * fraction)
-            self.stream.write(f"\r[{bar:<24}] {text}\x1b[K")
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def _end_line(self) -> None:
-        if self.tty and self.total:
-            self.stream.write("\n")
 
 
 def _setup_logging(level: int) -> None:

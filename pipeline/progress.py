@@ -53,27 +53,34 @@ class Bar:
     def __init__(self, notebook: bool, stream: IO[str]):
         self.notebook, self.stream = notebook, stream
         self.bar: Any = None
-        self.images = self.pixels = self.done = self.done_pixels = 0
+        self.name, self.images, self.pixels, self.done, self.done_pixels = "", 0, 0, 0, 0
+        self.started = time.time()
 
     def phase(self, name: str, images: int, pixels: int) -> None:
         self._close()
-        self.images, self.pixels, self.done, self.done_pixels = images, pixels, 0, 0
-        if images <= 0:
-            return
+        self.name, self.images, self.pixels, self.done, self.done_pixels = \
+            name, images, pixels, 0, 0
+        self.started = time.time()  # tqdm's clock
+
+    def _open(self) -> Any:
+        """The phase's bar, drawn at its first image (a phase that counts none draws none)."""
         if self.notebook:
             from tqdm.notebook import tqdm
         else:
             from tqdm import tqdm
-        self.bar = tqdm(total=max(pixels, 1), desc=name, unit="px", unit_scale=True,
-                        file=None if self.notebook else self.stream, dynamic_ncols=True,
-                        mininterval=_REDRAW_SECONDS, leave=True,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| "
-                                   "[{elapsed}<{remaining}{postfix}]")
-        self.bar.set_postfix_str(self._counts(), refresh=False)
+        bar = tqdm(total=max(self.pixels, 1), desc=self.name, unit="px", unit_scale=True,
+                   file=None if self.notebook else self.stream, dynamic_ncols=True,
+                   mininterval=_REDRAW_SECONDS, leave=True,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+                              "[{elapsed}<{remaining}{postfix}]")
+        bar.start_t = self.started  # elapsed and ETA count from the phase's start
+        return bar
 
     def advance(self, images: int, pixels: int) -> None:
-        if self.bar is None:
+        if self.done >= self.images:
             return
+        if self.bar is None:
+            self.bar = self._open()
         self.done += images
         self.done_pixels += pixels
         self.bar.set_postfix_str(self._counts(), refresh=False)

@@ -64,10 +64,12 @@ def test_notebook_uses_the_widget_when_ipywidgets_is_installed(kernel):
     bar = progress.progress_for(io.StringIO())
     assert isinstance(bar, progress.Bar) and bar.notebook
     bar.phase("segment", 2, 10)
+    assert bar.bar is None  # drawn at the first image
+    bar.advance(1, 5)
     from tqdm.notebook import tqdm as notebook_tqdm
 
     assert isinstance(bar.bar, notebook_tqdm)
-    bar.advance(2, 10)
+    bar.advance(1, 5)
     assert bar.bar is None  # closed at the end of the phase
 
 
@@ -79,3 +81,17 @@ def test_notebook_without_ipywidgets_falls_back_to_the_plain_bar(kernel, monkeyp
     bar.phase("segment", 1, 10)
     bar.advance(1, 10)
     assert "segment: 100%" in stream.getvalue()
+
+
+def test_the_cli_on_a_terminal_draws_tqdm_bars(tmp_path, collection, monkeypatch):
+    from conftest import write_job
+    from pipeline.cli import main
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["run", write_job(tmp_path, output={"masks": False})]) == 0
+    text = terminal.getvalue()
+    bars = [line.rsplit("\r", 1)[-1] for line in text.split("\n") if "%|" in line]
+    assert [bar.split(":")[0] for bar in bars] == ["sample", "segment"]
+    assert all("100%|" in bar and "5/5 images" in bar for bar in bars)
+    assert "done: 5 image(s) ok" in text
