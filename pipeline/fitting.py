@@ -301,10 +301,10 @@ def choose_k(sample: np.ndarray, cfg: KMeansConfig, color_space: str) -> AutoK:
     """The smallest k whose fitted palette paints the sample within ``cfg.max_error``.
 
     The error of a palette is the mean Delta-E (``cfg.error_metric``: CIE 1976 or CIEDE2000)
-    between each sample pixel and the 8-bit colour it is painted with.  It falls with k (not strictly), so the search doubles k
-    from 1 until the target is met (or ``max_k`` is reached), then bisects between the last k
-    that missed and the first that met it: about ``2 log2(k)`` fits (k = 6: 1, 2, 4, 8, 6, 5),
-    at most ``2 ceil(log2(max_k)) + 1``.  Each fit is the job's own fit (same settings and
+    between each sample pixel and the 8-bit colour it is painted with.  It falls with k (not
+    strictly), so the search doubles k from 1 until the target is met (or ``max_k`` is
+    reached), then bisects between the last k that missed and the first that met it: about
+    ``2 log2(k)`` fits (k = 6: 1, 2, 4, 8, 6, 5), at most ``2 ceil(log2(max_k)) + 1``.  Each fit is the job's own fit (same settings and
     seed) with one start, on an evenly strided subset of the sample of at most 65,536 rows.
 
     Parameters

@@ -42,8 +42,8 @@ def _labels(folder) -> dict[str, bytes]:
             for name in sorted(os.listdir(labels))}
 
 
-ICC_WARNING = ("WARNING pipeline.sources.photos: ignoring an unusable ICC profile (cannot open profile "
-               "from string)")
+ICC_WARNING = ("WARNING pipeline.sources.photos: ignoring an unusable ICC profile (cannot open "
+               "profile from string)")
 
 
 def _with_bad_icc_profile(folder) -> None:
