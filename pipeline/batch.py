@@ -100,7 +100,9 @@ def drive(cfg: JobConfig, job_id: str) -> dict:
         cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, if_exists="resume"))
     try:
         with dask.config.set(cfg.dask.config), cluster.watch_cancel(job_id) as cancelled:
-            report = run(cfg, job_id=job_id, cancelled=cancelled)
+            where = cluster.describe_active("submitted with `kmeans-pipeline submit`: the "
+                                            "driver task runs on one of its workers")
+            report = run(cfg, job_id=job_id, cancelled=cancelled, scheduler=where)
     except PipelineError as exc:
         status = "cancelled" if isinstance(exc, JobCancelled) else "failed"
         error = str(exc).splitlines()[0]

@@ -236,6 +236,15 @@ def _remote(cfg: DaskConfig, choice: _Choice, need_workers: bool) -> Iterator[Co
                              len(info.get("workers", {})))
 
 
+def describe_active(reason: str) -> dict | None:
+    """`Connection.describe` of the active distributed client (a driver's worker client)."""
+    client = _client()
+    if client is None:
+        return None
+    return Connection(client.scheduler.address, client.dashboard_link,
+                      len(client.scheduler_info().get("workers", {})), reason).describe()
+
+
 def _client() -> Any:
     """The active distributed client, or None when a local scheduler is in use."""
     if dask.config.get("scheduler", None) in LOCAL_SCHEDULERS:

@@ -510,6 +510,8 @@ def test_submit_returns_and_the_job_completes_on_the_cluster(blocks_job, blocks_
     assert main(["status", out]) == 0
     assert capsys.readouterr().out.startswith(f"done: job {job_id}, {N_BLOCKS} of {N_BLOCKS} "
                                               "images ok (0 skipped, 0 failed); updated ")
+    where = _report(blocks_job)["scheduler"]  # which scheduler ran it, and why (issue 15)
+    assert where["scheduler"] == healthy.address and where["reason"].startswith("submitted")
     _assert_same(out, blocks_reference)
 
 
