@@ -106,7 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_folder_commands(commands)
     schema = commands.add_parser("schema", help="print a JSON Schema of the job file (for "
                                  "editors)", description="print a JSON Schema (draft 2020-12) "
-                                 "of the job file, for editors to complete and check job files")
+                                 "of the job file, for editors to complete and check job files",
+                                 epilog=_epilog("schema"),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     schema.set_defaults(command=_cmd_schema, verbose=0, quiet=0)
     return parser
 
@@ -120,25 +122,39 @@ _EXAMPLES = {
     "submit": ["kmeans-pipeline submit job.yaml --scheduler tcp://10.0.0.5:8786"],
     "status": ["kmeans-pipeline status out/ || echo not done yet"],
     "cancel": ["kmeans-pipeline cancel out/ --timeout 30"],
+    "schema": ["kmeans-pipeline schema > job.schema.json"],
 }
 # Which exit statuses each command can return (EXIT_STATUSES says what they mean).
 _COMMAND_EXITS = {"run": (0, 3, 2, 1, 130), "validate": (0, 2, 1), "apply": (0, 3, 2, 1, 130),
                   "submit": (0, 3, 2, 1, 130), "status": (0, 4, 1, 130, 2),
-                  "cancel": (0, 2, 1)}
+                  "cancel": (0, 2, 1), "schema": (0, 1)}
+# The statuses of run, apply and submit are the table's own meanings (errors.EXIT_STATUSES).
 
 
-# `status` exits with the job's state (errors.STATE_EXIT), not with how the command went.
-_STATUS_MEANINGS = {EXIT_OK: "the job is done", EXIT_FAILED: "the job failed",
-                    EXIT_INTERRUPTED: "the job was cancelled",
-                    EXIT_RUNNING: "the job is submitted or still running (or being cancelled)",
-                    EXIT_USAGE: "not the output folder of a job (no report.json or "
-                                "submission.json)"}
+# What the table's statuses mean for the commands that run no job.  `status` exits with the
+# job's state (errors.STATE_EXIT), not with how the command went.
+_MEANINGS = {
+    "status": {EXIT_OK: "the job is done", EXIT_FAILED: "the job failed",
+               EXIT_INTERRUPTED: "the job was cancelled",
+               EXIT_RUNNING: "the job is submitted or still running (or being cancelled)",
+               EXIT_USAGE: "not the output folder of a job (no report.json or submission.json)"},
+    "validate": {EXIT_OK: "the job is valid and every input can be opened",
+                 EXIT_USAGE: "a bad job file or argument, or inputs that cannot be opened: one "
+                             "line each",
+                 EXIT_FAILED: "an unexpected error (a bug: with its traceback)"},
+    "cancel": {EXIT_OK: "asked the job to stop (or it had finished already)",
+               EXIT_USAGE: "no job was submitted to that folder, or its scheduler cannot be "
+                           "reached",
+               EXIT_FAILED: "an unexpected error (a bug: with its traceback)"},
+    "schema": {EXIT_OK: "the JSON Schema is printed",
+               EXIT_FAILED: "an unexpected error (a bug: with its traceback)"},
+}
 
 
 def _epilog(command: str) -> str:
     """``--help``'s example and exit statuses of one command."""
     example = "\n".join(f"  {line}" for line in _EXAMPLES[command])
-    meanings = {**EXIT_STATUSES, **(_STATUS_MEANINGS if command == "status" else {})}
+    meanings = {**EXIT_STATUSES, **_MEANINGS.get(command, {})}
     statuses = "\n".join(f"  {code:>3}  {meanings[code].replace('`', '')}"
                          for code in _COMMAND_EXITS[command])
     return f"example:\n{example}\n\nexit statuses:\n{statuses}"

@@ -42,8 +42,8 @@ def _labels(folder) -> dict[str, bytes]:
             for name in sorted(os.listdir(labels))}
 
 
-ICC_WARNING = ("WARNING pipeline.sources.photos: ignoring an unusable ICC profile (cannot open "
-               "profile from string)")
+ICC_WARNING = ("WARNING pipeline.sources.photos: {path}: ignoring an unusable ICC profile "
+               "(cannot open profile from string)")
 
 
 def _with_bad_icc_profile(folder) -> None:
@@ -71,9 +71,10 @@ def test_dask_scheduler_address_is_used_when_the_job_names_no_scheduler(tmp_path
         "scheduler": scheduler.address, "reason": "DASK_SCHEDULER_ADDRESS",
         "dashboard": summary["dashboard"], "workers": 1}
     # the warning logged on the worker: in the client's log and in the image's report entry
-    assert "WARNING: pipeline.sources.photos: ignoring an unusable ICC profile" in done.stderr
+    icc = str(tmp_path / "images" / "icc.png")
+    assert f"WARNING: pipeline.sources.photos: {icc}: ignoring an unusable ICC" in done.stderr
     logs = {entry["name"]: entry.get("log") for entry in report["images"]}
-    assert logs.pop("icc") == [ICC_WARNING] and set(logs.values()) == {None}
+    assert logs.pop("icc") == [ICC_WARNING.format(path=icc)] and set(logs.values()) == {None}
     # the same label maps as on threads
     threads = tmp_path / "threads"
     threads.mkdir()
@@ -81,8 +82,9 @@ def test_dask_scheduler_address_is_used_when_the_job_names_no_scheduler(tmp_path
     assert main(["run", write_job(threads, output={"masks": False}), "-q",
                  "--scheduler", "threads"]) == 0
     assert _labels(threads) == _labels(tmp_path)
-    assert [entry.get("log") for entry in _report(threads)["images"]] == \
-        [entry.get("log") for entry in report["images"]]  # -q quiets the console only
+    on_threads = {entry["name"]: entry.get("log") for entry in _report(threads)["images"]}
+    assert on_threads.pop("icc") == [ICC_WARNING.format(path=threads / "images" / "icc.png")]
+    assert set(on_threads.values()) == {None}  # the same log as on the cluster; -q or not
 
 
 def test_default_is_threads_and_says_why(tmp_path, collection, capsys):
