@@ -120,6 +120,7 @@ def connect(cfg: DaskConfig, need_workers: bool = True) -> Iterator[Connection]:
     """
     with dask.config.set(cfg.config):
         choice = _for_performance_report(cfg, choose_scheduler(cfg))
+        _check_performance_report(cfg.performance_report)  # before any cluster starts
         if choice.kind in _IN_PROCESS:
             connection = contextlib.nullcontext(Connection(choice.kind))
         elif choice.kind == "local":
@@ -150,13 +151,9 @@ def _for_performance_report(cfg: DaskConfig, choice: _Choice) -> _Choice:
                                   "distributed scheduler and none is configured")
 
 
-@contextlib.contextmanager
-def _performance_report(path: str | None) -> Iterator[None]:
+def _check_performance_report(path: str | None) -> None:
     if path is None:
-        yield
         return
-    from distributed import performance_report
-
     if "://" in path:
         raise ConfigError(f"dask.performance_report: {path!r} is a URL; give a local path "
                           "(dask writes the report as a local file)")
@@ -169,6 +166,15 @@ def _performance_report(path: str | None) -> Iterator[None]:
     if folder and not os.path.isdir(folder):
         raise ConfigError(f"dask.performance_report: folder {folder!r} does not exist; create "
                           "it or choose another path")
+
+
+@contextlib.contextmanager
+def _performance_report(path: str | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    from distributed import performance_report
+
     with performance_report(filename=path):
         yield
     log.info("dask performance report: %s", path)

@@ -162,3 +162,13 @@ def test_unreachable_dask_scheduler_address_says_where_the_address_came_from(
     assert len(err) == 1
     assert err[0].startswith(f"error: cannot reach the dask scheduler at {address} (from "
                              "DASK_SCHEDULER_ADDRESS) within 0.5 s")
+
+
+def test_performance_report_in_a_missing_folder_is_exit_2_before_any_cluster(tmp_path,
+                                                                            collection, capsys):
+    job = write_job(tmp_path, dask={"performance_report": "nowhere/perf.html"})
+    assert main(["run", job]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: dask.performance_report: folder '{tmp_path / 'nowhere'}' does not "
+                   "exist; create it or choose another path"]
+    assert not (tmp_path / "out").exists()
