@@ -75,16 +75,17 @@ class Job:
     @classmethod
     def from_dict(cls, job: Mapping[str, Any], base_dir: str | os.PathLike = ".",
                   overrides: Mapping[str, Any] | Iterable[str] | None = None,
-                  source: str = "<job>") -> "Job":
+                  source: str = "<job>", scheduler: str | None = None) -> "Job":
         """Validate a job given as a mapping of sections, as a job file would hold it.
 
         ``base_dir`` is what relative paths are relative to; ``source`` names the job in
-        messages.  Raises `ConfigError` as `from_yaml` does.
+        messages; ``scheduler`` is as for `from_yaml`.  Raises `ConfigError` as `from_yaml`
+        does.
         """
         raw = json.loads(json.dumps(dict(job)))  # a plain copy; refuses what YAML could not hold
         items = _override_items(overrides)
-        config = build_config(raw, source, items, base_dir=os.fspath(base_dir))
-        return cls(config, raw, tuple(items))
+        config = build_config(raw, source, items, scheduler, base_dir=os.fspath(base_dir))
+        return cls(config, raw, tuple(items), scheduler)
 
     def with_overrides(self, overrides: Mapping[str, Any] | Iterable[str]) -> "Job":
         """This job with more ``section.key`` values set (they win over earlier ones)."""
@@ -122,17 +123,10 @@ def _config(job: Job | JobConfig) -> JobConfig:
 
 @contextlib.contextmanager
 def _connected(cfg: JobConfig) -> Iterator["Connection"]:
-    """The job's scheduler; a notebook's active distributed client when the job names none."""
+    """The job's scheduler; when the job names none, dask's own configuration, a notebook's
+    active distributed client, else threads (`pipeline.cluster.choose_scheduler`)."""
     from pipeline import cluster
 
-    if "dask.scheduler" not in cfg.given and cfg.dask.scheduler_file is None:
-        active = cluster.active()
-        if active is not None:
-            import dask
-
-            with dask.config.set(cfg.dask.config):
-                yield active
-            return
     with cluster.connect(cfg.dask) as connection:
         yield connection
 
@@ -141,18 +135,33 @@ def _connected(cfg: JobConfig) -> Iterator["Connection"]:
 # Running jobs
 
 
-def run(job: Job | JobConfig, progress: Progress | None = None, *,
+def _display(progress: Progress | str | None) -> Progress | None:
+    """``"auto"``: tqdm's widget in a notebook, a bar on a terminal, else nothing."""
+    if isinstance(progress, str):
+        if progress != "auto":
+            raise ValueError(f"progress: expected 'auto', None or an object with phase() and "
+                             f"advance(), got {progress!r}")
+        from pipeline.progress import progress_for
+
+        return progress_for()
+    return progress
+
+
+def run(job: Job | JobConfig, progress: Progress | str | None = "auto", *,
         on_connect: Callable[["Connection"], None] | None = None) -> dict:
     """Run a job and write every output: what ``kmeans-pipeline run`` does.
 
-    Connects to the job's ``dask.scheduler`` (default ``threads``; a distributed client
-    already active in this process is used when the job names no scheduler).
+    Connects to the job's ``dask.scheduler``; when the job names none, to what dask's own
+    configuration names (``DASK_SCHEDULER_ADDRESS``...), or a distributed client already
+    active in this process, else the threads scheduler.
 
     Parameters
     ----------
     job : Job
-    progress : object with ``phase(name, images, pixels)`` and ``advance(images, pixels)``,
-        optional; told about each phase and each finished image.
+    progress : "auto", None, or an object with ``phase(name, images, pixels)`` and
+        ``advance(images, pixels)``, told about each phase and each finished image.
+        ``"auto"``: a progress bar in a Jupyter notebook (tqdm's widget when ipywidgets is
+        installed) or on a terminal, redrawn at most twice a second; nothing otherwise.
     on_connect : callable, optional
         Called with the `pipeline.cluster.Connection` once the scheduler is reached.
 
@@ -174,7 +183,7 @@ def run(job: Job | JobConfig, progress: Progress | None = None, *,
     with _connected(cfg) as connection:
         if on_connect is not None:
             on_connect(connection)
-        return driver.run(cfg, progress)
+        return driver.run(cfg, _display(progress), scheduler=connection.describe())
 
 
 def validate(job: Job | JobConfig) -> dict:
@@ -212,7 +221,7 @@ def validate(job: Job | JobConfig) -> dict:
             "pixels": sum(i.n_pixels for i in listing.images), "output_dir": cfg.output.dir}
 
 
-def apply(model: "Model | str | os.PathLike", job: Job, progress: Progress | None = None,
+def apply(model: "Model | str | os.PathLike", job: Job, progress: Progress | str | None = "auto",
           **kwargs: Any) -> dict:
     """Segment a job's images with a saved collection model's palette, without fitting:
     ``run`` with ``kmeans.init: model``, ``kmeans.max_iter: 0``, ``kmeans.scope: collection``
@@ -243,7 +252,7 @@ def apply(model: "Model | str | os.PathLike", job: Job, progress: Progress | Non
     return run(applied, progress, **kwargs)
 
 
-def submit(job: Job, wait: bool = False, progress: Progress | None = None,
+def submit(job: Job, wait: bool = False, progress: Progress | str | None = "auto",
            on_submit: Callable[[dict], None] | None = None) -> dict:
     """Run a job on a dask cluster by itself (``kmeans-pipeline submit``).
 
@@ -253,7 +262,8 @@ def submit(job: Job, wait: bool = False, progress: Progress | None = None,
         Its ``dask.scheduler`` (or ``scheduler_file``) names a running scheduler.
     wait : bool
         Follow the job until it ends (``submit --wait``) instead of returning at once.
-    progress : optional, with ``wait``: told about the job's phases as report.json shows them.
+    progress : "auto", None or a progress object, as for `run`; with ``wait``: told about the
+        job's phases as report.json shows them.
     on_submit : callable, optional
         Called with the submission once the driver task is on the scheduler.
 
@@ -281,7 +291,7 @@ def submit(job: Job, wait: bool = False, progress: Progress | None = None,
             on_submit(dict(entry))
         if wait:
             entry["result"] = batch.follow({**entry, "future": future}, cfg.output.dir,
-                                           cfg.output.storage_options, progress)
+                                           cfg.output.storage_options, _display(progress))
     return entry
 
 
@@ -354,7 +364,8 @@ def open_collection(paths: str | os.PathLike | Iterable[str | os.PathLike],
     return images
 
 
-def fit(images: Iterable[Image], k: int | str = 8, seed: int = 0, **keys: Any) -> "Model":
+def fit(images: Iterable[Image], k: int | str = 8, seed: int = 0,
+        progress: Progress | str | None = "auto", **keys: Any) -> "Model":
     """Fit one palette to a collection, as ``kmeans.scope: collection`` does.
 
     Parameters
@@ -363,6 +374,7 @@ def fit(images: Iterable[Image], k: int | str = 8, seed: int = 0, **keys: Any) -
         From `open_collection`.
     k : int or "auto"
     seed : int
+    progress : "auto", None or a progress object, as for `run` (the sampling pass)
     **keys
         The job file's other ``kmeans`` keys (``algorithm``, ``n_init``, ``max_iter``, ``tol``,
         ``sample_pixels``, ``max_error``...) and ``preprocess`` keys (``color_space``,
@@ -390,7 +402,8 @@ def fit(images: Iterable[Image], k: int | str = 8, seed: int = 0, **keys: Any) -
     km, pre = cfg.kmeans, cfg.preprocess
     infos = [image.info for image in images]
     features = (pre.color_space, pre.spatial_weight) if pre.spatial_weight > 0 else None
-    sample = collection.draw_sample(infos, km.sample_pixels, km.seed, features, _Quiet())
+    sample = collection.draw_sample(infos, km.sample_pixels, km.seed, features,
+                                    _display(progress) or _Quiet())
     warnings = [f"{info.path}: {reason}; left out" for info, reason in sample.failed]
     if not sample.good:
         raise ImageReadError("no image could be decoded; nothing to fit")

@@ -36,10 +36,12 @@ FINAL = ("done", "failed", "cancelled")
 
 def check_remote(cfg: DaskConfig) -> None:
     """Refuse to submit to a scheduler that would stop with the submitting process."""
-    if cfg.scheduler_file is None and cfg.scheduler in LOCAL_SCHEDULERS:
+    choice = cluster.choose_scheduler(cfg)
+    if choice.kind in LOCAL_SCHEDULERS:
         raise ConfigError(f"dask.scheduler: submit needs a running dask scheduler, got "
-                          f"{cfg.scheduler!r}; give --scheduler tcp://host:port or "
-                          "--scheduler-file, or use `kmeans-pipeline run`")
+                          f"{choice.kind!r} ({choice.reason}); give --scheduler "
+                          "tcp://host:port or --scheduler-file, set DASK_SCHEDULER_ADDRESS, "
+                          "or use `kmeans-pipeline run`")
 
 
 def submit(cfg: JobConfig, scheduler: str) -> dict:
@@ -98,7 +100,9 @@ def drive(cfg: JobConfig, job_id: str) -> dict:
         cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, if_exists="resume"))
     try:
         with dask.config.set(cfg.dask.config), cluster.watch_cancel(job_id) as cancelled:
-            report = run(cfg, job_id=job_id, cancelled=cancelled)
+            where = cluster.describe_active("submitted with `kmeans-pipeline submit`: the "
+                                            "driver task runs on one of its workers")
+            report = run(cfg, job_id=job_id, cancelled=cancelled, scheduler=where)
     except PipelineError as exc:
         status = "cancelled" if isinstance(exc, JobCancelled) else "failed"
         error = str(exc).splitlines()[0]

@@ -16,8 +16,10 @@ import traceback
 import warnings
 
 from pipeline import __version__
-from pipeline.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError,
-                             PipelineError, exit_status)
+from pipeline.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNNING,
+                             EXIT_STATUSES, EXIT_USAGE, STATE_EXIT, ConfigError, PipelineError,
+                             exit_status)
+from pipeline.progress import progress_for
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,12 +71,23 @@ def _parser() -> argparse.ArgumentParser:
                               "of a saved model.json, without fitting"),
                              ("submit", _cmd_submit, "run a job on a dask cluster by itself; "
                                                      "prints its job id and returns")):
-        sub = commands.add_parser(name, help=text, description=text)
+        sub = commands.add_parser(name, help=text, description=text, epilog=_epilog(name),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.set_defaults(command=func)
         if name == "apply":
             sub.add_argument("model", help="a model.json written by an earlier run "
                                            "(kmeans.scope: collection)")
-        sub.add_argument("job", help="the YAML job file")
+        if name == "run":
+            sub.add_argument("job", nargs="+", metavar="JOB.yaml | INPUT",
+                             help="the YAML job file; or, for a run without one, the images, "
+                                  "folders, globs or URLs to segment (then -o is required)")
+            sub.add_argument("-k", dest="k", metavar="K",
+                             help="without a job file: kmeans.k (a number or auto; default 5)")
+            sub.add_argument("-o", "--output", metavar="OUT",
+                             help="without a job file: output.dir; the job run is written to "
+                                  "OUT/job.yaml, so `run OUT/job.yaml` repeats it")
+        else:
+            sub.add_argument("job", help="the YAML job file")
         sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                          help="override a job-file key (repeatable); paths are relative to "
                               "the job file")
@@ -93,9 +106,58 @@ def _parser() -> argparse.ArgumentParser:
     _add_folder_commands(commands)
     schema = commands.add_parser("schema", help="print a JSON Schema of the job file (for "
                                  "editors)", description="print a JSON Schema (draft 2020-12) "
-                                 "of the job file, for editors to complete and check job files")
+                                 "of the job file, for editors to complete and check job files",
+                                 epilog=_epilog("schema"),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     schema.set_defaults(command=_cmd_schema, verbose=0, quiet=0)
     return parser
+
+
+_EXAMPLES = {
+    "run": ["kmeans-pipeline run job.yaml --set kmeans.k=8",
+            "kmeans-pipeline run photos/ more/*.png -k 8 -o out/   # no job file: writes "
+            "out/job.yaml"],
+    "validate": ["kmeans-pipeline validate job.yaml --json"],
+    "apply": ["kmeans-pipeline apply out/model.json job2.yaml"],
+    "submit": ["kmeans-pipeline submit job.yaml --scheduler tcp://10.0.0.5:8786"],
+    "status": ["kmeans-pipeline status out/ || echo not done yet"],
+    "cancel": ["kmeans-pipeline cancel out/ --timeout 30"],
+    "schema": ["kmeans-pipeline schema > job.schema.json"],
+}
+# Which exit statuses each command can return (EXIT_STATUSES says what they mean).
+_COMMAND_EXITS = {"run": (0, 3, 2, 1, 130), "validate": (0, 2, 1), "apply": (0, 3, 2, 1, 130),
+                  "submit": (0, 3, 2, 1, 130), "status": (0, 4, 1, 130, 2),
+                  "cancel": (0, 2, 1), "schema": (0, 1)}
+# The statuses of run, apply and submit are the table's own meanings (errors.EXIT_STATUSES).
+
+
+# What the table's statuses mean for the commands that run no job.  `status` exits with the
+# job's state (errors.STATE_EXIT), not with how the command went.
+_MEANINGS = {
+    "status": {EXIT_OK: "the job is done", EXIT_FAILED: "the job failed",
+               EXIT_INTERRUPTED: "the job was cancelled",
+               EXIT_RUNNING: "the job is submitted or still running (or being cancelled)",
+               EXIT_USAGE: "not the output folder of a job (no report.json or submission.json)"},
+    "validate": {EXIT_OK: "the job is valid and every input can be opened",
+                 EXIT_USAGE: "a bad job file or argument, or inputs that cannot be opened: one "
+                             "line each",
+                 EXIT_FAILED: "an unexpected error (a bug: with its traceback)"},
+    "cancel": {EXIT_OK: "asked the job to stop (or it had finished already)",
+               EXIT_USAGE: "no job was submitted to that folder, or its scheduler cannot be "
+                           "reached",
+               EXIT_FAILED: "an unexpected error (a bug: with its traceback)"},
+    "schema": {EXIT_OK: "the JSON Schema is printed",
+               EXIT_FAILED: "an unexpected error (a bug: with its traceback)"},
+}
+
+
+def _epilog(command: str) -> str:
+    """``--help``'s example and exit statuses of one command."""
+    example = "\n".join(f"  {line}" for line in _EXAMPLES[command])
+    meanings = {**EXIT_STATUSES, **_MEANINGS.get(command, {})}
+    statuses = "\n".join(f"  {code:>3}  {meanings[code].replace('`', '')}"
+                         for code in _COMMAND_EXITS[command])
+    return f"example:\n{example}\n\nexit statuses:\n{statuses}"
 
 
 def _add_folder_commands(commands) -> None:
@@ -103,7 +165,8 @@ def _add_folder_commands(commands) -> None:
                                                      "doing: running, done, failed, cancelled"),
                              ("cancel", _cmd_cancel, "stop a submitted job; its completed "
                                                      "images stay valid for a resume")):
-        sub = commands.add_parser(name, help=text, description=text)
+        sub = commands.add_parser(name, help=text, description=text, epilog=_epilog(name),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.set_defaults(command=func, verbose=0, quiet=0)
         sub.add_argument("out", help="the job's output folder (output.dir)")
         sub.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
@@ -116,9 +179,64 @@ def _add_folder_commands(commands) -> None:
         help="seconds to wait for the scheduler, then for the job to stop (default 10)")
 
 
+def _quick(args: argparse.Namespace) -> bool:
+    """Whether ``run`` was given inputs and -o instead of a job file (pngquant style)."""
+    if not isinstance(args.job, list):
+        return False
+    job_file = len(args.job) == 1 and args.job[0].lower().endswith((".yaml", ".yml"))
+    if job_file and (args.k is not None or args.output is not None):
+        raise ConfigError("-k and -o are for a run without a job file; with one, use --set "
+                          "kmeans.k=... and --set output.dir=...")
+    if job_file:
+        args.job = args.job[0]
+        return False
+    if args.output is None:
+        raise ConfigError(f"{args.job[0]}: not a job file (.yaml or .yml); to run without one, "
+                          "give the output folder with -o OUT")
+    return True
+
+
+def _load_quick(args: argparse.Namespace):
+    from pipeline.api import Job
+
+    raw = {"input": {"paths": list(args.job)}, "output": {"dir": args.output}}
+    if args.k is not None:
+        raw["kmeans"] = {"k": args.k if args.k == "auto" else _int(args.k, "-k")}
+    overrides = list(args.set)
+    if args.scheduler_file:
+        overrides.append(f"dask.scheduler_file={args.scheduler_file}")
+    return Job.from_dict(raw, os.getcwd(), overrides, "command line", args.scheduler)
+
+
+def _int(text: str, option: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{option}: must be an integer or 'auto', got {text!r}") from None
+
+
+def _write_quick_job(args: argparse.Namespace, cfg) -> str:
+    """``OUT/job.yaml``: the job this run without a job file ran, paths relative to OUT."""
+    from pipeline import config, storage
+    from pipeline.sinks import images
+
+    command = " ".join(["kmeans-pipeline", "run", *args.job]
+                       + (["-k", args.k] if args.k is not None else []) + ["-o", args.output]
+                       + [f"--set {item}" for item in args.set])
+    path = storage.join(cfg.output.dir, "job.yaml")
+    again = storage.join(args.output, "job.yaml")
+    text = config.job_file_text(cfg, cfg.output.dir, f"written by: {command}\nrun it again "
+                                                      f"with: kmeans-pipeline run {again}")
+    images.atomic_write(path, lambda handle: handle.write(text.encode()), False,
+                        cfg.output.storage_options)
+    return path
+
+
 def _load(args: argparse.Namespace):
     from pipeline.api import Job
 
+    if _quick(args):
+        return _load_quick(args)
     overrides = list(args.set)
     if args.scheduler_file:
         overrides.append(f"dask.scheduler_file={args.scheduler_file}")
@@ -161,7 +279,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline import api
 
     job = _load(args)
-    show = None if (args.quiet or args.json) else _Progress(sys.stderr)
+    show = None if (args.quiet or args.json) else progress_for(sys.stderr, lines=True)
     started = time.perf_counter()
     connected = []
 
@@ -176,19 +294,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
             report = api.apply(args.model, job, show, on_connect=on_connect)
         else:
             report = api.run(job, show, on_connect=on_connect)
+    if isinstance(args.job, list):  # run without a job file: say what it ran
+        _write_quick_job(args, job.config)
     totals = report["totals"]
     skipped = [{"path": r["path"], "error": r["error"]} for r in report["images"]
                if r["status"] != "ok" and r["error"]]
     return _summary(args, report["status"], exit_status(totals), totals, job.out_dir,
-                    time.perf_counter() - started, connected[0].scheduler, skipped)
+                    time.perf_counter() - started, connected[0].describe(), skipped)
 
 
 def _summary(args: argparse.Namespace, status: str, code: int, totals: dict, out_dir: str,
-             seconds: float, scheduler: str, skipped: list[dict]) -> int:
+             seconds: float, scheduler: dict, skipped: list[dict]) -> int:
     summary = {"status": status, "exit_code": code, "output_dir": out_dir,
                "images": totals["images"], "ok": totals["ok"], "skipped": totals["skipped"],
                "failed": totals["failed"], "pixels": totals["pixels"],
-               "seconds": round(seconds, 3), "scheduler": scheduler, "problems": skipped}
+               "seconds": round(seconds, 3), "scheduler": scheduler["scheduler"],
+               "scheduler_reason": scheduler["reason"], "dashboard": scheduler["dashboard"],
+               "problems": skipped}
     if not args.quiet:
         for entry in skipped:
             print(f"skipped: {entry['path']}: {entry['error']}", file=sys.stderr)
@@ -206,7 +328,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
     job = _load(args)
     started = time.perf_counter()
-    follow = None if (args.quiet or args.json) else _Progress(sys.stderr)
+    follow = None if (args.quiet or args.json) else progress_for(sys.stderr, lines=True)
 
     def on_submit(entry: dict) -> None:
         if args.wait and follow is not None:
@@ -229,8 +351,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if result["error"]:
         _print_error(result["error"])
         return result["exit_code"]
+    scheduler = {"scheduler": entry["scheduler"], "reason": "the job was submitted to it",
+                 "dashboard": entry.get("dashboard")}
     return _summary(args, result["status"], result["exit_code"], result["totals"], out,
-                    time.perf_counter() - started, entry["scheduler"], result["problems"])
+                    time.perf_counter() - started, scheduler, result["problems"])
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -241,7 +365,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(state))
     else:
         print(_describe(state))
-    return EXIT_OK
+    return STATE_EXIT.get(state["state"], EXIT_FAILED)
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
@@ -304,53 +428,20 @@ def _describe(state: dict) -> str:
     return text
 
 
-class _Progress:
-    """A progress bar on a terminal; plain periodic log lines otherwise."""
-
-    def __init__(self, stream, every: float = 5.0):
-        self.stream, self.every = stream, every
-        self.tty = stream.isatty()
-        self.name, self.total, self.pixels = "", 0, 0
-        self.done = self.done_pixels = 0
-        self.started = self.shown = time.monotonic()
-
-    def phase(self, name: str, images: int, pixels: int) -> None:
-        self._end_line()
-        self.name, self.total, self.pixels = name, images, pixels
-        self.done = self.done_pixels = 0
-        self.started = self.shown = time.monotonic()
-
-    def advance(self, images: int, pixels: int) -> None:
-        self.done += images
-        self.done_pixels += pixels
-        now = time.monotonic()
-        if self.tty or now - self.shown >= self.every or self.done == self.total:
-            self.shown = now
-            self._show(now)
-
-    def _show(self, now: float) -> None:
-        elapsed = now - self.started
-        fraction = self.done_pixels / self.pixels if self.pixels else 1.0
-        eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
-        text = (f"{self.name}: {self.done}/{self.total} images, "
-                f"{self.done_pixels / 1e6:.1f}/{self.pixels / 1e6:.1f} Mpx, "
-                f"{elapsed:.1f} s, ETA {eta:.0f} s")
-        if self.tty:
-            bar = "#" * int(24 * fraction)
-            self.stream.write(f"\r[{bar:<24}] {text}\x1b[K")
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def _end_line(self) -> None:
-        if self.tty and self.total:
-            self.stream.write("\n")
-
-
 def _setup_logging(level: int) -> None:
-    logging.basicConfig(format="%(levelname)s: %(name)s: %(message)s", stream=sys.stderr)
     ours = {2: logging.DEBUG, 1: logging.INFO, 0: logging.WARNING}.get(level, logging.ERROR)
-    logging.getLogger("pipeline").setLevel(ours if level <= 2 else logging.DEBUG)
+    root = logging.getLogger()
+    console = next((h for h in root.handlers if getattr(h, "kmeans_pipeline", False)), None)
+    if console is None and not root.handlers:  # as logging.basicConfig, but ours to re-level
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
+        console.kmeans_pipeline = True
+        root.addHandler(console)
+    # -q quiets the console, not the loggers: warnings still reach report.json (tasklog).
+    if console is not None:
+        console.setLevel(ours if level <= 2 else logging.DEBUG)
+    logging.getLogger("pipeline").setLevel(min(ours, logging.WARNING) if level <= 2
+                                           else logging.DEBUG)
     # A lost scheduler or worker is reported by us in one line; -v shows dask's own errors.
     noisy = logging.CRITICAL if level < 1 else logging.ERROR if level < 2 else logging.INFO
     names = ("distributed", "distributed.client", "distributed.gc", "bokeh", "tornado")

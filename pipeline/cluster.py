@@ -27,18 +27,84 @@ log = logging.getLogger(__name__)
 _LOST = "scheduler-connection-lost"  # distributed's reason for futures cancelled by it
 
 
+# dask's own names for its local schedulers, as the ``scheduler`` config key takes them.
+_DASK_LOCAL_NAMES = {"threads": "threads", "threading": "threads", "processes": "processes",
+                     "multiprocessing": "processes", "synchronous": "synchronous",
+                     "sync": "synchronous", "single-threaded": "synchronous"}
+_IN_PROCESS = ("threads", "processes", "synchronous")  # dask's local schedulers: no Client
+
+
 @dataclass
 class Connection:
-    """What the user should know about the scheduler in use."""
+    """What the user should know about the scheduler in use, and why it was chosen."""
 
     scheduler: str
     dashboard: str | None = None
     n_workers: int | None = None
+    reason: str = ""
+
+    def describe(self) -> dict:
+        """The scheduler as report.json and ``--json`` give it."""
+        return {"scheduler": self.scheduler, "reason": self.reason,
+                "dashboard": self.dashboard, "workers": self.n_workers}
+
+
+@dataclass(frozen=True)
+class _Choice:
+    kind: str  # threads | processes | synchronous | local | client | address | file
+    target: str | None  # the address or scheduler file
+    reason: str
+    default: bool = False  # nothing named a scheduler
+
+
+def choose_scheduler(cfg: DaskConfig) -> _Choice:
+    """Which scheduler a job uses, and why: dask's conventions when the job names none.
+
+    The job's ``dask.scheduler_file`` or ``dask.scheduler`` (or ``--scheduler``) first; then,
+    as dask itself decides, the ``scheduler`` config key (``DASK_SCHEDULER``; a default
+    ``Client`` sets it to ``dask.distributed``), an active ``Client`` in this process, the
+    ``scheduler-address`` key (``DASK_SCHEDULER_ADDRESS``); only then the threads scheduler.
+    """
+    if cfg.scheduler_file is not None:
+        return _Choice("file", cfg.scheduler_file, "dask.scheduler_file in the job")
+    if cfg.scheduler is not None:
+        kind = cfg.scheduler if cfg.scheduler in LOCAL_SCHEDULERS else "address"
+        return _Choice(kind, cfg.scheduler, "dask.scheduler in the job or --scheduler")
+    configured = dask.config.get("scheduler", None)
+    if isinstance(configured, str) and configured in _DASK_LOCAL_NAMES:
+        where = "DASK_SCHEDULER" if "DASK_SCHEDULER" in os.environ else "dask config"
+        return _Choice(_DASK_LOCAL_NAMES[configured], None,
+                       f"scheduler: {configured!r} in {where}")
+    if _default_client() is not None:
+        return _Choice("client", None, "the active dask Client in this process")
+    address = dask.config.get("scheduler-address", None)
+    if address:
+        where = ("DASK_SCHEDULER_ADDRESS" if os.environ.get("DASK_SCHEDULER_ADDRESS")
+                 else "scheduler-address in dask config")
+        return _Choice("address", str(address), where)
+    return _Choice("threads", None, "the default: neither the job, DASK_SCHEDULER_ADDRESS, "
+                                    "dask config nor an active Client names a scheduler",
+                   default=True)
+
+
+def _default_client() -> Any:
+    """The default distributed Client of this process, without importing distributed."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
 
 
 @contextlib.contextmanager
 def connect(cfg: DaskConfig, need_workers: bool = True) -> Iterator[Connection]:
-    """Make the job's scheduler the active one for the duration of the block.
+    """Make the job's scheduler (see `choose_scheduler`) the active one for the block.
+
+    On a distributed scheduler, warnings that ``pipeline`` logs on the workers are forwarded
+    to this process's log, and ``cfg.performance_report`` gets dask's performance report.
 
     Parameters
     ----------
@@ -53,17 +119,84 @@ def connect(cfg: DaskConfig, need_workers: bool = True) -> Iterator[Connection]:
         has no worker by then.
     """
     with dask.config.set(cfg.config):
-        if cfg.scheduler_file is None and cfg.scheduler in ("threads", "processes",
-                                                             "synchronous"):
-            with dask.config.set(scheduler=cfg.scheduler):
-                yield Connection(cfg.scheduler)
-            return
-        if cfg.scheduler_file is None and cfg.scheduler == "local":
-            with _local_cluster(cfg) as connection:
-                yield connection
-            return
-        with _remote(cfg, need_workers) as connection:
-            yield connection
+        choice = _for_performance_report(cfg, choose_scheduler(cfg))
+        _check_performance_report(cfg.performance_report)  # before any cluster starts
+        if choice.kind in _IN_PROCESS:
+            connection = contextlib.nullcontext(Connection(choice.kind))
+        elif choice.kind == "local":
+            connection = _local_cluster(cfg)
+        elif choice.kind == "client":
+            connection = _active(cfg)
+        else:
+            connection = _remote(cfg, choice, need_workers)
+        with connection as connected, dask.config.set(
+                {"scheduler": choice.kind} if choice.kind in _IN_PROCESS else {}):
+            connected.reason = choice.reason
+            log.info("scheduler: %s (%s)", connected.scheduler, choice.reason)
+            if connected.dashboard:
+                log.info("dask dashboard: %s", connected.dashboard)
+            with _performance_report(cfg.performance_report):
+                yield connected
+
+
+def _for_performance_report(cfg: DaskConfig, choice: _Choice) -> _Choice:
+    """dask's performance report needs a distributed scheduler: a LocalCluster when unset."""
+    if cfg.performance_report is None or choice.kind not in _IN_PROCESS:
+        return choice
+    if not choice.default:
+        raise ConfigError(f"dask.performance_report: needs a distributed scheduler, but the job "
+                          f"runs on {choice.kind!r} ({choice.reason}); use dask.scheduler: "
+                          "local or a scheduler address, or drop dask.performance_report")
+    return _Choice("local", None, "a LocalCluster, since dask.performance_report needs a "
+                                  "distributed scheduler and none is configured")
+
+
+def _check_performance_report(path: str | None) -> None:
+    if path is None:
+        return
+    if "://" in path:
+        raise ConfigError(f"dask.performance_report: {path!r} is a URL; give a local path "
+                          "(dask writes the report as a local file)")
+    try:
+        import bokeh  # noqa: F401  (dask draws the report's plots with it)
+    except ImportError as exc:
+        raise ConfigError("dask.performance_report: needs bokeh, which is not installed: "
+                          "pip install 'kmeans-pipeline[diagnostics]'") from exc
+    folder = os.path.dirname(path)
+    if folder and not os.path.isdir(folder):
+        raise ConfigError(f"dask.performance_report: folder {folder!r} does not exist; create "
+                          "it or choose another path")
+
+
+@contextlib.contextmanager
+def _performance_report(path: str | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    from distributed import performance_report
+
+    with performance_report(filename=path):
+        yield
+    log.info("dask performance report: %s", path)
+
+
+@contextlib.contextmanager
+def _active(cfg: DaskConfig) -> Iterator[Connection]:
+    client = _default_client()
+    with _forwarding(client):
+        yield Connection(client.scheduler.address, client.dashboard_link,
+                         len(client.scheduler_info().get("workers", {})))
+
+
+@contextlib.contextmanager
+def _forwarding(client: Any) -> Iterator[None]:
+    """Worker-side ``pipeline`` warnings reach this process's log while the block runs."""
+    client.forward_logging("pipeline", level=logging.WARNING)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # the scheduler may be gone
+            client.unforward_logging("pipeline")
 
 
 @contextlib.contextmanager
@@ -78,16 +211,18 @@ def _local_cluster(cfg: DaskConfig) -> Iterator[Connection]:
 
 
 @contextlib.contextmanager
-def _remote(cfg: DaskConfig, need_workers: bool) -> Iterator[Connection]:
+def _remote(cfg: DaskConfig, choice: _Choice, need_workers: bool) -> Iterator[Connection]:
     from distributed import Client
 
-    where = cfg.scheduler_file or cfg.scheduler
-    if cfg.scheduler_file and not os.path.isfile(cfg.scheduler_file):
-        raise ConfigError(f"dask.scheduler_file: {cfg.scheduler_file!r} not found; start the "
+    # Named by the user's environment, not the job: say so, or the address is a mystery.
+    where = choice.target if "in the job" in choice.reason else \
+        f"{choice.target} (from {choice.reason})"
+    if choice.kind == "file" and not os.path.isfile(choice.target):
+        raise ConfigError(f"dask.scheduler_file: {choice.target!r} not found; start the "
                           "scheduler with --scheduler-file, or give its address")
     try:
-        client = Client(scheduler_file=cfg.scheduler_file, timeout=cfg.timeout) \
-            if cfg.scheduler_file else Client(cfg.scheduler, timeout=cfg.timeout)
+        client = Client(scheduler_file=choice.target, timeout=cfg.timeout) \
+            if choice.kind == "file" else Client(choice.target, timeout=cfg.timeout)
     except (OSError, TimeoutError) as exc:
         raise ClusterUnreachable(f"cannot reach the dask scheduler at {where} within "
                                  f"{cfg.timeout:g} s ({type(exc).__name__}); start it, or fix "
@@ -102,21 +237,18 @@ def _remote(cfg: DaskConfig, need_workers: bool) -> Iterator[Connection]:
                                      f"`dask worker {client.scheduler.address}`, or raise "
                                      "dask.timeout") from exc
         info = client.scheduler_info()
-        yield Connection(client.scheduler.address, client.dashboard_link,
-                         len(info.get("workers", {})))
+        with _forwarding(client):
+            yield Connection(client.scheduler.address, client.dashboard_link,
+                             len(info.get("workers", {})))
 
 
-def active() -> Connection | None:
-    """The distributed client already active in this process (a notebook's), or None.
-
-    Never imports ``distributed``: without it imported there is no client."""
-    if "distributed" not in sys.modules or dask.config.get("scheduler", None) in LOCAL_SCHEDULERS:
-        return None
+def describe_active(reason: str) -> dict | None:
+    """`Connection.describe` of the active distributed client (a driver's worker client)."""
     client = _client()
     if client is None:
         return None
     return Connection(client.scheduler.address, client.dashboard_link,
-                      len(client.scheduler_info().get("workers", {})))
+                      len(client.scheduler_info().get("workers", {})), reason).describe()
 
 
 def _client() -> Any:

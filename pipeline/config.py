@@ -61,6 +61,10 @@ KMeansConfig = _section_class("kmeans", "KMeansConfig", (
     "n_clusters": property(lambda self: self.k),
     "init_is_model": property(lambda self: self.init not in INITS),
     "auto_k": property(lambda self: self.k == AUTO_K),
+    # k: auto's Delta-E for RGB photos: error_metric auto means de76 there (variance is for
+    # rasters, whose path reads error_metric itself)
+    "colour_metric": property(lambda self: "de76" if self.error_metric == "auto"
+                              else self.error_metric),
 })
 OutputConfig = _section_class("output", "OutputConfig", "What is written, and where.")
 DaskConfig = _section_class("dask", "DaskConfig", "Where the work runs.")
@@ -373,6 +377,7 @@ def _check_across(sections: dict, problems: list[str]) -> None:
         problems.append(f"kmeans.init: model file {km.init!r} not found; give 'k-means++', "
                         "'random' or the path of a model.json written by an earlier run")
     out: OutputConfig = sections["output"]
+    _check_dither(km, out, problems)
     if not (out.segmented or out.labels or out.masks):
         problems.append("output: segmented, labels and masks are all false; "
                         "enable at least one output")
@@ -409,6 +414,17 @@ def _check_output_dir(path: str, problems: list[str]) -> None:
                         "choose a writable folder")
 
 
+def _check_dither(km: KMeansConfig, out: OutputConfig, problems: list[str]) -> None:
+    if out.dither == "none":
+        return
+    most = km.max_k if km.auto_k else km.k
+    if most > schema.MAX_PALETTE:
+        what = f"kmeans.max_k is {km.max_k} with k: auto" if km.auto_k else f"kmeans.k is {km.k}"
+        problems.append(f"output.dither: {out.dither} paints a palette of at most "
+                        f"{schema.MAX_PALETTE} colours, but {what}; lower it or set "
+                        "output.dither: none")
+
+
 def _check_auto_and_spatial(km: KMeansConfig, pre: PreprocessConfig,
                             problems: list[str]) -> None:
     if km.auto_k and km.batch_pixels < km.max_k:
@@ -422,3 +438,38 @@ def _check_auto_and_spatial(km: KMeansConfig, pre: PreprocessConfig,
 def example_keys() -> dict[str, list[str]]:
     """Every section and key the schema knows (for the example-file sync test)."""
     return {section: list(keys) for section, keys in _SCHEMA.items()}
+
+
+def job_file_text(cfg: JobConfig, folder: str, header: str = "") -> str:
+    """The keys the user gave, as a job file saved in ``folder`` would hold them.
+
+    Paths are written relative to ``folder`` (every job file's paths are relative to the file),
+    so ``kmeans-pipeline run FOLDER/job.yaml`` runs the same job; URLs, and local paths when
+    ``folder`` is a URL, are written as they are.  Secrets in ``storage_options`` are masked.
+
+    Parameters
+    ----------
+    cfg : JobConfig
+    folder : str
+        Where the job file will be (for ``kmeans-pipeline run -o OUT``: ``OUT``).
+    header : str
+        Comment lines put first.
+    """
+    data = cfg.to_dict()
+    sections: dict[str, dict] = {}
+    for key in schema.KEYS:
+        if key.path not in cfg.given:
+            continue
+        value = data[key.section][key.name]
+        if key.is_path:
+            value = [_relative(v, folder) for v in value] if isinstance(value, (list, tuple)) \
+                else _relative(value, folder) if isinstance(value, str) else value
+        sections.setdefault(key.section, {})[key.name] = value
+    body = yaml.safe_dump(sections, sort_keys=False, default_flow_style=False)
+    return "".join(f"# {line}\n" for line in header.splitlines()) + body
+
+
+def _relative(path: str, folder: str) -> str:
+    if "://" in path or "://" in folder or not os.path.isabs(path) or path in schema.INITS:
+        return path
+    return os.path.relpath(path, folder).replace(os.sep, "/")

@@ -25,6 +25,7 @@ from pipeline.config import JobConfig
 from pipeline.errors import (ConfigError, ImageReadError, JobCancelled, OutputError,
                              PipelineError, StorageError)
 from pipeline.record import RunRecord
+from pipeline.schema import MAX_PALETTE
 from pipeline.sinks import images as files
 from pipeline.sinks import model, report
 from pipeline.sinks.segment import whole_table_pays
@@ -55,7 +56,7 @@ class _Silent:
 
 
 def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = None,
-        cancelled: Callable[[], bool] | None = None) -> dict:
+        cancelled: Callable[[], bool] | None = None, scheduler: dict | None = None) -> dict:
     """Run a job on the active scheduler and write every output.
 
     Parameters
@@ -67,6 +68,9 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
         The id of a submitted job (see `pipeline.batch`), recorded in report.json.
     cancelled : callable, optional
         Asked between images; when it returns True the run stops with `JobCancelled`.
+    scheduler : dict, optional
+        Which scheduler runs the job and why, with its dashboard
+        (`pipeline.cluster.Connection.describe`), recorded in report.json.
 
     Returns
     -------
@@ -86,6 +90,7 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
                           raster_path=cfg.output.format != "png")
     previous = _prepare_output(cfg)
     record = RunRecord.of_listing(cfg, listing, job_id, notes)
+    record.scheduler = scheduler
     phases = _Phases(record, progress or _Silent(), cancelled)
     record.timings["list"] = time.perf_counter() - clock
     for path, reason in listing.failed:
@@ -100,11 +105,13 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
             raise ImageReadError(_nothing_usable(record))
         if listing.rasters:  # issue 12: N-band rasters, read and written in windows
             _run_rasters(record, listing, previous, phases, written)
-        elif cfg.kmeans.scope == "collection":
-            outcome, good = _fit(record, listing.images, previous, phases, init, kept)
-            _segment(record, good, outcome, phases, kept, written)
-        else:  # one palette per image: each task fits, segments and writes its image
-            _run_per_image(record, listing.images, phases, init, written)
+        else:
+            _check_photo_job(cfg, listing.images)
+            if cfg.kmeans.scope == "collection":
+                outcome, good = _fit(record, listing.images, previous, phases, init, kept)
+                _segment(record, good, outcome, phases, kept, written)
+            else:  # one palette per image: each task fits, segments and writes its image
+                _run_per_image(record, listing.images, phases, init, written)
         if not any(entry["status"] == "ok" for entry in record.images):
             raise ImageReadError(_nothing_usable(record))
         files.remove_temp_files(cfg.output.dir)  # left by workers killed while writing
@@ -152,6 +159,10 @@ def resolve_init(cfg: JobConfig) -> tuple[JobConfig, np.ndarray | None, list[str
     init = model.load_palette(km.init, cfg.preprocess.color_space, cfg.preprocess.spatial_weight,
                               cfg.input.storage_options)
     notes = []
+    if cfg.output.dither != "none" and len(init) > MAX_PALETTE:
+        raise ConfigError(f"output.dither: {cfg.output.dither} paints a palette of at most "
+                          f"{MAX_PALETTE} colours, but the model {km.init} has k={len(init)}; "
+                          "set output.dither: none")
     if "kmeans.k" in cfg.given and km.k != len(init) and km.max_iter > 0:
         # Fitting from a palette: a k the user wrote that the model cannot start is a mistake.
         raise ConfigError(f"kmeans.init: {km.init}: model has k={len(init)}, the job has "
@@ -456,6 +467,8 @@ def _sample(record: RunRecord, images: list[ImageInfo], phases: _Phases,
     sample = collection.draw_sample(images, cfg.kmeans.sample_pixels, cfg.kmeans.seed,
                                     features, phases, kept,
                                     stop_at_failure=cfg.input.on_error == "fail")
+    for info, lines in sample.logged:
+        record.logged(info, lines)
     for info, error in sample.failed:
         _image_failed(record, info, error)
     if not sample.good:
@@ -482,7 +495,8 @@ def _check_decodable(record: RunRecord, images: list[ImageInfo], phases: _Phases
         return
     todo = record.pending(images)
     results = collection.sample_pass(todo, [0] * len(todo), 0, phases, "check")
-    for info, (_, error) in zip(todo, results):
+    for info, ((_, error), lines) in zip(todo, results):
+        record.logged(info, lines)
         if error is not None:
             _image_failed(record, info, error)
 
@@ -553,8 +567,9 @@ def _compute_images(record: RunRecord, groups: list[list[ImageInfo]], image_task
     todo = [info for group in groups for info in group]
     phases.phase(phase, len(todo), sum(i.n_pixels for i in todo))
 
-    def done(g: int, results: list[dict]) -> None:
-        for info, result in zip(groups[g], results):
+    def done(g: int, results: list[tuple[dict, list[str]]]) -> None:
+        for info, (result, lines) in zip(groups[g], results):
+            record.logged(info, lines)
             error = result.pop("error", None)
             if result.pop("output_error", False):  # disk full, folder removed: stop the run
                 record.failed(info, error)
@@ -591,6 +606,14 @@ def _run_rasters(record: RunRecord, listing: Listing, previous: dict | None, pha
         _raster_per_image(record, listing.images, images, phases, written)
 
 
+def _check_photo_job(cfg: JobConfig, images: list) -> None:
+    """k: auto on photos measures colour error: the rasters' variance share is refused."""
+    if cfg.kmeans.error_metric == "variance":
+        first = images[0].path if images else "the inputs"
+        raise ConfigError(f"kmeans.error_metric: 'variance' is for N-band rasters, but {first} "
+                          "is a photo; use de76, de2000 (or auto)")
+
+
 def _check_raster_job(cfg: JobConfig, images: list[raster_job.RasterImage]) -> None:
     """Keys that make no sense for N-band rasters are refused in one line, before any work."""
     first = images[0].header.path if images else "the inputs"
@@ -601,9 +624,9 @@ def _check_raster_job(cfg: JobConfig, images: list[raster_job.RasterImage]) -> N
     if cfg.preprocess.spatial_weight > 0:
         raise ConfigError(f"preprocess.spatial_weight: its colour unit has no meaning for the "
                           f"bands of {first}; set it to 0 for rasters")
-    if cfg.kmeans.error_metric == "de76":
-        raise ConfigError(f"kmeans.error_metric: 'de76' measures RGB colours, but {first} is "
-                          "a raster; use variance (or auto)")
+    if cfg.kmeans.error_metric in ("de76", "de2000"):
+        raise ConfigError(f"kmeans.error_metric: {cfg.kmeans.error_metric!r} measures RGB "
+                          f"colours, but {first} is a raster; use variance (or auto)")
     if cfg.preprocess.scale != 1.0:
         raise ConfigError(f"preprocess.scale: rasters are read at full resolution in windows "
                           f"({first}); choose a pyramid level with input.level instead")

@@ -10,6 +10,7 @@ EXIT_OK = 0  # every image done (images kept by resume count as done)
 EXIT_FAILED = 1  # the job failed (any PipelineError without its own code, or a bug)
 EXIT_USAGE = 2  # a bad job file or argument, or nothing could start
 EXIT_SKIPPED = 3  # finished, but some images were skipped (on_error: skip)
+EXIT_RUNNING = 4  # `status`: the job is submitted or still running
 EXIT_INTERRUPTED = 130  # Ctrl-C, or a submitted job cancelled
 
 EXIT_STATUSES = {
@@ -18,9 +19,14 @@ EXIT_STATUSES = {
     EXIT_USAGE: "bad job file or arguments, or nothing could start (e.g. scheduler "
                 "unreachable): one line per problem, no traceback",
     EXIT_FAILED: "the job failed (e.g. an unreadable image with `on_error: fail`, disk full)",
+    EXIT_RUNNING: "`status` only: the job is submitted or still running",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C), or a submitted job cancelled (`submit --wait`); "
                       "rerun with `if_exists: resume`",
 }
+# `kmeans-pipeline status`: the job's state -> its exit status, for scripts that wait on it
+# (0 done, 1 failed, 130 cancelled, 4 submitted or running).
+STATE_EXIT = {"done": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_INTERRUPTED,
+              "submitted": EXIT_RUNNING, "running": EXIT_RUNNING, "cancelling": EXIT_RUNNING}
 
 
 def exit_status(totals: dict) -> int:

@@ -23,6 +23,7 @@ import numpy as np
 from pipeline import cluster
 from pipeline.engine import kmeans
 from pipeline.config import KMeansConfig
+from pipeline.engine.delta_e import ciede2000
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -370,20 +371,22 @@ class AutoK:
     max_error: float
     met: bool
     tried: list[dict] = field(default_factory=list)  # {"k": int, "error": float}
+    metric: str = "de76"  # kmeans.error_metric: the unit of max_error and of every error
 
     def as_dict(self) -> dict:
-        return {"k": self.k, "max_error": self.max_error, "met": self.met,
-                "fits": len(self.tried), "tried": sorted(self.tried, key=lambda t: t["k"])}
+        return {"k": self.k, "max_error": self.max_error, "metric": self.metric,
+                "met": self.met, "fits": len(self.tried),
+                "tried": sorted(self.tried, key=lambda t: t["k"])}
 
 
 def choose_k(sample: np.ndarray, cfg: KMeansConfig, color_space: str) -> AutoK:
     """The smallest k whose fitted palette paints the sample within ``cfg.max_error``.
 
-    The error of a palette is the mean CIELAB Delta-E 76 between each sample pixel and the
-    8-bit colour it is painted with.  It falls with k (not strictly), so the search doubles k
-    from 1 until the target is met (or ``max_k`` is reached), then bisects between the last k
-    that missed and the first that met it: about ``2 log2(k)`` fits (k = 6: 1, 2, 4, 8, 6, 5),
-    at most ``2 ceil(log2(max_k)) + 1``.  Each fit is the job's own fit (same settings and
+    The error of a palette is the mean Delta-E (``cfg.colour_metric``: CIE 1976 or CIEDE2000)
+    between each sample pixel and the 8-bit colour it is painted with.  It falls with k (not
+    strictly), so the search doubles k from 1 until the target is met (or ``max_k`` is
+    reached), then bisects between the last k that missed and the first that met it: about
+    ``2 log2(k)`` fits (k = 6: 1, 2, 4, 8, 6, 5), at most ``2 ceil(log2(max_k)) + 1``.  Each fit is the job's own fit (same settings and
     seed) with one start, on an evenly strided subset of the sample of at most 65,536 rows.
 
     Parameters
@@ -399,7 +402,7 @@ def choose_k(sample: np.ndarray, cfg: KMeansConfig, color_space: str) -> AutoK:
         ``met`` is False when even ``max_k`` misses the target (``k`` is then ``max_k``).
     """
     points = _auto_points(sample, color_space)
-    auto = AutoK(cfg.max_k, cfg.max_error, False)
+    auto = AutoK(cfg.max_k, cfg.max_error, False, metric=cfg.colour_metric)
     errors: dict[int, float] = {}
 
     def meets(k: int) -> bool:
@@ -407,10 +410,10 @@ def choose_k(sample: np.ndarray, cfg: KMeansConfig, color_space: str) -> AutoK:
             trial = dataclasses.replace(cfg, k=k, n_init=1)
             result = _best_of_starts(points, trial, None, iterate=True)
             errors[k] = palette_error(points.features, points.weights, result.centroids,
-                                      color_space)
+                                      color_space, cfg.colour_metric)
             auto.tried.append({"k": k, "error": errors[k]})
-            log.info("k: auto: k=%d gives mean Delta-E %.3f (target %.3f)", k, errors[k],
-                     cfg.max_error)
+            log.info("k: auto: k=%d gives mean %s %.3f (target %.3f)", k, cfg.colour_metric,
+                     errors[k], cfg.max_error)
         return errors[k] <= cfg.max_error
 
     missed, k = 0, 1
@@ -432,15 +435,16 @@ def _auto_points(sample: np.ndarray, color_space: str) -> _Points:
     return _Points(sample, np.ones(len(sample), np.int64))
 
 
-def sample_error(sample: np.ndarray, centroids: np.ndarray, color_space: str) -> float:
+def sample_error(sample: np.ndarray, centroids: np.ndarray, color_space: str,
+                 metric: str = "de76") -> float:
     """`palette_error` of ``centroids`` on the rows `choose_k` searched on."""
     points = _auto_points(sample, color_space)
-    return palette_error(points.features, points.weights, centroids, color_space)
+    return palette_error(points.features, points.weights, centroids, color_space, metric)
 
 
 def palette_error(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray,
-                  color_space: str) -> float:
-    """Weighted mean CIELAB Delta-E 76 between rows and the 8-bit colour they are painted with.
+                  color_space: str, metric: str = "de76") -> float:
+    """Weighted mean Delta-E between rows and the 8-bit colour they are painted with.
 
     Parameters
     ----------
@@ -448,11 +452,14 @@ def palette_error(features: np.ndarray, weights: np.ndarray, centroids: np.ndarr
     weights : ndarray of shape (n,)
     centroids : ndarray of shape (n_clusters, n_features), float64
     color_space : str
+    metric : str
+        ``de76`` (CIE 1976: Euclidean distance in CIELAB) or ``de2000`` (CIEDE2000).
     """
     labels, _ = kmeans.assign(features, centroids)
     painted = np.rint(kmeans.centroids_to_rgb(centroids[:, :3], color_space))
     painted_lab = kmeans.rgb_to_lab(painted / 255.0)
-    errors = kmeans.delta_e76(kmeans.colour_lab(features, color_space), painted_lab[labels])
+    difference = ciede2000 if metric == "de2000" else kmeans.delta_e76
+    errors = difference(kmeans.colour_lab(features, color_space), painted_lab[labels])
     w = weights.astype(np.float64)
     return float(np.dot(errors, w) / w.sum())
 
@@ -526,7 +533,8 @@ def fit_palette(sample: np.ndarray, pixels: da.Array | None, cfg: KMeansConfig,
         result = fit_features(sample, cfg, init)
     else:
         result = fit_collection(sample, pixels, cfg, color_space, init, persist)
-    error = sample_error(sample, result.centroids, color_space) if auto is not None else None
+    error = sample_error(sample, result.centroids, color_space, cfg.colour_metric) \
+        if auto is not None else None
     return FitOutcome.of(result, color_space, auto, cfg, error)
 
 

@@ -38,6 +38,7 @@ class RunRecord:
     renamed: list[dict] = field(default_factory=list)
     progress: dict | None = None  # the phase under way: name, images and pixels done of total
     auto_k: dict | None = None
+    scheduler: dict | None = None  # which scheduler ran the job, why, its dashboard
     started: str = field(default_factory=files.utc_now)
 
     @classmethod
@@ -76,6 +77,12 @@ class RunRecord:
         entry.update(status="ok", finished=finished, **result)
         if notes:  # the listing's notes and the task's (issue 13: no CRS, areas)
             entry["notes"] = notes
+
+    def logged(self, info: ImageInfo, lines: list[str]) -> None:
+        """Warnings the image's tasks logged (`pipeline.tasklog`), each once, under ``log``."""
+        if lines:
+            entry = self.entry(info).setdefault("log", [])
+            entry += [line for line in lines if line not in entry]
 
     def refused(self, info: ImageInfo, error: str) -> None:
         """The image cannot be used: skipped or failed, as ``input.on_error`` says."""
@@ -127,6 +134,8 @@ class RunRecord:
             extra["progress"] = self.progress
         if self.auto_k is not None:
             extra["auto_k"] = self.auto_k
+        if self.scheduler is not None:
+            extra["scheduler"] = self.scheduler
         return {"schema_version": model.SCHEMA_VERSION, "status": self.status,
                 "error": self.error, "job_file": self.cfg.source,
                 "job_hash": self.cfg.job_hash(), "started": self.started,

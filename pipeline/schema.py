@@ -28,8 +28,10 @@ PERSIST = ("auto", "always", "never")
 PLANES = ("all", "first")  # issue 12: rasters
 MASKS = ("auto", "alpha", "none")
 NORMALIZE = ("none", "standard", "robust")
-ERROR_METRICS = ("auto", "de76", "variance")
+ERROR_METRICS = ("auto", "de76", "de2000", "variance")
 OUTPUT_FORMATS = ("auto", "png", "tiff", "zarr", "cog")
+DITHERS = ("none", "floyd-steinberg")  # output.dither
+MAX_PALETTE = 256  # colours in a PNG palette: the most a dithered segmented image can use
 MAX_K = 65535
 AUTO_K = "auto"  # kmeans.k: choose the smallest k meeting kmeans.max_error
 # Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS * 2 is its hard error).
@@ -311,13 +313,15 @@ KEYS: tuple[Key, ...] = (
     Key("kmeans", "refine", "boolean", True, "minibatch: finish with full Lloyd steps on the "
         "sample's colour histogram"),
     Key("kmeans", "max_error", "number", 4.0, "k: auto: target mean colour error of the painted "
-        "image, CIELAB Delta-E 76 units (~2.3 = just noticeable); with error_metric variance the "
-        "share of variance left (0.05 when not given)", minimum=0.0, exclusive=True),
+        "image, in kmeans.error_metric's units: Delta-E (~2.3 de76 or ~1 de2000: just "
+        "noticeable); with error_metric variance the share of variance left (0.05 when not "
+        "given)", minimum=0.0, exclusive=True),
     Key("kmeans", "max_k", "integer", 64, "k: auto: largest k tried; if even max_k misses "
         "max_error, max_k is used and a warning says so", minimum=1, maximum=MAX_K),
-    Key("kmeans", "error_metric", "enum", "auto", "k: auto: de76 (mean CIELAB Delta-E of the "
-        "painted image) | variance (share of the sample's variance left unexplained; "
-        "max_error is that share) | auto (de76 for RGB, variance for rasters)",
+    Key("kmeans", "error_metric", "enum", "auto", "k: auto: de76 (CIE 1976, Euclidean CIELAB "
+        "Delta-E of the painted image) | de2000 (CIEDE2000, the one colour scientists quote) | "
+        "variance (share of the sample's variance left unexplained; max_error is that share) | "
+        "auto (de76 for RGB photos, variance for rasters)",
         choices=ERROR_METRICS, hash_if_set=True),
     Key("output", "dir", "string", "out", "output folder (left out: out, in the working "
         "directory)", is_path=True,
@@ -330,6 +334,9 @@ KEYS: tuple[Key, ...] = (
         "else 0"),
     Key("output", "format", "enum", "auto", "auto (png for photos, cog for georeferenced "
         "rasters, tiff for other TIFF rasters, zarr for zarr) | png | tiff | zarr | cog", choices=OUTPUT_FORMATS, hash_if_set=True),
+    Key("output", "dither", "enum", "none", "none | floyd-steinberg: the segmented image "
+        "error-diffused to the palette (k <= 256; label maps and masks stay undithered)",
+        choices=DITHERS, hash_if_set=True),
     Key("output", "if_exists", "enum", "resume", "resume (skip images already complete) | "
         "overwrite | fail", choices=IF_EXISTS, hashed=False),
     Key("output", "png_compression", "integer", 1, "zlib level 0-9: 1 (zlib run-length mode) is "
@@ -337,9 +344,10 @@ KEYS: tuple[Key, ...] = (
         minimum=0, maximum=9),
     Key("output", "storage_options", "mapping", {}, "for a URL output.dir (s3://, gs://, "
         "az://): passed to fsspec", hashed=False, secrets=True),
-    Key("dask", "scheduler", "enum", "threads", "threads | processes | synchronous | local (a "
+    Key("dask", "scheduler", "enum", None, "null: DASK_SCHEDULER_ADDRESS, dask config or an "
+        "active Client decide, else threads | threads | processes | synchronous | local (a "
         "LocalCluster) | tcp://host:port", choices=LOCAL_SCHEDULERS, pattern=ADDRESS,
-        pattern_text=_ADDRESS, hashed=False),
+        pattern_text=_ADDRESS, nullable=True, hashed=False),
     Key("dask", "chunk_pixels", "integer", 4194304, "most pixels per chunk; a larger image is "
         "split into row bands", minimum=1, hashed=False),
     Key("dask", "n_workers", "integer", None, "local: worker processes (null: dask picks)",
@@ -358,6 +366,9 @@ KEYS: tuple[Key, ...] = (
         "for lloyd, in memory", choices=PERSIST, hashed=False),
     Key("dask", "config", "mapping", {}, "passed to dask.config.set, e.g. "
         "{\"distributed.comm.timeouts.connect\": \"30s\"}", hashed=False),
+    Key("dask", "performance_report", "string", None, "a path: dask's performance report (HTML) "
+        "of the run; needs a distributed scheduler (a LocalCluster when none is configured)",
+        nullable=True, is_path=True, hashed=False),
 )
 
 SECTIONS: dict[str, dict[str, Key]] = {}

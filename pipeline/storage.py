@@ -62,31 +62,47 @@ _TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno
 
 
 def is_url(path: str) -> bool:
-    """Whether ``path`` names an object through a protocol (``s3://b/k``) instead of a file."""
+    """Whether ``path`` names an object through a protocol (``s3://b/k``) instead of a file;
+    fsspec URL chains (``simplecache::s3://b/k``) are URLs too."""
     return "://" in path
 
 
 def protocol(url: str) -> str:
-    return url.split("://", 1)[0].lower()
+    """The protocol of the store a URL reaches: ``s3`` for ``s3://b/k`` and for a chain
+    ``simplecache::s3://b/k`` (whose outer links only cache what it reads)."""
+    return _links(url)[-1]
+
+
+def _links(url: str) -> list[str]:
+    """Every protocol of a URL, outermost first: ``['simplecache', 's3']``."""
+    *outer, target = url.split("::")
+    return [link.split("://", 1)[0].lower() for link in outer] + \
+        [target.split("://", 1)[0].lower()]
+
+
+def _chain_prefix(url: str) -> str:
+    """The outer links of a URL chain, ``simplecache::``, to put back on listed objects."""
+    return url.rsplit("::", 1)[0] + "::" if "::" in url else ""
 
 
 def backend_problem(url: str) -> str | None:
-    """Why ``url`` cannot be used here (its backend is not installed), or None."""
-    scheme = protocol(url)
-    if scheme in _BACKENDS:
-        module, extra = _BACKENDS[scheme]
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            return (f"{url!r} needs the {scheme}:// backend, which is not installed: "
-                    f"pip install 'kmeans-pipeline[{extra}]'")
-        return None
-    import fsspec
+    """Why ``url`` cannot be used here (a backend of one of its links is not installed), or
+    None."""
+    for scheme in _links(url):
+        if scheme in _BACKENDS:
+            module, extra = _BACKENDS[scheme]
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                return (f"{url!r} needs the {scheme}:// backend, which is not installed: "
+                        f"pip install 'kmeans-pipeline[{extra}]'")
+            continue
+        import fsspec
 
-    try:
-        fsspec.get_filesystem_class(scheme)
-    except (ImportError, ValueError) as exc:
-        return f"{url!r}: protocol {scheme}:// is not usable ({str(exc).splitlines()[0]})"
+        try:
+            fsspec.get_filesystem_class(scheme)
+        except (ImportError, ValueError) as exc:
+            return f"{url!r}: protocol {scheme}:// is not usable ({str(exc).splitlines()[0]})"
     return None
 
 
@@ -536,7 +552,7 @@ def _expand_remote(entry: str, options: dict | None, extensions: frozenset[str],
         if info.get("type") == "directory" and not is_read_only(entry):
             if ".zarr" in extensions and inner.rstrip("/").lower().endswith(".zarr"):
                 return [(entry.rstrip("/"), _stem(posixpath.basename(inner.rstrip("/"))))]
-            return _expand_folder(fs, inner.rstrip("/"), extensions, ignored)
+            return _expand_folder(fs, entry, inner.rstrip("/"), extensions, ignored)
         leaf = entry.split("?", 1)[0] if is_read_only(entry) else entry
         return [(entry, _stem(posixpath.basename(leaf.rstrip("/"))))]
     except FileNotFoundError:
@@ -568,7 +584,8 @@ def _expand_local(entry: str, extensions: frozenset[str], ignored: list[str],
         problems.append(f"input.paths: {entry!r} is not a readable file or folder")
     else:
         problems.append(f"input.paths: {entry!r} does not exist; check the path (relative "
-                        "paths are relative to the job file)")
+                        "paths are relative to the job file, or to the working directory "
+                        "without one)")
     return []
 
 
@@ -620,12 +637,12 @@ def _expand_glob(fs: Any, entry: str, pattern: str) -> list[tuple[str, str]]:
         retry(lambda: fs.info(pattern.split("/", 1)[0]), entry, "stat")  # the bucket exists?
     files = sorted(name for name, info in found.items()
                    if info.get("type") == "file" and not _hidden(name, base))
-    return [(fs.unstrip_protocol(name), _stem(_relative(name, base))) for name in files]
+    return [(_url_of(fs, entry, name), _stem(_relative(name, base))) for name in files]
 
 
-def _expand_folder(fs: Any, root: str, extensions: frozenset[str],
+def _expand_folder(fs: Any, entry: str, root: str, extensions: frozenset[str],
                    ignored: list[str]) -> list[tuple[str, str]]:
-    found = retry(lambda: fs.find(root, detail=True), fs.unstrip_protocol(root), "list")
+    found = retry(lambda: fs.find(root, detail=True), entry, "list")
     out, stores = [], set()
     for name in sorted(found):
         if found[name].get("type", "file") != "file" or _hidden(name, root):
@@ -634,12 +651,12 @@ def _expand_folder(fs: Any, root: str, extensions: frozenset[str],
         if store is not None:  # an object inside a zarr store: the store is one input
             if store not in stores:
                 stores.add(store)
-                out.append((fs.unstrip_protocol(store), _stem(_relative(store, root))))
+                out.append((_url_of(fs, entry, store), _stem(_relative(store, root))))
             continue
         if posixpath.splitext(name)[1].lower() in extensions:
-            out.append((fs.unstrip_protocol(name), _stem(_relative(name, root))))
+            out.append((_url_of(fs, entry, name), _stem(_relative(name, root))))
         else:
-            ignored.append(fs.unstrip_protocol(name))
+            ignored.append(_url_of(fs, entry, name))
     return out
 
 
@@ -652,6 +669,11 @@ def _store_of(name: str, root: str, extensions: frozenset[str]) -> str | None:
         if part.lower().endswith(".zarr"):
             return posixpath.join(root, *parts[:i + 1]) if root else "/".join(parts[:i + 1])
     return None
+
+
+def _url_of(fs: Any, entry: str, name: str) -> str:
+    """The URL of a listed object, through the same chain as the entry that listed it."""
+    return _chain_prefix(entry) + fs.unstrip_protocol(name)
 
 
 def _relative(name: str, base: str) -> str:

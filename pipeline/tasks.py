@@ -18,6 +18,7 @@ from pipeline.config import KMeansConfig, OutputConfig
 from pipeline.errors import ImageReadError, OutputError, StorageError
 from pipeline.sinks import images as files
 from pipeline.sinks import model, report, segment
+from pipeline.sinks.dither import dither
 from pipeline.sources import ImageInfo, collection, photos
 
 
@@ -103,7 +104,7 @@ def label(pixels: np.ndarray, centroids: np.ndarray, color_space: str, spatial_w
 def write_image(out_dir: str, info: ImageInfo, pixels: np.ndarray, labels: np.ndarray,
                 palette: np.ndarray, out: OutputConfig) -> tuple[dict, float]:
     """Every file of one image: its outputs, then the report's thumbnails."""
-    written = _write_outputs(out_dir, info, labels, palette, out)
+    written = _write_outputs(out_dir, info, pixels, labels, palette, out)
     written["thumbs"], thumb_seconds = _write_thumbs(out_dir, info, pixels, labels, palette,
                                                      out)
     return written, thumb_seconds
@@ -133,10 +134,12 @@ def _write_thumbs(out_dir: str, info: ImageInfo, pixels: np.ndarray, labels: np.
     return thumbs, round(time.perf_counter() - started, 4)
 
 
-def _write_outputs(out_dir: str, info: ImageInfo, labels: np.ndarray, palette: np.ndarray,
-                   out: OutputConfig) -> dict:
+def _write_outputs(out_dir: str, info: ImageInfo, pixels: np.ndarray, labels: np.ndarray,
+                   palette: np.ndarray, out: OutputConfig) -> dict:
+    # output.dither: the segmented image only, error-diffused over the whole image
+    dithered = dither(pixels, palette) if out.dither != "none" and out.segmented else None
     try:
-        return files.write_image_outputs(out_dir, info.name, labels, palette, out)
+        return files.write_image_outputs(out_dir, info.name, labels, palette, out, dithered)
     except StorageError as exc:
         raise OutputError(str(exc)) from exc  # it names the object and says what to do
     except OSError as exc:

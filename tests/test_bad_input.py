@@ -317,7 +317,7 @@ class _Sabotage:
     def __init__(self, phase: str, act):
         self.when, self.act, self.done = phase, act, False
 
-    def __call__(self, stream):
+    def __call__(self, stream, lines: bool = False):  # stands in for cli.progress_for
         return self
 
     def phase(self, name: str, images: int, pixels: int) -> None:
@@ -334,7 +334,8 @@ def test_a_file_that_goes_away_after_listing_is_skipped(tmp_path, capsys, monkey
     _good_images(tmp_path / "images")
     victim = badfiles.good_jpeg(tmp_path / "images" / "victim.jpg")
     reason = []
-    monkeypatch.setattr(cli, "_Progress", _Sabotage("sample", lambda: reason.append(change(victim))))
+    monkeypatch.setattr(cli, "progress_for",
+                        _Sabotage("sample", lambda: reason.append(change(victim))))
     assert main(["run", _job(tmp_path)]) == 3
     assert f"skipped: {victim}: {reason[0]}" in _lines(capsys)
     assert _report(tmp_path)["totals"]["ok"] == 3
@@ -464,7 +465,7 @@ def test_output_folder_removed_mid_run_is_exit_1_and_reported(tmp_path, capsys, 
         def phase(self, name: str, images: int, pixels: int) -> None:
             self.when = name
 
-    monkeypatch.setattr(cli, "_Progress", RemoveAfterFirstImage("segment", None))
+    monkeypatch.setattr(cli, "progress_for", RemoveAfterFirstImage("segment", None))
     assert main(["run", job]) == 1
     # Found by the next write: the report refreshed after the first image, or the next image.
     assert _lines(capsys)[-1].startswith(f"error: the output folder {out!r} was removed during "
@@ -533,7 +534,8 @@ CONFIG_CASES = {
                           "paths, globs and input.exclude"),
     "missing input": ("input: {paths: [images, nothere]}\n", [],
                       "input.paths: '{dir}/nothere' does not exist; check the path (relative "
-                      "paths are relative to the job file)"),
+                      "paths are relative to the job file, or to the working directory "
+                      "without one)"),
     "output not creatable": ("input: {paths: [images]}\noutput: {dir: afile/out}\n", [],
                              "{job}: output.dir: cannot create '{dir}/afile/out': '{dir}/afile' "
                              "is a file, not a folder; choose another output.dir"),

@@ -98,3 +98,30 @@ def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path, collect
     err = capsys.readouterr().err
     assert "segment: 5/5 images" in err and "\r" not in err
     assert "done: 5 image(s) ok, 0 skipped, 0 failed" in err
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "apply", "submit", "status", "cancel",
+                                     "schema"])
+def test_help_of_every_command_shows_an_example_and_its_exit_statuses(command, capsys):
+    """Issue 15 §3: ``--help`` has one example and the exit statuses, from the one table."""
+    from pipeline.errors import EXIT_STATUSES
+
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    example = text.split("example:\n", 1)[1].split("\n\n", 1)[0]
+    assert example.startswith(f"  kmeans-pipeline {command} ")
+    lines = [line.split(None, 1) for line in text.split("exit statuses:\n", 1)[1].splitlines()
+             if line.strip()]
+    statuses = {int(code): meaning for code, meaning in lines}
+    assert {0, 1} <= set(statuses) <= set(EXIT_STATUSES)
+    if command == "status":  # the job's state, for scripts
+        assert statuses == {0: "the job is done", 1: "the job failed",
+                            130: "the job was cancelled",
+                            4: "the job is submitted or still running (or being cancelled)",
+                            2: "not the output folder of a job (no report.json or "
+                               "submission.json)"}
+    elif command in ("run", "apply", "submit"):  # the table's own words
+        assert statuses == {code: EXIT_STATUSES[code].replace("`", "")
+                            for code in (0, 1, 2, 3, 130)}

@@ -475,8 +475,12 @@ def test_workers_that_cannot_see_the_files_are_named_before_any_work(
 
 
 def _status(out: str, capsys) -> dict:
-    assert main(["status", out, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
+    """`status --json`; its exit status is the state's (0 done, 1 failed, 130 cancelled,
+    4 submitted or running: issue 15)."""
+    code = main(["status", out, "--json"])
+    state = json.loads(capsys.readouterr().out)
+    assert code == {"done": 0, "failed": 1, "cancelled": 130}.get(state["state"], 4), state
+    return state
 
 
 def _submit(job: str, *extra: str) -> str:
@@ -506,6 +510,8 @@ def test_submit_returns_and_the_job_completes_on_the_cluster(blocks_job, blocks_
     assert main(["status", out]) == 0
     assert capsys.readouterr().out.startswith(f"done: job {job_id}, {N_BLOCKS} of {N_BLOCKS} "
                                               "images ok (0 skipped, 0 failed); updated ")
+    where = _report(blocks_job)["scheduler"]  # which scheduler ran it, and why (issue 15)
+    assert where["scheduler"] == healthy.address and where["reason"].startswith("submitted")
     _assert_same(out, blocks_reference)
 
 
@@ -515,12 +521,16 @@ def test_cancel_stops_a_submitted_job_and_submit_wait_finishes_it(blocks_job, bl
     out = _out(blocks_job)
     job_id = _submit_here(blocks_job, capsys, "--scheduler-file", healthy.file)
     wait_until(lambda: _some_done(blocks_job, N_BLOCKS, job_id), "some images done")
+    assert main(["status", out, "--json"]) == 4  # running: a script waiting on it goes on
+    capsys.readouterr()
     assert main(["cancel", out]) == 0
     said = capsys.readouterr()
     assert said.out.startswith(f"cancelled: job {job_id}, ")
     assert "submit the job again with output.if_exists: resume" in said.err
     state = _status(out, capsys)
     assert state["state"] == "cancelled" and 0 < state["ok"] < N_BLOCKS
+    assert main(["status", out]) == 130
+    capsys.readouterr()
     cancelled = _report(blocks_job)
     assert cancelled["status"] == "cancelled"
     healthy.wait_idle()  # tasks already running when the job stopped finish their image
@@ -581,6 +591,7 @@ def test_submitted_job_that_cannot_start_says_so_in_status(blocks_job, healthy, 
         _status(out, capsys)), "the driver to fail")
     assert state["job_id"] == job_id
     assert state["error"].startswith(f"output.dir: {out!r} already holds outputs")
+    assert main(["status", out]) == 1
 
 
 def test_dask_config_mapping_is_in_force_while_connected(job):

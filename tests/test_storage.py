@@ -301,6 +301,31 @@ def test_cut_connection_fails_after_retries_and_resume_completes(tmp_path, s3_se
     assert 1 <= resumed < 5 and report["status"] == "done"
 
 
+def test_fsspec_url_chains_work_wherever_a_url_does(tmp_path, s3_server, bucket):
+    """``simplecache::s3://`` for inputs (listing a folder and a glob) and the output folder
+    (issue 15): the same outputs as a local run, and the listed images keep the chain."""
+    reference = _local_reference(tmp_path)
+    options = _options(s3_server.endpoint)
+    job = _job(tmp_path / "chain", input={"paths": [f"simplecache::s3://{bucket}/in/img[0-2].png",
+                                                    f"simplecache::s3://{bucket}/in/"],
+                                          "storage_options": options},
+               output={"dir": f"simplecache::s3://{bucket}/out", "storage_options": options})
+    assert main(["run", job, "-q"]) == 0
+    objects = _objects(s3_server, bucket, "out/")
+    _assert_same_outputs(reference, objects)
+    report = json.loads(objects["report.json"])
+    assert [i["path"] for i in report["images"]] == [
+        f"simplecache::s3://{bucket}/in/img{i}.png" for i in range(5)]
+    assert report["output_dir"] == f"simplecache::s3://{bucket}/out"
+
+
+def test_a_chain_link_whose_backend_is_missing_is_named(tmp_path, collection, capsys):
+    job = write_job(tmp_path, input={"paths": ["simplecache::nosuchfs://bucket/in/"]})
+    assert main(["run", job]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "protocol nosuchfs:// is not usable" in err[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # A real dask cluster with no shared folder
 

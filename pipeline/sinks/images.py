@@ -146,7 +146,7 @@ def _write_chunk(handle: io.BufferedWriter, kind: bytes, data: bytes | memoryvie
 
 
 def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np.ndarray,
-                        cfg: OutputConfig) -> dict[str, list]:
+                        cfg: OutputConfig, dithered: np.ndarray | None = None) -> dict[str, list]:
     """Write the segmented image, label map and masks of one image.
 
     Parameters
@@ -158,6 +158,9 @@ def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np
     palette : ndarray of shape (n_clusters, 3), uint8
         Each cluster's colour.
     cfg : OutputConfig
+    dithered : ndarray of shape (height, width), uint8, optional
+        With ``output.dither``: the segmented image's palette indices, error-diffused
+        (`pipeline.sinks.dither`); the label map and masks are written from ``labels``.
 
     Returns
     -------
@@ -191,7 +194,9 @@ def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np
     try:
         if cfg.segmented:
             rel = f"segmented/{name}.png"
-            if indexed:  # one byte per pixel, exact colours; readers expand it to RGB
+            if dithered is not None:
+                put("segmented", rel, 8, _INDEXED, deflate_rows(dithered, level), palette)
+            elif indexed:  # one byte per pixel, exact colours; readers expand it to RGB
                 put("segmented", rel, 8, _INDEXED, shared, palette)
             else:
                 rgb = segment.segmented(labels, palette).reshape(height, width * 3)

@@ -362,9 +362,10 @@ def _error_chart(auto: dict) -> str:
     points = [(t["k"], t["error"], "chosen" if t["k"] == auto.get("k") else "tried")
               for t in tried]
     met = "met" if auto.get("met") else "NOT met"
+    metric = {"de76": "Delta-E 76", "de2000": "Delta-E 2000"}[auto.get("metric", "de76")]
     text = (f"<p>k = {_esc(auto.get('k'))} chosen after {len(tried)} fits; target mean "
-            f"Delta-E 76 &le; {_esc(auto.get('max_error'))} ({met}).</p>")
-    return text + _chart("mean CIELAB Delta-E 76 vs k", points, log=False,
+            f"{metric} &le; {_esc(auto.get('max_error'))} ({met}).</p>")
+    return text + _chart(f"mean CIELAB {metric} vs k", points, log=False,
                          target=auto.get("max_error"))
 
 

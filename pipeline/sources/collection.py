@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import dask
 import numpy as np
 
+from pipeline import tasklog
 from pipeline.engine import kmeans
 from pipeline.errors import ImageReadError
 from pipeline.sources import ImageInfo, photos
@@ -202,6 +203,7 @@ class Sample:
     rows: np.ndarray  # (n, 3) uint8 pixels, or (n, 5) float64 colour + position features
     good: list[ImageInfo]
     failed: list[tuple[ImageInfo, str]] = field(default_factory=list)  # (image, reason)
+    logged: list[tuple[ImageInfo, list[str]]] = field(default_factory=list)  # task warnings
 
 
 def draw_sample(images: list[ImageInfo], sample_pixels: int, seed: int,
@@ -221,29 +223,31 @@ def draw_sample(images: list[ImageInfo], sample_pixels: int, seed: int,
     """
     sizes = allocate([i.n_pixels for i in images], sample_pixels)
     results = sample_pass(images, sizes, seed, progress, "sample", features, kept)
-    good, parts, failed = [], [], []
-    for info, (pixels, error) in zip(images, results):
+    good, parts, failed, logged = [], [], [], []
+    for info, ((pixels, error), lines) in zip(images, results):
+        logged.append((info, lines))
         if error is not None:
             failed.append((info, error))
         else:
             good.append(info)
             parts.append(pixels)
     if not good or (failed and stop_at_failure):
-        return Sample(np.zeros((0, 3), np.uint8), good, failed)
+        return Sample(np.zeros((0, 3), np.uint8), good, failed, logged)
     shares = allocate([i.n_pixels for i in good], sample_pixels)
     if len(good) < len(images) and shares != [len(p) for p in parts]:
         results = sample_pass(good, shares, seed, progress, "resample", features)
-        for info, (_, error) in zip(good, results):
+        for info, ((_, error), _) in zip(good, results):
             if error is not None:  # the file changed since the first pass
                 raise ImageReadError(f"{info.path}: {error} (changed during the run; rerun)")
-        parts = [pixels for pixels, _ in results]
-    return Sample(np.concatenate(parts), good, failed)
+        parts = [pixels for (pixels, _), _ in results]
+    return Sample(np.concatenate(parts), good, failed, logged)
 
 
 def sample_pass(images: list[ImageInfo], sizes: list[int], seed: int, progress: Progress,
                 phase: str, features: tuple[str, float] | None = None,
-                kept: Decoded | None = None) -> list[tuple[np.ndarray | None, str | None]]:
-    """(sample, None) or (None, reason) for each image, in order (see `draw_sample`)."""
+                kept: Decoded | None = None) -> list[tuple[tuple, list[str]]]:
+    """((sample, None) or (None, reason), logged warnings) for each image, in order (see
+    `draw_sample`)."""
     from pipeline import cluster
 
     grouped = groups(images)
@@ -309,9 +313,14 @@ def groups(images: list[ImageInfo]) -> list[list[ImageInfo]]:
     return grouped
 
 
-def each(task: Callable, firsts: list[tuple], *rest: Any) -> list:
-    """One dask task for a group of images: ``task(*first, *rest)`` for each, in order."""
-    return [task(*first, *rest) for first in firsts]
+def each(task: Callable, firsts: list[tuple], *rest: Any) -> list[tuple[Any, list[str]]]:
+    """One dask task for a group of images: ``task(*first, *rest)`` for each, in order, with
+    the warnings it logged (`pipeline.tasklog`: on a worker they would be lost otherwise)."""
+    results = []
+    for first in firsts:
+        with tasklog.capture() as logged:
+            results.append((task(*first, *rest), logged))
+    return results
 
 
 def advance(progress: Progress, group: list[ImageInfo]) -> None:
