@@ -107,17 +107,21 @@ class Lines:
         self.name, self.images, self.pixels = "", 0, 0
         self.done = self.done_pixels = 0
         self.started = self.shown = time.monotonic()
+        self.ended = False
 
     def phase(self, name: str, images: int, pixels: int) -> None:
         self.name, self.images, self.pixels = name, images, pixels
         self.done = self.done_pixels = 0
         self.started = self.shown = time.monotonic()
+        self.ended = False
 
     def advance(self, images: int, pixels: int) -> None:
         self.done += images
         self.done_pixels += pixels
         now = time.monotonic()
-        if now - self.shown >= self.every or self.done == self.images:
+        finished = self.done == self.images and not self.ended  # the last line once per phase
+        if finished or (now - self.shown >= self.every and not self.ended):
+            self.ended = self.ended or finished
             self.shown = now
             elapsed = now - self.started
             fraction = self.done_pixels / self.pixels if self.pixels else 1.0

@@ -50,6 +50,17 @@ def test_each_phase_gets_its_own_bar():
     assert all("3/3 images" in line for line in lines)
 
 
+def test_log_lines_print_a_finished_phase_once():
+    # The example run printed "sample: 5/5 images ..." twice: an advance after the last image
+    # (nothing more done) printed the finished line again.
+    stream = io.StringIO()
+    lines = progress.progress_for(stream, lines=True)
+    lines.phase("sample", 2, 10)
+    for images, pixels in ((1, 5), (1, 5), (0, 0), (0, 0)):
+        lines.advance(images, pixels)
+    assert stream.getvalue().count("sample: 2/2 images") == 1
+
+
 def test_log_stream_gets_plain_lines_and_the_api_gets_none():
     stream = io.StringIO()
     lines = progress.progress_for(stream, lines=True)
