@@ -33,6 +33,8 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.errors import ConfigError, ImageReadError
+# The window plumbing and the nodata test are the TIFF/zarr reader's: one implementation.
+from pipeline.sources.rasters import _graph_array, _split, window_mask
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -480,11 +482,6 @@ def chunk_grid(header: GeoHeader, chunk_pixels: int,
     return _split(header.height, chunk_h), _split(header.width, chunk_w)
 
 
-def _split(total: int, size: int) -> tuple[int, ...]:
-    full, rest = divmod(total, size)
-    return (size,) * full + ((rest,) if rest else ())
-
-
 @dataclass(frozen=True)
 class _Source:
     """What a read task needs: small, picklable, no open handles.  ``bands`` are 1-based; a
@@ -619,25 +616,6 @@ def _block_reason(src: Any, source: _Source, row: int, col: int, height: int, wi
             "fix or remove it")
 
 
-def _graph_array(function: Any, args: tuple, chunks: tuple[tuple[int, ...], ...],
-                 dtype: Any, prefix: str) -> da.Array:
-    """A dask array whose every task is ``function(*args, row, col, height, width)``."""
-    import dask.array as da
-    from dask.base import tokenize
-
-    name = f"{prefix}-{tokenize(args, chunks)}"
-    graph: dict = {}
-    row = 0
-    for i, height in enumerate(chunks[0]):
-        col = 0
-        for j, width in enumerate(chunks[1]):
-            key = (name, i, j) if len(chunks) == 2 else (name, i, j, 0)
-            graph[key] = (function, *args, row, col, height, width)
-            col += width
-        row += height
-    return da.Array(graph, name, chunks, dtype=dtype)
-
-
 def raw_array(header: GeoHeader, chunk_pixels: int, bands: tuple[int, ...] | None = None,
               mask: str = "auto", nodata: float | tuple[float, ...] | None = None) -> da.Array:
     """The selected bands, then the mask band if ``mask`` picks one, in one read per window:
@@ -725,26 +703,3 @@ def _stored_nodata(header: GeoHeader, bands: tuple[int, ...], mask: str,
         per_file = header.nodata
     return np.array([np.nan if per_file[b - 1] is None else float(per_file[b - 1])
                      for b in bands], dtype=np.float64)
-
-
-def window_mask(raw: np.ndarray, nodata: np.ndarray, has_mask_band: bool) -> np.ndarray:
-    """True where a window's pixel is masked; ``raw`` ends with the mask band if one is
-    read (0: masked)."""
-    pixels = raw[..., :-1] if has_mask_band else raw
-    masked = raw[..., -1] == 0 if has_mask_band else np.zeros(raw.shape[:2], dtype=bool)
-    floats = pixels.dtype.kind == "f"
-    for band in range(pixels.shape[2]):
-        values = pixels[..., band]
-        if floats:
-            masked |= ~np.isfinite(values)
-        value = nodata[band]
-        if not math.isnan(value) and _representable(value, values.dtype):
-            masked |= values == values.dtype.type(value)
-    return masked
-
-
-def _representable(value: float, dtype: np.dtype) -> bool:
-    if dtype.kind == "f":
-        return True
-    info = np.iinfo(dtype)
-    return float(value).is_integer() and info.min <= value <= info.max
