@@ -287,7 +287,8 @@ def test_a_dask_fit_brings_only_the_sample_and_labels_into_this_process(algorith
 
 
 def test_dataframe_column_names_are_kept_and_checked():
-    pd = pytest.importorskip("pandas")
+    import pandas as pd  # the test extra has it: column names are part of the estimator API
+
     frame = pd.DataFrame(_blobs(n=600, n_features=3), columns=["r", "g", "b"])
     km = KMeans(3, random_state=0).fit(frame)
     assert km.feature_names_in_.tolist() == ["r", "g", "b"]
