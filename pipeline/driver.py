@@ -106,7 +106,7 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
         if listing.rasters:  # issue 12: N-band rasters, read and written in windows
             _run_rasters(record, listing, previous, phases, written)
         else:
-            _check_photo_job(cfg, listing.images)
+            _check_photo_job(cfg, listing.images, init)
             if cfg.kmeans.scope == "collection":
                 outcome, good = _fit(record, listing.images, previous, phases, init, kept)
                 _segment(record, good, outcome, phases, kept, written)
@@ -118,8 +118,10 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
         record.status = "done"
     except (PipelineError, KeyboardInterrupt, Exception) as exc:
         explained = cluster.explain(exc)
-        record.status = "cancelled" if isinstance(exc, JobCancelled) else "failed"
-        record.error = str(explained or exc) or type(exc).__name__
+        interrupted = isinstance(exc, KeyboardInterrupt)  # Ctrl-C: exit 130, as a cancel
+        record.status = "cancelled" if interrupted or isinstance(exc, JobCancelled) else "failed"
+        record.error = ("interrupted (Ctrl-C); rerun with output.if_exists: resume to finish"
+                        if interrupted else str(explained or exc) or type(exc).__name__)
         record.stopped()
         if isinstance(exc, OutputError):
             _mark_lost(record)
@@ -606,10 +608,13 @@ def _run_rasters(record: RunRecord, listing: Listing, previous: dict | None, pha
         _raster_per_image(record, listing.images, images, phases, written)
 
 
-def _check_photo_job(cfg: JobConfig, images: list) -> None:
-    """k: auto on photos measures colour error: the rasters' variance share is refused."""
+def _check_photo_job(cfg: JobConfig, images: list, init: np.ndarray | None) -> None:
+    """Keys and models that make no sense for RGB photos are refused in one line."""
+    first = images[0].path if images else "the inputs"
+    if cfg.kmeans.init_is_model and init is None:  # resolve_init leaves raster models for later
+        raise ConfigError(f"kmeans.init: {cfg.kmeans.init} is a model of N-band rasters, but "
+                          f"{first} is a photo; use a model fitted on photos (or fit anew)")
     if cfg.kmeans.error_metric == "variance":
-        first = images[0].path if images else "the inputs"
         raise ConfigError(f"kmeans.error_metric: 'variance' is for N-band rasters, but {first} "
                           "is a photo; use de76, de2000 (or auto)")
 
@@ -630,8 +635,18 @@ def _check_raster_job(cfg: JobConfig, images: list[raster_job.RasterImage]) -> N
     if cfg.preprocess.scale != 1.0:
         raise ConfigError(f"preprocess.scale: rasters are read at full resolution in windows "
                           f"({first}); choose a pyramid level with input.level instead")
+    display = cfg.preprocess.display_bands
     for image in images:  # input.mask, input.bands and input.nodata checked on every file
+        count = image.header.count
+        for band in image.bands or ():
+            if not 1 <= band <= count:
+                raise ConfigError(f"input.bands: band {band} does not exist in "
+                                  f"{image.header.path} ({count} bands, numbered from 1)")
         image.reader()
+        n = len(image.selected)
+        if display and (len(display) != 3 or not all(1 <= b <= n for b in display)):
+            raise ConfigError(f"preprocess.display_bands: give 3 bands from 1 to {n} (the "
+                              f"selected bands of {image.header.path}), got {list(display)}")
 
 
 def _raster_max_error(cfg: JobConfig) -> float:

@@ -298,3 +298,32 @@ def test_a_damaged_tile_skips_its_raster_or_fails_the_run(tmp_path, on_error, co
         assert entries["bad"]["status"] == "skipped" and entries["good"]["status"] == "ok"
         assert os.path.isfile(tmp_path / "out" / "labels" / "good.tif")
     assert not os.path.exists(tmp_path / "out" / "labels" / "bad.tif")
+
+
+@pytest.mark.parametrize("keys, message", [
+    (["--set", "input.bands=[1,9]"],
+     "input.bands: band 9 does not exist in .*L7_ETMs.tif \\(6 bands, numbered from 1\\)"),
+    (["--set", "preprocess.display_bands=[1,2,9]"],
+     "preprocess.display_bands: give 3 bands from 1 to 6 .*got \\[1, 2, 9\\]"),
+])
+def test_bands_out_of_range_are_one_line_before_any_work(tmp_path, keys, message):
+    # Review of issue 12: a GeoTIFF's missing band or display band was an IndexError traceback.
+    import re
+
+    scene = os.path.join(ROOT, "samples", "rasters", "L7_ETMs.tif")
+    result = run_cli("run", scene, "-k", "3", "-o", str(tmp_path / "out"), *keys)
+    assert result.code == 2 and "Traceback" not in result.err
+    assert re.search(message, result.err.strip().splitlines()[-1])
+
+
+def test_a_raster_model_applied_to_photos_is_refused_in_one_line(tmp_path):
+    # Review of issue 12: `apply` of a raster model to a photo job was a TypeError traceback.
+    scene = os.path.join(ROOT, "samples", "rasters", "landsat8_224078_crop.tif")
+    assert run_cli("run", scene, "-k", "3", "-o", str(tmp_path / "r"), "-q").code == 0
+    photos = os.path.join(ROOT, "samples", "photos")
+    job = tmp_path / "photos.yaml"
+    job.write_text(yaml.safe_dump({"input": {"paths": [photos]}, "preprocess": {"scale": 0.1},
+                                   "output": {"dir": str(tmp_path / "p")}}))
+    result = run_cli("apply", str(tmp_path / "r" / "model.json"), str(job))
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "is a model of N-band rasters, but" in result.err

@@ -245,3 +245,29 @@ def test_persist_auto_sizes_memory_from_the_process_limits_not_the_host(tmp_path
     said = json.loads(child.stdout.splitlines()[-1])
     assert said["code"] == 0 and said["budget"] <= cap
     assert said["decodes"] == 2 * len(collection[1])
+
+
+class _CtrlC:
+    """A progress hook that presses Ctrl-C when the first image is done."""
+
+    def phase(self, name: str, images: int, pixels: int) -> None:
+        pass
+
+    def advance(self, images: int, pixels: int) -> None:
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_is_recorded_as_interrupted_and_status_exits_130(tmp_path, collection):
+    # Review of issue 15: an interrupted run's report said "failed" with error
+    # "KeyboardInterrupt", and `status` exited 1 instead of the table's 130.
+    import json
+
+    import pipeline
+    from pipeline.cli import main
+
+    job = pipeline.Job.from_yaml(write_job(tmp_path), {"dask.scheduler": "synchronous"})
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(job, progress=_CtrlC())
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["status"] == "cancelled" and "interrupted (Ctrl-C)" in report["error"]
+    assert main(["status", str(tmp_path / "out")]) == 130
