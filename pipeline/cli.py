@@ -232,6 +232,16 @@ def _write_quick_job(args: argparse.Namespace, cfg) -> str:
     return path
 
 
+def _write_quick_job_after(args: argparse.Namespace, cfg, finished: bool) -> None:
+    """Also after a failed or interrupted run, so `run OUT/job.yaml` can resume it; then only
+    where the run got as far as making the output folder."""
+    try:
+        _write_quick_job(args, cfg)
+    except (OSError, PipelineError):
+        if finished:
+            raise
+
+
 def _load(args: argparse.Namespace):
     from pipeline.api import Job
 
@@ -288,14 +298,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if connection.dashboard and show:
             print(f"dask dashboard: {connection.dashboard}", file=sys.stderr)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        if getattr(args, "model", None):
-            report = api.apply(args.model, job, show, on_connect=on_connect)
-        else:
-            report = api.run(job, show, on_connect=on_connect)
-    if isinstance(args.job, list):  # run without a job file: say what it ran
-        _write_quick_job(args, job.config)
+    finished = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if getattr(args, "model", None):
+                report = api.apply(args.model, job, show, on_connect=on_connect)
+            else:
+                report = api.run(job, show, on_connect=on_connect)
+        finished = True
+    finally:
+        if isinstance(args.job, list):  # run without a job file: say what it ran
+            _write_quick_job_after(args, job.config, finished)
     totals = report["totals"]
     skipped = [{"path": r["path"], "error": r["error"]} for r in report["images"]
                if r["status"] != "ok" and r["error"]]

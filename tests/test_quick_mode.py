@@ -85,3 +85,22 @@ def test_quick_mode_mistakes_are_one_line_and_exit_2(photos, capsys, argv, messa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
     assert not (photos / "out").exists()
+
+
+def test_an_interrupted_quick_run_still_writes_its_job_file(photos, monkeypatch):
+    # Review of issue 15: OUT/job.yaml was written only after a successful run, so the hint
+    # "rerun with output.if_exists: resume" had no job file to rerun.
+    from pipeline import driver
+
+    real = driver._segment
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "_segment", interrupted)
+    assert main(["run", "photos/", "-k", "3", "-o", "out/", "-q"]) == 130
+    assert yaml.safe_load((photos / "out" / "job.yaml").read_text())["kmeans"] == {"k": 3}
+    monkeypatch.setattr(driver, "_segment", real)
+    assert main(["run", "out/job.yaml", "-q"]) == 0
+    report = json.loads((photos / "out" / "report.json").read_text())
+    assert report["status"] == "done" and report["totals"]["ok"] == 3
