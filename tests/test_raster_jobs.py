@@ -122,7 +122,7 @@ def test_a_collection_needs_one_band_count(tmp_path):
     ("input", {"bands": [9]}, "input.bands: band 9 does not exist in"),
     ("input", {"mask": "alpha"}, "input.mask: 'alpha', but"),
     # png: the photo path (8-bit RGB through Pillow), which cannot decode 4-band uint16
-    ("output", {"format": "png"}, "a TIFF file whose header Pillow cannot parse"),
+    ("output", {"format": "png"}, "a TIFF raster of 4 band(s), uint16, which the photo path"),
 ])
 def test_keys_that_do_not_fit_rasters_are_refused_in_one_line(tmp_path, section, values,
                                                               message):

@@ -314,9 +314,26 @@ def _unidentified(path: str, storage_options: dict | None) -> str:
     if fmt not in Image.OPEN:
         return (f"{_a(fmt)}, but this install has no {fmt} decoder (Pillow was built "
                 f"without {_PLUGIN.get(fmt, fmt)} support); install one, or convert the file")
+    raster = _raster_note(path, storage_options) if fmt == "TIFF" else None
+    if raster:
+        return raster
     reason = _plugin_error(fmt, path, storage_options)
     return (f"{_a(fmt)} whose header Pillow cannot parse ({reason}); it is damaged or a "
             "variant Pillow does not read; fix or remove it")
+
+
+def _raster_note(path: str, storage_options: dict | None) -> str | None:
+    """A valid N-band TIFF the photo path cannot read is not damaged: say where it is read."""
+    from pipeline.sources import rasters  # tifffile, only for TIFFs Pillow refused
+
+    try:
+        header = rasters.read_headers(path, storage_options=storage_options)[0]
+    except Exception:  # noqa: BLE001 - not a raster tifffile reads either: Pillow's reason
+        return None
+    return (f"a TIFF raster of {header.count} band(s), {header.dtype}, which the photo path "
+            "(8-bit RGB through Pillow) cannot read; rasters are read in windows in a job "
+            "whose inputs are all rasters (TIFF, zarr, GDAL formats), with output.format "
+            "auto, tiff, cog or zarr")
 
 
 def _plugin_error(fmt: str, path: str, storage_options: dict | None) -> str:
