@@ -34,6 +34,7 @@ import numpy as np
 from pipeline import storage
 from pipeline.errors import ConfigError, ImageReadError
 # The window plumbing and the nodata test are the TIFF/zarr reader's: one implementation.
+from pipeline.sources import rasters
 from pipeline.sources.rasters import _graph_array, _split, window_mask
 
 if TYPE_CHECKING:
@@ -550,7 +551,7 @@ def window_source(header: GeoHeader, bands: tuple[int, ...], mask_band: int | No
     read = bands + ((mask_band,) if mask_band is not None else ())
     scaling: dict = {}
     if header.apply_scale:
-        stored = _stored_nodata(header, bands, mask, nodata)
+        stored = rasters.nodata_values(header, bands, mask, nodata)
         scaling = {"scales": tuple(header.scales[b - 1] for b in bands),
                    "offsets": tuple(header.offsets[b - 1] for b in bands),
                    "nodata": tuple(stored.tolist())}
@@ -686,20 +687,4 @@ def nodata_values(header: GeoHeader, bands: tuple[int, ...], mask: str,
     already turned masked pixels into NaN."""
     if header.apply_scale:
         return np.full(len(bands), np.nan)
-    return _stored_nodata(header, bands, mask, nodata)
-
-
-def _stored_nodata(header: GeoHeader, bands: tuple[int, ...], mask: str,
-                   nodata: float | tuple[float, ...] | None) -> np.ndarray:
-    if nodata is not None:
-        per_file = (nodata,) * header.count if np.isscalar(nodata) else tuple(nodata)
-        if len(per_file) != header.count:
-            raise ConfigError(f"input.nodata: {len(per_file)} values for {header.path}, "
-                              f"which has {header.count} bands; give one value, or one per "
-                              "band of the file")
-    elif mask == "none":
-        per_file = (None,) * header.count
-    else:
-        per_file = header.nodata
-    return np.array([np.nan if per_file[b - 1] is None else float(per_file[b - 1])
-                     for b in bands], dtype=np.float64)
+    return rasters.nodata_values(header, bands, mask, nodata)  # the stored values, as TIFF's
