@@ -12,7 +12,7 @@ import tifffile
 import yaml
 import zarr
 
-from conftest import read_json, run_cli
+from conftest import read_json, run_cli, write_job
 from pipeline import config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,15 +35,12 @@ def _tiff(path, pixels: np.ndarray, nodata: str | None = None) -> str:
 
 
 def _job(folder, **sections) -> str:
+    """conftest's job writer, with the rasters/ folder and k = 3 as defaults."""
     os.makedirs(str(folder), exist_ok=True)
-    job = {"input": {"paths": ["rasters/"]}, "kmeans": {"k": 3, "seed": 0},
-           "output": {"dir": "out"}}
+    job = {"input": {"paths": ["rasters/"]}, "kmeans": {"k": 3}}
     for name, values in sections.items():
         job.setdefault(name, {}).update(values)
-    path = os.path.join(str(folder), "job.yaml")
-    with open(path, "w") as handle:
-        yaml.safe_dump(job, handle)
-    return path
+    return write_job(folder, **job)
 
 
 def test_example_rasters_job_runs(tmp_path):
