@@ -81,7 +81,7 @@ def mask_array(images: list[ImageInfo], chunk_pixels: int) -> da.Array | None:
             part = da.from_delayed(_decoded(info, token)[1], shape=(info.n_pixels,), dtype=bool,
                                    name=f"masked-{token}")
         else:
-            part = da.zeros(info.n_pixels, bool, chunks=info.n_pixels)
+            part = da.zeros(info.n_pixels, dtype=bool, chunks=info.n_pixels)
         if info.n_pixels > chunk_pixels:
             part = part.rechunk((_bands(info.n_pixels, chunk_pixels),))
         parts.append(part)

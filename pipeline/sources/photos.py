@@ -123,14 +123,17 @@ def mask_rule(mask: str, nodata: float | tuple[float, ...] | list | None) -> Mas
     return Masking(alpha=mask in ("auto", "alpha"), nodata=_nodata_colour(nodata))
 
 
-def _nodata_colour(nodata: float | tuple[float, ...] | list | None) -> tuple[int, int, int] | None:
+def _nodata_colour(nodata: float | tuple[float, ...] | list | None
+                   ) -> tuple[int, int, int] | None:
     if nodata is None:
         return None
     values = [nodata] if isinstance(nodata, (int, float)) else list(nodata)
+    shown = ", ".join(f"{v:g}" for v in values)
+    shown = shown if len(values) == 1 else f"[{shown}]"
     if len(values) == 1:
         values = values * 3
     if len(values) != 3 or not all(float(v).is_integer() and 0 <= v <= 255 for v in values):
-        raise ConfigError(f"input.nodata: {nodata!r} is not an 8-bit colour; for photos give "
+        raise ConfigError(f"input.nodata: {shown} is not an 8-bit colour; for photos give "
                           "one value 0-255 (R = G = B) or three (R, G, B), e.g. [0, 0, 0]")
     return (int(values[0]), int(values[1]), int(values[2]))
 
