@@ -164,8 +164,12 @@ def _write_thumbs(out_dir: str, info: ImageInfo, pixels: np.ndarray, labels: np.
 def _write_outputs(out_dir: str, info: ImageInfo, pixels: np.ndarray, labels: np.ndarray,
                    palette: np.ndarray, out: OutputConfig,
                    masked: np.ndarray | None = None) -> dict:
-    # output.dither: the segmented image only, error-diffused over the whole image
-    dithered = dither(pixels, palette) if out.dither != "none" and out.segmented else None
+    # output.dither: the segmented image only, error-diffused over the whole image; masked
+    # pixels are painted palette colour 0 first, so they diffuse no error to their neighbours
+    dithered = None
+    if out.dither != "none" and out.segmented:
+        source = pixels if masked is None else np.where(masked[..., None], palette[0], pixels)
+        dithered = dither(source, palette)
     try:
         return files.write_image_outputs(out_dir, info.name, labels, palette, out, dithered,
                                          masked)

@@ -111,24 +111,28 @@ def test_mask_none_keeps_the_old_behaviour_alpha_dropped(tmp_path):
             (tmp_path / "b" / "out" / rel).read_bytes()
 
 
-@pytest.mark.parametrize("kmeans, preprocess", [
-    ({}, {}),
-    ({"algorithm": "lloyd", "max_iter": 5}, {}),
-    ({}, {"scale": 0.5}),
-    ({"scope": "image"}, {}),
-    ({}, {"spatial_weight": 0.5}),
-    ({"k": "auto", "max_k": 6, "max_error": 1.0}, {}),
+@pytest.mark.parametrize("kmeans, preprocess, output", [
+    ({}, {}, {}),
+    ({"algorithm": "lloyd", "max_iter": 5}, {}, {}),
+    ({}, {"scale": 0.5}, {}),
+    ({"scope": "image"}, {}, {}),
+    ({}, {"spatial_weight": 0.5}, {}),
+    ({"k": "auto", "max_k": 6, "max_error": 1.0}, {}, {}),
+    ({}, {}, {"dither": "floyd-steinberg"}),
 ])
-def test_colours_under_alpha_0_change_no_centroid_and_no_label(tmp_path, kmeans, preprocess):
+def test_colours_under_alpha_0_change_no_centroid_and_no_label(tmp_path, kmeans, preprocess,
+                                                               output):
     rng = np.random.default_rng(7)
     noise = rng.integers(0, 256, (HEIGHT - 30, WIDTH, 3), dtype=np.uint8)
     opaque = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
     outputs = []
     for run, under in (("one", None), ("two", noise)):
-        _write(tmp_path / run / "images", "a.png", _rgba(under))
+        # upside down: the transparent rows come first, where dithering's error would
+        # flow from them into the opaque rows below
+        _write(tmp_path / run / "images", "a.png", np.ascontiguousarray(_rgba(under)[::-1]))
         _write(tmp_path / run / "images", "b.png", opaque)
         report = _run(tmp_path / run, kmeans=kmeans, preprocess=preprocess,
-                      output={"masks": False})
+                      output={"masks": False, **output})
         model = read_json(tmp_path / run / "out", "model.json")
         found = {"model": model.get("centroids_working", model.get("palettes")),
                  "counts": [e["counts"] for e in report["images"]],
