@@ -410,10 +410,12 @@ def fit(images: Iterable[Image], k: int | str = 8, seed: int = 0,
     auto = fitting.choose_k(sample.rows, km, pre.color_space) if km.auto_k else None
     if auto is not None:
         km = dataclasses.replace(km, k=auto.k)
-    pixels = collection.pixel_array(sample.good, cfg.dask.chunk_pixels) \
-        if km.algorithm == "lloyd" else None
+    lloyd = km.algorithm == "lloyd"
+    pixels = collection.pixel_array(sample.good, cfg.dask.chunk_pixels) if lloyd else None
+    masked = collection.mask_array(sample.good, cfg.dask.chunk_pixels) if lloyd else None
     outcome = fitting.fit_palette(sample.rows, pixels, km, pre.color_space, pre.spatial_weight,
-                                  None, driver.persist_histograms(cfg, sample.good), auto)
+                                  None, driver.persist_histograms(cfg, sample.good), auto,
+                                  masked)
     outcome.warnings[:0] = warnings
     for message in outcome.warnings:
         log.warning(message)
@@ -504,15 +506,18 @@ class Model:
         self.path = path
 
     def predict(self, image: "Image | np.ndarray | da.Array") -> "da.Array":
-        """Cluster index of every pixel: dask array of shape (height, width), uint8 (uint16
-        when k > 256).
+        """Cluster index of every pixel: dask array of shape (height, width), uint8 when
+        k <= 255, else uint16.
 
         ``image`` is an `Image`, or pixels of shape (height, width, 3), uint8 (numpy or dask).
+        An `Image`'s masked pixels (transparent; ``input.mask``) hold 255 (uint8) or 65535.
         """
         import dask
         import dask.array as da
 
-        dtype = np.uint8 if self.k <= 256 else np.uint16
+        from pipeline.sinks.tiled import label_dtype
+
+        dtype = label_dtype(self.k)
         if isinstance(image, Image):
             token = dask.base.tokenize(image.info, self.centroids)
             block = dask.delayed(_predict_image, pure=True)(
@@ -531,7 +536,8 @@ class Model:
                                  self.spatial_weight, drop_axis=2, dtype=dtype)
 
     def paint(self, labels: "da.Array | np.ndarray") -> "da.Array":
-        """Every label replaced by its cluster's colour: dask array (height, width, 3), uint8."""
+        """Every label replaced by its cluster's colour: dask array (height, width, 3), uint8
+        (a masked pixel's label, black)."""
         import dask.array as da
 
         labels = da.asarray(labels)
@@ -547,7 +553,8 @@ def _predict_image(info: Any, centroids: np.ndarray, color_space: str,
     from pipeline import tasks
     from pipeline.sources import photos
 
-    return tasks.label(photos.decode(info), centroids, color_space, spatial_weight, True)[0]
+    pixels, masked = photos.decode_masked(info)
+    return tasks.label(pixels, centroids, color_space, spatial_weight, True, masked=masked)[0]
 
 
 def _predict_block(pixels: np.ndarray, centroids: np.ndarray, color_space: str,
@@ -559,4 +566,6 @@ def _predict_block(pixels: np.ndarray, centroids: np.ndarray, color_space: str,
 
 
 def _paint(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    return palette[labels]
+    from pipeline.sinks import segment
+
+    return segment.segmented(labels, palette)

@@ -451,11 +451,12 @@ def _fit(record: RunRecord, images: list[ImageInfo], previous: dict | None, phas
         km = dataclasses.replace(km, k=auto.k)
     clock = time.perf_counter()
     good = sample.good
-    pixels = collection.pixel_array(good, cfg.dask.chunk_pixels) \
-        if km.algorithm == "lloyd" else None
+    lloyd = km.algorithm == "lloyd"
+    pixels = collection.pixel_array(good, cfg.dask.chunk_pixels) if lloyd else None
+    masked = collection.mask_array(good, cfg.dask.chunk_pixels) if lloyd else None
     phases.phase("fit", len(good), sum(i.n_pixels for i in good))
-    outcome = fitting.fit_palette(sample.rows, pixels, km, space, weight, init, persist_histograms(cfg, good),
-                                  auto)
+    outcome = fitting.fit_palette(sample.rows, pixels, km, space, weight, init,
+                                  persist_histograms(cfg, good), auto, masked)
     record.timings["fit"] = time.perf_counter() - clock
     return outcome, good
 

@@ -15,7 +15,7 @@ from pipeline import storage
 from pipeline.config import InputConfig, PreprocessConfig
 from pipeline.errors import ConfigError, ImageReadError
 from pipeline.sources import ImageInfo
-from pipeline.sources.photos import read_header, readable_extensions
+from pipeline.sources.photos import mask_rule, read_header, readable_extensions
 
 
 @dataclass
@@ -91,6 +91,7 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
                            for path, _, _ in named):
         return _list_rasters(cfg, named, sorted(set(ignored)), renamed)
     images, failed, notes = [], [], []
+    masking = mask_rule(cfg.mask, cfg.nodata)  # photos: band:N is refused here, in one line
     for path, name, _ in named:
         if path.rstrip("/").lower().endswith(".zarr"):
             failed.append((path, "a zarr store among photos: list rasters in a job of "
@@ -98,7 +99,7 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
             continue
         try:
             info, image_notes = read_header(path, name, len(images), preprocess.scale,
-                                            cfg.max_pixels, cfg.storage_options)
+                                            cfg.max_pixels, cfg.storage_options, masking)
         except ImageReadError as exc:
             failed.append((path, str(exc)))
             continue
