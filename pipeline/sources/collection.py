@@ -162,6 +162,16 @@ class Image:
         """(height, width, 3) of the pixels the pipeline works on (EXIF-oriented, scaled)."""
         return (self.info.height, self.info.width, 3)
 
+    bands = 3  # as a `pipeline.api.RasterImage` says its own (issue 12)
+    dtype = np.dtype(np.uint8)
+
+    @property
+    def mask(self) -> da.Array:
+        """dask array of shape (height, width), bool: no pixel of a photo is masked."""
+        import dask.array as da
+
+        return da.zeros(self.shape[:2], dtype=bool, chunks=-1)
+
     @property
     def pixels(self) -> da.Array:
         """dask array of shape (height, width, 3), uint8: one task decodes the file."""
