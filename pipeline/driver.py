@@ -733,7 +733,7 @@ def _raster_model(record: RunRecord, infos: list[ImageInfo],
     if init is not None:  # start from the model's centroids, in its normalisation
         args.update(n_clusters=init.n_clusters, normalize=init.normalization.method,
                     init=init)
-    fitted = raster_job.fit_model(sample.rows, band_names=first.band_names,
+    fitted = raster_job.fit_model(sample.rows, band_names=_band_names(list(images.values())),
                                   dtypes=tuple(sorted({images[n].header.dtype
                                                        for n in sample.counts})), **args)
     record.timings["fit"] = time.perf_counter() - clock
@@ -744,6 +744,15 @@ def _raster_model(record: RunRecord, infos: list[ImageInfo],
              fitted.n_clusters, fitted.n_iter, fitted.error)
     display_range = np.percentile(sample.rows, [2, 98], axis=0).tolist()
     return fitted, display_range
+
+
+def _band_names(images: list[raster_job.RasterImage]) -> tuple[str, ...]:
+    """A collection's band names: those every image gives its bands, else band_1, band_2..."""
+    names = {image.band_names for image in images}
+    shared = names.pop() if len(names) == 1 else ()
+    if shared and len(set(shared)) == len(shared):
+        return shared
+    return tuple(f"band_{i + 1}" for i in range(len(images[0].selected)))
 
 
 def _raster_display(image: raster_job.RasterImage, display_range: list | None,

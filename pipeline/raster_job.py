@@ -598,7 +598,7 @@ def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
             _remove(sink)
         raise
     result = {"files": files, "masked": masked_total[0],
-              "classes": stats.table(image.band_names)}
+              "classes": stats.table(_table_names(model, image))}
     if areas is not None:
         _geo_side_files(image, outputs, result, areas, palette, closed)
     if overview is not None and write_thumbs is not None:
@@ -606,6 +606,14 @@ def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
         result["thumbs"] = write_thumbs(overview.rgb, overview.labels, palette)
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def _table_names(model: RasterModel, image: RasterImage) -> tuple[str, ...]:
+    """The per-class table's band names: the model's, so that the tables of a collection's
+    images combine (their files may name the bands otherwise), else the image's."""
+    names = model.band_names
+    return names if len(names) == model.n_bands and len(set(names)) == len(names) else \
+        image.band_names
 
 
 def _geo_side_files(image: RasterImage, outputs: Outputs, result: dict, areas: cog.ClassTally,

@@ -177,3 +177,18 @@ def test_kmeans_algorithm_on_rasters_is_honoured_or_refused_in_one_line(tmp_path
                                 f"passes over every pixel, which the raster path does not do "
                                 f"({path}); use minibatch: the fit runs Lloyd steps on the "
                                 "sample until the centroids settle"]
+
+
+def test_a_16_bit_grey_png_among_photos_is_expanded_to_three_bands_as_a_grey_photo(tmp_path):
+    truth = layout(30, 30, 2, seed=4)
+    save(tmp_path / "images" / "photo.png", blocks_image(truth))
+    _png16(tmp_path / "images" / "grey.png", np.where(truth == 0, 300, 40000).astype(np.uint16))
+    assert run_cli("run", write_job(tmp_path, kmeans={"k": 6}), "-q").code == 0
+    model = read_json(tmp_path / "out", "model.json")
+    assert model["n_bands"] == 3 and model["band_names"] == ["band_1", "band_2", "band_3"]
+    segmented = imagecodecs.png_decode((tmp_path / "out" / "segmented" / "grey.png").read_bytes())
+    assert segmented.dtype == np.uint16 and segmented.shape == (30, 30, 3)
+    assert np.array_equal(segmented[..., 0], segmented[..., 2])  # three equal bands
+    keys = {e["name"]: set(e["classes"][0]["mean"]) for e in read_json(tmp_path / "out")["images"]}
+    assert keys == {"grey": {"band_1", "band_2", "band_3"}, "photo": {"band_1", "band_2", "band_3"}}
+    assert "band_2" in (tmp_path / "out" / "report.html").read_text()  # the combined table

@@ -188,15 +188,24 @@ def _raster_info(header: Any, index: int, storage_options: dict | None) -> Image
 def photos_as_rasters(listing: Listing, cfg: InputConfig) -> Listing:
     """The listing with every photo also read as a 3-band uint8 raster decoded whole
     (`rasters.photo_header`), for a collection-scope job that mixes photos and rasters: one
-    fit needs one feature space, so the photos join the raster path in native units."""
+    fit needs one feature space, so the photos join the raster path in native units.
+
+    A single-band raster among photos (a 16-bit grey PNG or TIFF) is read as 3 equal bands,
+    as the photo path expands a grey photo to RGB, unless ``input.bands`` is given.
+    """
     from pipeline import raster_job
     from pipeline.sources import rasters
 
-    readers = dict(listing.rasters)
-    for info in listing.images:
-        if info.name not in readers:
-            readers[info.name] = raster_job.RasterImage(rasters.photo_header(info), cfg.bands,
-                                                        cfg.mask, cfg.nodata)
+    photos = [info for info in listing.images if info.name not in listing.rasters]
+    if not photos:
+        return listing
+    readers = {}
+    for name, image in listing.rasters.items():
+        grey = cfg.bands is None and len(image.selected) == 1
+        readers[name] = dataclasses.replace(image, bands=image.selected * 3) if grey else image
+    for info in photos:
+        readers[info.name] = raster_job.RasterImage(rasters.photo_header(info), cfg.bands,
+                                                    cfg.mask, cfg.nodata)
     return dataclasses.replace(listing, rasters=readers)
 
 
