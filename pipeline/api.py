@@ -319,8 +319,9 @@ def cancel(out_dir: str | os.PathLike, timeout: float = 10.0,
 
 
 class Collection(list):
-    """A list of lazy `Image` objects (`RasterImage` for rasters), with what listing left out (``skipped``: (path, reason)
-    of files whose header cannot be read; ``ignored``: files of other types in the folders)."""
+    """A list of lazy `Image` objects (`RasterImage` for rasters), with what listing left
+    out (``skipped``: (path, reason) of files whose header cannot be read; ``ignored``: files
+    of other types in the folders)."""
 
     skipped: list[tuple[str, str]]
     ignored: list[str]
