@@ -117,6 +117,10 @@ def _route(path: str, cfg: InputConfig, only_rasters: bool) -> str:
     from pipeline.sources import geo, rasters
 
     if path.lower().endswith(".png"):
+        # A URL's header costs a range read of its own (the photo path reads another): only
+        # local PNGs are checked for 16 bits; a 16-bit PNG at a URL is read as a photo.
+        if storage.is_url(path):
+            return "photo"
         return "png16" if rasters.png_bit_depth(path, cfg.storage_options) == 16 else "photo"
     if not (rasters.is_raster(path) or geo.is_geo_only(path)):
         return "photo"
