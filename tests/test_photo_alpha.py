@@ -199,7 +199,6 @@ def test_an_image_whose_every_pixel_is_transparent_is_skipped_with_that_reason(t
     assert result.code == 3, result.err
     entry = {e["name"]: e for e in read_json(tmp_path / "out")["images"]}["empty"]
     assert entry["status"] == "skipped" and entry["error"] == raster_job.ALL_MASKED
-    assert collection.ALL_MASKED == raster_job.ALL_MASKED  # one reason, both paths
     assert _palette(tmp_path) == sorted([RED, GREEN, BLUE])
 
 
@@ -295,3 +294,13 @@ def test_a_resized_pixel_is_masked_only_when_all_it_covers_are(tmp_path):
     # the half-clear boxes take the colour of their opaque half (within the rounding of
     # Pillow's 8-bit premultiplied alpha), not a mix with magenta's
     assert np.abs(pixels[14, 15].astype(int) - GREEN).max() <= 2
+
+
+def test_open_collection_gives_a_photos_transparent_pixels_as_its_mask(tmp_path):
+    import pipeline
+
+    rgba = _rgba()
+    path = _write(tmp_path, "a.png", rgba)
+    (image,) = pipeline.open_collection(path)
+    assert np.array_equal(image.mask.compute(), rgba[..., 3] == 0)
+    assert np.array_equal(image.pixels.compute(), rgba[..., :3])

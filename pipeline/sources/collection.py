@@ -239,6 +239,20 @@ class Image:
         """(height, width, 3) of the pixels the pipeline works on (EXIF-oriented, scaled)."""
         return (self.info.height, self.info.width, 3)
 
+    bands = 3  # as a `pipeline.api.RasterImage` says its own (issue 12)
+    dtype = np.dtype(np.uint8)
+
+    @property
+    def mask(self) -> da.Array:
+        """dask array of shape (height, width), bool: True where a pixel is fully transparent
+        or of the ``input.nodata`` colour (`photos.decode_masked`)."""
+        import dask.array as da
+
+        token = dask.base.tokenize(self.info)
+        block = dask.delayed(_photo_mask, pure=True)(self.info, dask_key_name=f"mask-{token}")
+        return da.from_delayed(block, shape=self.shape[:2], dtype=bool,
+                               name=f"image-mask-{token}")
+
     @property
     def pixels(self) -> da.Array:
         """dask array of shape (height, width, 3), uint8: one task decodes the file."""
@@ -251,6 +265,11 @@ class Image:
 
     def __repr__(self) -> str:
         return f"Image({self.name!r}, {self.info.width}x{self.info.height}, {self.info.format})"
+
+
+def _photo_mask(info: ImageInfo) -> np.ndarray:
+    _, masked = photos.decode_masked(info)
+    return np.zeros((info.height, info.width), bool) if masked is None else masked
 
 
 # ---------------------------------------------------------------------------------------------
