@@ -7,6 +7,7 @@ each command is one API call.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -24,10 +25,15 @@ from pipeline.progress import progress_for
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``kmeans-pipeline`` and ``python -m pipeline``."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except BrokenPipeError:  # `--help | head -1`
+        return _reader_gone(EXIT_OK, sys.stdout)
     _setup_logging(args.verbose - args.quiet)
     try:
         return args.command(args)
+    except BrokenPipeError:  # stderr's reader went away (`2>&1 | head`); stdout's is _out's
+        return _reader_gone(EXIT_FAILED, sys.stdout, sys.stderr)
     except PipelineError as exc:
         return _failed(args, str(exc), exc.exit_code, exc.report)
     except KeyboardInterrupt:
@@ -54,8 +60,30 @@ def _failed(args: argparse.Namespace, message: str, code: int,
             print(f"skipped: {entry['path']}: {entry['error']}", file=sys.stderr)
     _print_error(message)
     if getattr(args, "json", False):
-        print(json.dumps({"status": "error", "exit": code, "errors": message.splitlines(),
+        _out(json.dumps({"status": "error", "exit": code, "errors": message.splitlines(),
                           "problems": problems}))
+    return code
+
+
+def _out(text: str) -> None:
+    """Print ``text`` on stdout; a reader that has gone (``schema | head -1``) is no error:
+    the command goes on and exits with its own status."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _reader_gone(EXIT_OK, sys.stdout)
+
+
+def _reader_gone(code: int, *streams) -> int:
+    """After a broken pipe: later writes, and the interpreter's final flush, go nowhere
+    instead of printing "Exception ignored ... BrokenPipeError" (Python's signal docs)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in streams:
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (a test's)
+            pass
+    os.close(devnull)
     return code
 
 
@@ -256,7 +284,7 @@ def _load(args: argparse.Namespace):
 def _cmd_schema(args: argparse.Namespace) -> int:
     from pipeline.config import json_schema
 
-    print(json.dumps(json_schema(), indent=2))
+    _out(json.dumps(json_schema(), indent=2))
     return EXIT_OK
 
 
@@ -266,14 +294,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     summary = api.validate(_load(args))
     summary["job"] = args.job
     if args.json:
-        print(json.dumps({k: v for k, v in summary.items() if k != "output_dir"}))
+        _out(json.dumps({k: v for k, v in summary.items() if k != "output_dir"}))
     elif not args.quiet:
         for info in summary["images"]:
-            print(f"{info['path']} -> {info['name']} ({info['width']}x{info['height']} "
+            _out(f"{info['path']} -> {info['name']} ({info['width']}x{info['height']} "
                   f"{info['format']})")
         for path in summary["ignored"]:
-            print(f"ignored (not an image type): {path}")
-        print(f"{len(summary['images'])} image(s), {summary['pixels'] / 1e6:.1f} Mpx; "
+            _out(f"ignored (not an image type): {path}")
+        _out(f"{len(summary['images'])} image(s), {summary['pixels'] / 1e6:.1f} Mpx; "
               f"output to {summary['output_dir']}")
     for problem in summary["problems"]:
         _print_error(problem)
@@ -329,7 +357,7 @@ def _summary(args: argparse.Namespace, status: str, code: int, totals: dict, out
         for entry in skipped:
             print(f"skipped: {entry['path']}: {entry['error']}", file=sys.stderr)
     if args.json:
-        print(json.dumps(summary))
+        _out(json.dumps(summary))
     elif not args.quiet:
         print(f"done: {totals['ok']} image(s) ok, {totals['skipped']} skipped, "
               f"{totals['failed']} failed; {totals['pixels'] / 1e6:.1f} Mpx in "
@@ -353,9 +381,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     out = job.out_dir
     if not args.wait:
         if args.json:
-            print(json.dumps(entry))
+            _out(json.dumps(entry))
         else:
-            print(entry["job_id"])
+            _out(entry["job_id"])
             if not args.quiet:
                 print(f"submitted job {entry['job_id']} to {entry['scheduler']}; see "
                       f"`kmeans-pipeline status {out}`, stop it with `kmeans-pipeline "
@@ -376,9 +404,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     state = api.status(args.out, _storage_options(args.storage_option))
     if args.json:
-        print(json.dumps(state))
+        _out(json.dumps(state))
     else:
-        print(_describe(state))
+        _out(_describe(state))
     return STATE_EXIT.get(state["state"], EXIT_FAILED)
 
 
@@ -387,9 +415,9 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
     state = api.cancel(args.out, args.timeout, _storage_options(args.storage_option))
     if args.json:
-        print(json.dumps(state))
+        _out(json.dumps(state))
         return EXIT_OK
-    print(_describe(state))
+    _out(_describe(state))
     if not state["requested"] or state["state"] in ("done", "failed"):
         print("nothing to cancel: the job had already finished", file=sys.stderr)
     elif state["state"] == "cancelled":

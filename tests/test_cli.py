@@ -125,3 +125,19 @@ def test_help_of_every_command_shows_an_example_and_its_exit_statuses(command, c
     elif command in ("run", "apply", "submit"):  # the table's own words
         assert statuses == {code: EXIT_STATUSES[code].replace("`", "")
                             for code in (0, 1, 2, 3, 130)}
+
+
+@pytest.mark.parametrize("argv", [["schema"], ["validate", "JOB"], ["validate", "JOB", "--json"],
+                                  ["run", "--help"]])
+def test_a_reader_that_stops_early_is_no_error(tmp_path, collection, argv):
+    """``kmeans-pipeline schema | head -1``: the pipe's reader is gone before the command
+    prints; no BrokenPipeError traceback, and the command's own exit status."""
+    job = write_job(tmp_path)
+    argv = [job if arg == "JOB" else arg for arg in argv]
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the command writes a byte
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "pipeline", *argv], stdout=write,
+                          stderr=subprocess.PIPE, text=True, timeout=120, env=env)
+    os.close(write)
+    assert done.returncode == 0 and done.stderr == ""
