@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 def _failed(args: argparse.Namespace, message: str, code: int,
             report: dict | None = None) -> int:
     """An error: the images a failed run skipped (issue 11), the error, and with ``--json``
-    ``{"status": "error", "exit": N, "errors": [...], "problems": [...]}`` on stdout."""
+    ``{"status": "error", "exit_code": N, "errors": [...], "problems": [...]}`` on stdout."""
     problems = []
     if report is not None:
         from pipeline.record import NOT_PROCESSED
@@ -60,7 +60,7 @@ def _failed(args: argparse.Namespace, message: str, code: int,
             print(f"skipped: {entry['path']}: {entry['error']}", file=sys.stderr)
     _print_error(message)
     if getattr(args, "json", False):
-        _out(json.dumps({"status": "error", "exit": code, "errors": message.splitlines(),
+        _out(json.dumps({"status": "error", "exit_code": code, "errors": message.splitlines(),
                           "problems": problems}))
     return code
 

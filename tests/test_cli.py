@@ -141,3 +141,13 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path, collection, argv):
                           stderr=subprocess.PIPE, text=True, timeout=120, env=env)
     os.close(write)
     assert done.returncode == 0 and done.stderr == ""
+
+
+def test_json_names_the_exit_status_exit_code_on_success_and_on_error(tmp_path, collection,
+                                                                      capsys):
+    job = write_job(tmp_path, output={"masks": False})
+    assert main(["run", job, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["exit_code"] == 0
+    assert main(["run", job, "--json", "--set", "kmeans.k=0"]) == 2
+    error = json.loads(capsys.readouterr().out)
+    assert error["status"] == "error" and error["exit_code"] == 2 and "exit" not in error
