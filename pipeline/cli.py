@@ -25,10 +25,15 @@ from pipeline.progress import progress_for
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``kmeans-pipeline`` and ``python -m pipeline``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = _parser().parse_args(argv)
     except BrokenPipeError:  # `--help | head -1`
         return _reader_gone(EXIT_OK, sys.stdout)
+    except _UsageError as exc:  # argparse's own lines, and with --json the error object too
+        exc.parser.print_usage(sys.stderr)
+        return _failed(argparse.Namespace(quiet=0, json="--json" in argv[:_options_end(argv)]),
+                       f"{exc.parser.prog}: {exc}", EXIT_USAGE)
     _setup_logging(args.verbose - args.quiet)
     try:
         return args.command(args)
@@ -87,8 +92,29 @@ def _reader_gone(code: int, *streams) -> int:
     return code
 
 
+class _UsageError(Exception):
+    """An argparse usage error (a bad option or argument), raised for `main` to report."""
+
+    def __init__(self, message: str, parser: argparse.ArgumentParser) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser (and, as their class, its subcommands') raising usage errors instead
+    of exiting, so that ``--json`` gets its error object for them too."""
+
+    def error(self, message: str):
+        raise _UsageError(message, self)
+
+
+def _options_end(argv: list[str]) -> int:
+    """Where options end: ``--`` makes the words after it arguments, not ``--json``."""
+    return argv.index("--") if "--" in argv else len(argv)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kmeans-pipeline", description="Segment image collections by colour with k-means.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="command")

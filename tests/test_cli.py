@@ -151,3 +151,21 @@ def test_json_names_the_exit_status_exit_code_on_success_and_on_error(tmp_path, 
     assert main(["run", job, "--json", "--set", "kmeans.k=0"]) == 2
     error = json.loads(capsys.readouterr().out)
     assert error["status"] == "error" and error["exit_code"] == 2 and "exit" not in error
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["run", "--json", "--bogus", "JOB"], "unrecognized arguments: --bogus"),
+    (["status", "--json"], "kmeans-pipeline status: the following arguments are required: out"),
+    (["validate", "JOB", "--json", "--scheduler"], "argument --scheduler: expected one argument"),
+])
+def test_a_usage_error_with_json_prints_the_error_object_too(tmp_path, capsys, argv, problem):
+    job = write_job(tmp_path)
+    assert main([job if arg == "JOB" else arg for arg in argv]) == 2
+    captured = capsys.readouterr()
+    error = json.loads(captured.out)
+    assert error["status"] == "error" and error["exit_code"] == 2 and error["problems"] == []
+    assert len(error["errors"]) == 1 and problem in error["errors"][0]
+    assert captured.err.startswith("usage: kmeans-pipeline ")
+    assert captured.err.splitlines()[-1] == f"error: {error['errors'][0]}"
+    assert main([job if arg == "JOB" else arg for arg in argv if arg != "--json"]) == 2
+    assert capsys.readouterr().out == ""  # without --json, stdout stays empty
