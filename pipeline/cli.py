@@ -140,8 +140,8 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("-o", "--output", metavar="OUT",
                              help="without a job file: output.dir; the job run is written to "
                                   "OUT/job.yaml, so `run OUT/job.yaml` repeats it")
-        else:
-            sub.add_argument("job", help="the YAML job file")
+        else:  # more than one is refused in one line by _quick, not by argparse's usage
+            sub.add_argument("job", nargs="+", metavar="JOB.yaml", help="the YAML job file")
         sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                          help="override a job-file key (repeatable); paths are relative to "
                               "the job file")
@@ -234,10 +234,23 @@ def _add_folder_commands(commands) -> None:
 
 
 def _quick(args: argparse.Namespace) -> bool:
-    """Whether ``run`` was given inputs and -o instead of a job file (pngquant style)."""
-    if not isinstance(args.job, list):
+    """Whether ``run`` was given inputs and -o instead of a job file (pngquant style); makes
+    ``args.job`` the one job file otherwise."""
+    files = [item for item in args.job if item.lower().endswith((".yaml", ".yml"))]
+    if len(files) > 1:
+        raise ConfigError(f"{len(files)} job files given ({', '.join(files)}); a command runs "
+                          "one job: give each its own command")
+    if args.command is not _cmd_run:
+        if len(args.job) > 1:
+            raise ConfigError(f"{' '.join(args.job)}: give one job file (.yaml or .yml), not "
+                              f"{len(args.job)} arguments")
+        args.job = args.job[0]
         return False
-    job_file = len(args.job) == 1 and args.job[0].lower().endswith((".yaml", ".yml"))
+    if files and len(args.job) > 1:
+        raise ConfigError(f"{files[0]}: a job file given with inputs ({len(args.job) - 1} "
+                          "more); give the job file alone (its input.paths lists the inputs), "
+                          "or the inputs alone with -o OUT")
+    job_file = bool(files)
     if job_file and (args.k is not None or args.output is not None):
         raise ConfigError("-k and -o are for a run without a job file; with one, use --set "
                           "kmeans.k=... and --set output.dir=...")

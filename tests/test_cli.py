@@ -169,3 +169,24 @@ def test_a_usage_error_with_json_prints_the_error_object_too(tmp_path, capsys, a
     assert captured.err.splitlines()[-1] == f"error: {error['errors'][0]}"
     assert main([job if arg == "JOB" else arg for arg in argv if arg != "--json"]) == 2
     assert capsys.readouterr().out == ""  # without --json, stdout stays empty
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "apply", "submit"])
+def test_two_job_files_are_refused_in_one_line(tmp_path, collection, capsys, command):
+    job = write_job(tmp_path)
+    other = str(tmp_path / "job2.yaml")
+    with open(job) as source, open(other, "w") as copy:
+        copy.write(source.read())
+    argv = [command, *(["model.json"] if command == "apply" else []), job, other]
+    assert main(argv) == 2
+    assert _lines(capsys) == [f"error: 2 job files given ({job}, {other}); a command runs one "
+                              "job: give each its own command"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_job_file_with_inputs_is_refused_in_one_line(tmp_path, collection, capsys):
+    job = write_job(tmp_path)
+    assert main(["run", job, str(collection[0])]) == 2
+    assert _lines(capsys) == [f"error: {job}: a job file given with inputs (1 more); give the "
+                              "job file alone (its input.paths lists the inputs), or the "
+                              "inputs alone with -o OUT"]
