@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import pipeline
 from conftest import write_job
 from pipeline.cli import main
 
@@ -190,3 +191,19 @@ def test_a_job_file_with_inputs_is_refused_in_one_line(tmp_path, collection, cap
     assert _lines(capsys) == [f"error: {job}: a job file given with inputs (1 more); give the "
                               "job file alone (its input.paths lists the inputs), or the "
                               "inputs alone with -o OUT"]
+
+
+def test_a_report_json_given_as_the_model_is_named_a_report_with_the_model_beside_it(
+        tmp_path, collection, capsys):
+    job = write_job(tmp_path, output={"masks": False})
+    assert main(["run", job, "-q"]) == 0
+    report, model = tmp_path / "out" / "report.json", tmp_path / "out" / "model.json"
+    expected = (f"error: kmeans.init: {report}: a report.json (a run's report), not a model; "
+                f"give the model.json next to it: {model}")
+    for argv in (["apply", str(report), job, "--set", "output.dir=o2"],
+                 ["run", job, "--set", f"kmeans.init={report}", "--set", "output.dir=o3"],
+                 ["validate", job, "--set", f"kmeans.init={report}", "-q"]):
+        assert main(argv) == 2
+        assert _lines(capsys) == [expected]
+    with pytest.raises(pipeline.ConfigError, match=r"report\.json \(a run's report"):
+        pipeline.Model.load(report)  # the Python API says the same
