@@ -193,7 +193,7 @@ def validate(job: Job | JobConfig) -> dict:
     -------
     dict
         ``valid``, ``problems`` (one line each: unreadable inputs, a bad ``kmeans.init``
-        model), ``images`` (path, name, width, height, format), ``ignored``, ``renamed``,
+        model, a key the inputs cannot take, rasters of another band count), ``images`` (path, name, width, height, format), ``ignored``, ``renamed``,
         ``pixels``: what ``kmeans-pipeline validate --json`` prints.
 
     Raises
@@ -201,18 +201,18 @@ def validate(job: Job | JobConfig) -> dict:
     ConfigError
         An input path does not exist or matches nothing.
     """
-    from pipeline.driver import resolve_init
+    from pipeline.driver import check_job, resolve_init
     from pipeline.sources.listing import list_inputs
 
     cfg = _config(job)
     listing = list_inputs(cfg.input, cfg.preprocess, cfg.output.dir,
                           raster_path=cfg.output.format != "png")
     problems = [f"{path}: {reason}" for path, reason in listing.failed]
-    if cfg.kmeans.init_is_model:
-        try:
-            resolve_init(cfg)
-        except ConfigError as exc:
-            problems.append(str(exc))
+    try:  # what run refuses before any work, in the order it does
+        resolved, init, _ = resolve_init(cfg)
+        check_job(resolved, listing, init)
+    except ConfigError as exc:
+        problems.append(str(exc))
     return {"job": cfg.source, "valid": not problems, "problems": problems,
             "images": [{"path": i.path, "name": i.name, "width": i.width,
                         "height": i.height, "format": i.format} for i in listing.images],

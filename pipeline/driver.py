@@ -103,10 +103,10 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
         _resume(record, previous, listing.images)
         if not listing.images:
             raise ImageReadError(_nothing_usable(record))
+        check_job(cfg, listing, init)
         if listing.rasters:  # issue 12: N-band rasters, read and written in windows
             _run_rasters(record, listing, previous, phases, written)
         else:
-            _check_photo_job(cfg, listing.images, init)
             if cfg.kmeans.scope == "collection":
                 outcome, good = _fit(record, listing.images, previous, phases, init, kept)
                 _segment(record, good, outcome, phases, kept, written)
@@ -599,13 +599,28 @@ def _run_rasters(record: RunRecord, listing: Listing, previous: dict | None, pha
     chunk = cfg.dask.chunk_pixels
     images = {info.name: dataclasses.replace(listing.rasters[info.name], chunk_pixels=chunk)
               for info in listing.images}
-    _check_raster_job(cfg, list(images.values()))
     if cfg.kmeans.scope == "collection":
-        raster_job.check_band_counts(list(images.values()))
         fitted, display_range = _raster_model(record, listing.images, images, previous, phases)
         _raster_segment(record, listing.images, images, fitted, display_range, phases, written)
     else:
         _raster_per_image(record, listing.images, images, phases, written)
+
+
+def check_job(cfg: JobConfig, listing: Listing, init: np.ndarray | None) -> None:
+    """The keys, models and band counts a job's listed inputs cannot take, refused in one line
+    before any work: what `run` checks and `validate` reports (``init``: from `resolve_init`).
+
+    Raises
+    ------
+    ConfigError
+    """
+    if listing.rasters:
+        rasters = [listing.rasters[info.name] for info in listing.images]
+        _check_raster_job(cfg, rasters)
+        if cfg.kmeans.scope == "collection":
+            raster_job.check_band_counts(rasters)
+    else:
+        _check_photo_job(cfg, listing.images, init)
 
 
 def _check_photo_job(cfg: JobConfig, images: list, init: np.ndarray | None) -> None:

@@ -207,3 +207,22 @@ def test_a_report_json_given_as_the_model_is_named_a_report_with_the_model_besid
         assert _lines(capsys) == [expected]
     with pytest.raises(pipeline.ConfigError, match=r"report\.json \(a run's report"):
         pipeline.Model.load(report)  # the Python API says the same
+
+
+def test_validate_reports_rasters_of_another_band_count(tmp_path, capsys):
+    import numpy as np
+    import tifffile
+
+    os.makedirs(tmp_path / "rasters")
+    pixels = np.random.default_rng(0).integers(0, 4000, (32, 40, 4)).astype(np.uint16)
+    for name, bands in (("four.tif", 4), ("two.tif", 2)):
+        tifffile.imwrite(str(tmp_path / "rasters" / name), pixels[..., :bands],
+                         photometric="minisblack", planarconfig="contig")
+    job = write_job(tmp_path, input={"paths": ["rasters/"]})
+    assert main(["validate", job, "--json"]) == 2
+    summary = json.loads(capsys.readouterr().out)
+    assert not summary["valid"] and summary["problems"] == [
+        f"{tmp_path / 'rasters' / 'two.tif'}: 2 bands, but {tmp_path / 'rasters' / 'four.tif'} "
+        "has 4; a collection needs one band count: select bands with input.bands, or use "
+        "kmeans.scope: image"]
+    assert main(["validate", job, "-q", "--set", "input.bands=[1, 2]"]) == 0
