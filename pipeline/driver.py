@@ -626,6 +626,10 @@ def check_job(cfg: JobConfig, listing: Listing, init: np.ndarray | None) -> None
 def _check_photo_job(cfg: JobConfig, images: list, init: np.ndarray | None) -> None:
     """Keys and models that make no sense for RGB photos are refused in one line."""
     first = images[0].path if images else "the inputs"
+    if cfg.output.format not in ("auto", "png"):  # the photo path writes PNG only
+        raise ConfigError(f"output.format: {cfg.output.format} is for rasters, but {first} is "
+                          "read as a photo (8-bit RGB, written as PNG; a job of TIFF or zarr "
+                          "rasters only takes the raster path); set output.format: auto or png")
     if cfg.kmeans.init_is_model and init is None:  # resolve_init leaves raster models for later
         raise ConfigError(f"kmeans.init: {cfg.kmeans.init} is a model of N-band rasters, but "
                           f"{first} is a photo; use a model fitted on photos (or fit anew)")

@@ -209,6 +209,21 @@ def test_a_report_json_given_as_the_model_is_named_a_report_with_the_model_besid
         pipeline.Model.load(report)  # the Python API says the same
 
 
+@pytest.mark.parametrize("fmt", ["tiff", "cog", "zarr"])
+def test_a_raster_format_for_photos_is_refused_naming_the_key_and_the_file(
+        tmp_path, collection, capsys, fmt):
+    job = write_job(tmp_path, output={"format": fmt})
+    first = collection[0] / "img0.png"
+    expected = (f"error: output.format: {fmt} is for rasters, but {first} is read as a photo "
+                "(8-bit RGB, written as PNG; a job of TIFF or zarr rasters only takes the "
+                "raster path); set output.format: auto or png")
+    assert main(["validate", job, "-q"]) == 2
+    assert _lines(capsys) == [expected]
+    assert main(["run", job, "-q"]) == 2
+    assert _lines(capsys) == [expected]
+    assert not (tmp_path / "out" / "segmented").exists()  # no PNG was written instead
+
+
 def test_validate_reports_rasters_of_another_band_count(tmp_path, capsys):
     import numpy as np
     import tifffile
