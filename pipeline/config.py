@@ -250,6 +250,10 @@ def _read_yaml(path: str) -> dict:
         raise ConfigError(f"{path}: cannot read job file ({exc})") from exc
     try:
         data = schema.load_yaml(text)
+    except schema.DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: line {exc.line}: {exc.key} is given twice (also at line "
+                          f"{exc.first_line}); YAML would keep only the last: merge them into "
+                          "one") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
