@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from pipeline.config import JobConfig, build_config, example_keys, read_job_file
+from pipeline.config import (JobConfig, Override, build_config, example_keys, overrides_of,
+                             read_job_file)
 from pipeline.errors import ConfigError, ImageReadError
 from pipeline.sources.collection import Image, Progress
 
@@ -43,7 +44,7 @@ class Job:
 
     config: JobConfig
     _raw: dict = field(repr=False, compare=False)
-    _overrides: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    _overrides: tuple[Override, ...] = field(default=(), repr=False, compare=False)
     _scheduler: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -103,13 +104,28 @@ class Job:
         return self.config.to_dict()
 
 
-def _override_items(overrides: Mapping[str, Any] | Iterable[str] | None) -> list[str]:
+def _override_items(overrides: Mapping[str, Any] | Iterable[str] | Iterable[Override] | None
+                    ) -> list[Override]:
+    """Overrides as `pipeline.config.Override` entries, named ``overrides: section.key`` in
+    messages (the CLI passes its ``--set`` arguments already as entries named so)."""
     if overrides is None:
         return []
     if isinstance(overrides, Mapping):
-        # JSON is YAML: each value reaches the job as it would from a job file.
-        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
-    return [str(item) for item in overrides]
+        return overrides_of({key: _plain(key, value) for key, value in overrides.items()},
+                            "overrides")
+    items = list(overrides)
+    if all(isinstance(item, Override) for item in items):
+        return items
+    return overrides_of([str(item) for item in items], "overrides")
+
+
+def _plain(key: str, value: Any) -> Any:
+    """``value`` as plain data, as a job file would hold it (tuples as lists, paths as str)."""
+    try:
+        return json.loads(json.dumps(value, default=os.fspath))
+    except (TypeError, ValueError):
+        raise ConfigError(f"overrides: {key}: {type(value).__name__} is not a job-file value; "
+                          "give str, int, float, bool, None, or lists and dicts of them") from None
 
 
 def _config(job: Job | JobConfig) -> JobConfig:
@@ -193,8 +209,9 @@ def validate(job: Job | JobConfig) -> dict:
     -------
     dict
         ``valid``, ``problems`` (one line each: unreadable inputs, a bad ``kmeans.init``
-        model, a key the inputs cannot take, rasters of another band count), ``images`` (path, name, width, height, format), ``ignored``, ``renamed``,
-        ``pixels``: what ``kmeans-pipeline validate --json`` prints.
+        model, a key the inputs cannot take, rasters of another band count), ``images``
+        (path, name, width, height, format), ``ignored``, ``renamed``, ``pixels``: what
+        ``kmeans-pipeline validate --json`` prints.
 
     Raises
     ------

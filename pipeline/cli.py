@@ -269,10 +269,7 @@ def _load_quick(args: argparse.Namespace):
     raw = {"input": {"paths": list(args.job)}, "output": {"dir": args.output}}
     if args.k is not None:
         raw["kmeans"] = {"k": args.k if args.k == "auto" else _int(args.k, "-k")}
-    overrides = list(args.set)
-    if args.scheduler_file:
-        overrides.append(f"dask.scheduler_file={args.scheduler_file}")
-    return Job.from_dict(raw, os.getcwd(), overrides, "command line", args.scheduler)
+    return Job.from_dict(raw, os.getcwd(), _set_arguments(args), "command line", args.scheduler)
 
 
 def _int(text: str, option: str) -> int:
@@ -314,10 +311,17 @@ def _load(args: argparse.Namespace):
 
     if _quick(args):
         return _load_quick(args)
-    overrides = list(args.set)
+    return Job.from_yaml(args.job, _set_arguments(args), args.scheduler)
+
+
+def _set_arguments(args: argparse.Namespace) -> list:
+    """``--set`` (and ``--scheduler-file``) as overrides named so in messages."""
+    from pipeline.config import overrides_of
+
+    items = list(args.set)
     if args.scheduler_file:
-        overrides.append(f"dask.scheduler_file={args.scheduler_file}")
-    return Job.from_yaml(args.job, overrides, args.scheduler)
+        items.append(f"dask.scheduler_file={args.scheduler_file}")
+    return overrides_of(items, "--set")
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
