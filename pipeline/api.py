@@ -59,7 +59,8 @@ class Job:
             The YAML job file; relative paths in it are relative to its folder.
         overrides : mapping of "section.key" to value, or iterable of "section.key=value"
             What ``--set`` does: e.g. ``{"kmeans.k": 8, "output.dir": "out8"}``; a relative
-            path is relative to the job file.
+            path is relative to the job file, as in it (``--set`` on a command line: to the
+            working directory).
         scheduler : str, optional
             What ``--scheduler`` does: replaces ``dask.scheduler``.
 

@@ -143,8 +143,8 @@ def _parser() -> argparse.ArgumentParser:
         else:  # more than one is refused in one line by _quick, not by argparse's usage
             sub.add_argument("job", nargs="+", metavar="JOB.yaml", help="the YAML job file")
         sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                         help="override a job-file key (repeatable); paths are relative to "
-                              "the job file")
+                         help="override a job-file key (repeatable); a relative path is "
+                              "relative to the working directory (in the job file: to it)")
         sub.add_argument("--scheduler", help="threads | processes | synchronous | local | "
                                              "tcp://host:port (overrides dask.scheduler)")
         sub.add_argument("--scheduler-file", help="a dask scheduler file (overrides "
@@ -315,13 +315,14 @@ def _load(args: argparse.Namespace):
 
 
 def _set_arguments(args: argparse.Namespace) -> list:
-    """``--set`` (and ``--scheduler-file``) as overrides named so in messages."""
+    """``--set`` (and ``--scheduler-file``) as overrides named so in messages; their relative
+    paths are relative to the working directory, as every path typed on a command line."""
     from pipeline.config import overrides_of
 
     items = list(args.set)
     if args.scheduler_file:
         items.append(f"dask.scheduler_file={args.scheduler_file}")
-    return overrides_of(items, "--set")
+    return overrides_of(items, "--set", os.getcwd())
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:

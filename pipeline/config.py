@@ -99,6 +99,8 @@ class JobConfig:
         hashed = {}
         for key in schema.KEYS:
             value = data[key.section][key.name]
+            if key.is_path and key.path not in self.given:
+                value = key.default  # as written: a default resolved next to the job file
             if key.hashed and not (key.hash_if_set and value == key.default):
                 hashed.setdefault(key.section, {})[key.name] = value
         text = json.dumps(hashed, sort_keys=True, default=str)
@@ -379,6 +381,10 @@ def _build(raw: dict, source: str, base_dir: str, problems: list[str]) -> JobCon
                 continue
             values[name] = _normalise(key, value, base_dir)
             named.add(key.path)
+        for key in _SCHEMA[section_name].values():  # output.dir's "out": next to the job file
+            if (key.is_path and key.name not in values and isinstance(key.default, str)
+                    and key.default not in key.choices):
+                values[key.name] = resolve_path(key.default, base_dir)
         sections[section_name] = cls(**values)
     if not problems:
         for key in schema.KEYS:

@@ -351,8 +351,8 @@ KEYS: tuple[Key, ...] = (
         "variance (share of the sample's variance left unexplained; max_error is that share) | "
         "auto (de76 for RGB photos, variance for rasters)",
         choices=ERROR_METRICS, hash_if_set=True),
-    Key("output", "dir", "string", "out", "output folder (left out: out, in the working "
-        "directory)", is_path=True,
+    Key("output", "dir", "string", "out", "output folder, relative to the job file (left "
+        "out: out, next to the job file)", is_path=True,
         example="../out/example"),
     Key("output", "segmented", "boolean", True, "segmented/<name>.png: each pixel painted with "
         "its centroid colour"),

@@ -41,17 +41,35 @@ def test_validate_lists_inputs_and_computes_nothing(tmp_path, collection, capsys
     assert not (tmp_path / "out").exists()
 
 
-def test_set_overrides_and_paths_are_relative_to_the_job_file(tmp_path, collection, capsys,
-                                                              monkeypatch):
+def test_set_overrides_and_its_paths_are_relative_to_the_working_directory(
+        tmp_path, collection, capsys, monkeypatch):
+    """Paths in the job file are relative to it; a path typed on the command line, as every
+    shell argument, to the working directory (the job's inputs are still found)."""
     job = write_job(tmp_path)
-    monkeypatch.chdir(os.path.dirname(os.path.dirname(str(tmp_path))))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     code = main(["run", job, "--set", "kmeans.k=3", "--set", "output.dir=out8",
                  "--set", "output.masks=false", "--scheduler", "threads", "--json"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["ok"] == 5 and summary["output_dir"] == str(tmp_path / "out8")
-    doc = json.loads((tmp_path / "out8" / "model.json").read_text())
-    assert doc["k"] == 3 and not (tmp_path / "out8" / "masks").exists()
+    assert summary["ok"] == 5 and summary["output_dir"] == str(elsewhere / "out8")
+    doc = json.loads((elsewhere / "out8" / "model.json").read_text())
+    assert doc["k"] == 3 and not (elsewhere / "out8" / "masks").exists()
+    assert main(["validate", job, "--json", "--set", "input.paths=[../images]"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["images"]) == 5
+
+
+def test_output_dir_left_out_is_next_to_the_job_file_not_the_working_directory(
+        tmp_path, collection, capsys, monkeypatch):
+    job = tmp_path / "job.yaml"
+    job.write_text("input: {paths: [images/]}\nkmeans: {k: 3}\noutput: {masks: false}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["run", str(job), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["output_dir"] == str(tmp_path / "out")
+    assert (tmp_path / "out" / "model.json").is_file() and not (elsewhere / "out").exists()
 
 
 @pytest.mark.parametrize("item, message", [
@@ -200,8 +218,9 @@ def test_a_report_json_given_as_the_model_is_named_a_report_with_the_model_besid
     report, model = tmp_path / "out" / "report.json", tmp_path / "out" / "model.json"
     expected = (f"error: kmeans.init: {report}: a report.json (a run's report), not a model; "
                 f"give the model.json next to it: {model}")
-    for argv in (["apply", str(report), job, "--set", "output.dir=o2"],
-                 ["run", job, "--set", f"kmeans.init={report}", "--set", "output.dir=o3"],
+    for argv in (["apply", str(report), job, "--set", f"output.dir={tmp_path / 'o2'}"],
+                 ["run", job, "--set", f"kmeans.init={report}",
+                  "--set", f"output.dir={tmp_path / 'o3'}"],
                  ["validate", job, "--set", f"kmeans.init={report}", "-q"]):
         assert main(argv) == 2
         assert _lines(capsys) == [expected]

@@ -62,8 +62,10 @@ def test_job_hash_ignores_scheduler_and_if_exists_only(tmp_path):
 
 
 def _default(key: schema.Key, base_dir: str):
-    """The schema default as the loaded config holds it: as written, even for a path (the
-    default output.dir, out, is relative to the working directory, as it always was)."""
+    """The schema default as the loaded config holds it: a path's (output.dir's out) resolved
+    next to the job file, as a path written in it."""
+    if key.is_path and isinstance(key.default, str) and key.default not in key.choices:
+        return os.path.join(base_dir, key.default)
     return key.default
 
 
