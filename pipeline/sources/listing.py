@@ -122,7 +122,8 @@ def _list_rasters(cfg: InputConfig, named: list[tuple[str, str, bool]], ignored:
                 raise ImageReadError(f"{path}: reading this format needs rasterio, which is "
                                      f"not installed: {geo.INSTALL_HINT}")
             if how == "geo":  # issue 13: GDAL reads it and its georeferencing is kept
-                headers = [geo.read_header(path, name, cfg.storage_options, cfg.apply_scale)]
+                headers = [geo.read_header(path, name, cfg.storage_options, cfg.apply_scale,
+                                           cfg.level)]
             else:
                 headers = rasters.read_headers(path, name, axes=cfg.axes, planes=cfg.planes,
                                                level=cfg.level,
