@@ -723,8 +723,15 @@ def _open_sinks(image: RasterImage, outputs: Outputs, fmt: str, paths: dict[str,
     n_bands = values.shape[1]
     label_type = tiled.label_dtype(k)
     masked_label = tiled.masked_label(k)
-    nodata_fill = fill[0].item() if len(set(fill.tolist())) == 1 or \
-        all(math.isnan(v) for v in fill.tolist()) else None
+    # issue 13: a georeferenced input's outputs (COG, or output.format: tiff) go through
+    # rasterio, keeping CRS and transform; its segmented image keeps the input's nodata
+    geo_sinks = fmt == "cog" or (fmt == "tiff" and header.format == "geo")
+    if_masked = False
+    if geo_sinks:
+        fill, nodata_fill, if_masked = cog.segmented_nodata(image.nodata_per_band, values)
+    else:
+        nodata_fill = fill[0].item() if len(set(fill.tolist())) == 1 or \
+            all(math.isnan(v) for v in fill.tolist()) else None
     specs: list[tuple[str, str, Callable, int, Any, float | None]] = []
     for rel in paths.get("labels", []):
         specs.append(("labels", rel, lambda lab: lab, 1, label_type, masked_label))
@@ -740,9 +747,12 @@ def _open_sinks(image: RasterImage, outputs: Outputs, fmt: str, paths: dict[str,
     try:
         for kind, rel, transform, bands, dtype, nodata in specs:
             url = storage.join(outputs.dir, rel)
-            if fmt == "cog":  # issue 13: the input's CRS and transform, overviews, COG layout
+            if geo_sinks:
                 writer = cog.output_sink(kind, url, header, bands, dtype, nodata,
                                          palette=palette, band_names=image.band_names,
+                                         nodata_if_masked=if_masked and kind == "segmented",
+                                         layout="cog" if fmt == "cog" else "tiff", tile=tile,
+                                         zlevel=outputs.level,
                                          storage_options=outputs.storage_options)
                 sinks.append((kind, _Sink(rel, url, transform, writer, None,
                                           outputs.storage_options)))
