@@ -126,3 +126,92 @@ def test_output_format_tiff_keeps_the_crs_in_a_plain_tiled_geotiff(tmp_path, crs
         assert src.nodata == 255 and src.colormap(1)[255] == (0, 0, 0, 0)
     with rasterio.open(tmp_path / "out" / "segmented" / "scene.tif") as src:
         assert src.nodata == 0 and (src.read()[:, :4] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 13's test list, through the run: each kind of input, every output georeferenced
+
+
+def metres_tiled_uint16(tmp_path) -> tuple[list[str], dict]:
+    bands, _ = classes_scene()
+    bands[:, :5] = 0
+    write_raster(tmp_path / "scene.tif", bands, nodata=0)
+    return ["scene.tif"], {}
+
+
+def degrees_striped(tmp_path) -> tuple[list[str], dict]:
+    bands, _ = classes_scene()
+    bands[:, :5] = 0
+    write_raster(tmp_path / "scene.tif", bands, crs=WGS84, transform=DEGREE_TRANSFORM,
+                 nodata=0, tiled=False, block=8)
+    return ["scene.tif"], {}
+
+
+def six_bands(tmp_path) -> tuple[list[str], dict]:
+    bands, _ = classes_scene(count=6)
+    bands[bands == 0] = 1  # band 4's darkest class reaches 0 by its noise
+    bands[:, :5] = 0
+    write_raster(tmp_path / "scene.tif", bands, nodata=0)
+    return ["scene.tif"], {}
+
+
+def int16_scale_offset(tmp_path) -> tuple[list[str], dict]:
+    bands, _ = classes_scene(dtype="int16")
+    bands[:, :5] = -9999
+    path = write_raster(tmp_path / "scene.tif", bands, nodata=-9999)
+    with rasterio.open(path, "r+") as dst:
+        dst.scales, dst.offsets = (2.75e-05,) * 3, (-0.2,) * 3
+    return ["scene.tif"], {"apply_scale": True}
+
+
+def vrt_band_stack(tmp_path) -> tuple[list[str], dict]:
+    from test_geo import build_vrt
+
+    bands, _ = classes_scene()
+    bands[:, :5] = 0
+    files = [write_raster(tmp_path / f"B{b}.tif", bands[b:b + 1], nodata=0) for b in range(3)]
+    build_vrt(str(tmp_path / "scene.vrt"), files)
+    return ["scene.vrt"], {}
+
+
+# input -> (make it, the segmented image's dtype and nodata)
+INPUTS = {"metres, tiled, uint16 with nodata": (metres_tiled_uint16, "uint16", 0),
+          "degrees, striped": (degrees_striped, "uint16", 0),
+          "6 bands": (six_bands, "uint16", 0),
+          "int16 with scale and offset": (int16_scale_offset, "float32", float("nan")),
+          "VRT band stack": (vrt_band_stack, "uint16", 0)}
+
+
+@pytest.mark.parametrize("kind", list(INPUTS))
+def test_every_output_keeps_crs_transform_and_nodata(tmp_path, kind):
+    make, dtype, nodata = INPUTS[kind]
+    paths, input_keys = make(tmp_path)
+    result = run_job(geo_job(tmp_path, paths, input=input_keys))
+    assert result.code == 0, result.err
+    with rasterio.open(tmp_path / paths[0]) as src:
+        crs, transform, count = src.crs, src.transform, src.count
+    (entry,) = read_json(tmp_path / "out")["images"]
+    outputs = entry["outputs"]
+    assert len(outputs["masks"]) == 4
+    expected = {"labels": 255, "masks": None, "segmented": nodata}
+    for kind_ in ("labels", "segmented", "masks"):
+        for rel, _ in outputs[kind_]:
+            path = tmp_path / "out" / rel
+            assert cog_validate(str(path))[0], rel
+            with rasterio.open(path) as src:
+                assert src.crs == crs and src.transform == transform, rel
+                if isinstance(nodata, float) and kind_ == "segmented":
+                    assert np.isnan(src.nodata), rel
+                else:
+                    assert src.nodata == expected[kind_], rel
+    with rasterio.open(tmp_path / "out" / "segmented" / f"{entry['name']}.tif") as src:
+        assert src.dtypes == (dtype,) * count
+    with rasterio.open(tmp_path / "out" / "labels" / f"{entry['name']}.tif") as src:
+        assert set(range(4)) <= set(src.colormap(1)) and src.colorinterp[0].name == "palette"
+        labels = src.read(1)
+    assert entry["masked"] == 5 * 200 == int((labels == 255).sum())
+    pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
+    unit = "degree" if crs.is_geographic else "metre"
+    for row in entry["classes"]:
+        assert row["pixels"] == int((labels == row["class"]).sum())
+        assert row[f"area_{unit}2"] == pytest.approx(row["pixels"] * pixel_area, rel=1e-12)
