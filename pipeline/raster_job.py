@@ -743,6 +743,8 @@ def _open_sinks(image: RasterImage, outputs: Outputs, fmt: str, paths: dict[str,
                       None))
     tile = tiled.tile_for(header.block_shape, header.height, header.width)
     chunks = image.source.chunk_grid(header, image.chunk_pixels, len(image.selected) + 1)
+    # output.format: tiff on a geo input: tiles and level as the other tiled TIFF outputs
+    plain = {} if fmt == "cog" else {"layout": "tiff", "tile": tile, "zlevel": outputs.level}
     sinks = []
     try:
         for kind, rel, transform, bands, dtype, nodata in specs:
@@ -751,9 +753,7 @@ def _open_sinks(image: RasterImage, outputs: Outputs, fmt: str, paths: dict[str,
                 writer = cog.output_sink(kind, url, header, bands, dtype, nodata,
                                          palette=palette, band_names=image.band_names,
                                          nodata_if_masked=if_masked and kind == "segmented",
-                                         layout="cog" if fmt == "cog" else "tiff", tile=tile,
-                                         zlevel=outputs.level,
-                                         storage_options=outputs.storage_options)
+                                         **plain, storage_options=outputs.storage_options)
                 sinks.append((kind, _Sink(rel, url, transform, writer, None,
                                           outputs.storage_options)))
             elif fmt == "zarr":
