@@ -42,7 +42,7 @@ def test_level_reads_the_overview_with_its_transform_scaled(tmp_path, level, fac
     assert header.shape == (expected.shape[1], expected.shape[2], 3)
     # GDAL scales the pixel size by the ratio of the sizes (exact here: 400 / 200 ...)
     scale = Affine.scale(base.shape[2] / header.width, base.shape[1] / header.height)
-    np.testing.assert_allclose(header.transform, tuple(UTM_TRANSFORM * scale)[:6], rtol=1e-12)
+    np.testing.assert_allclose(header.transform, tuple(UTM_TRANSFORM @ scale)[:6], rtol=1e-12)
     assert header.note == f"pyramid level {level} of 3"
     pixels = geo.pixel_array(header, chunk_pixels=2000).compute()
     np.testing.assert_array_equal(pixels, np.moveaxis(expected, 0, -1))
