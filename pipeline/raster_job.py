@@ -736,8 +736,15 @@ def _open_sinks(image: RasterImage, outputs: Outputs, fmt: str, paths: dict[str,
     n_bands = values.shape[1]
     label_type = tiled.label_dtype(k)
     masked_label = tiled.masked_label(k)
-    nodata_fill = fill[0].item() if len(set(fill.tolist())) == 1 or \
-        all(math.isnan(v) for v in fill.tolist()) else None
+    # issue 13: a georeferenced input's outputs (COG, or output.format: tiff) go through
+    # rasterio, keeping CRS and transform; its segmented image keeps the input's nodata
+    geo_sinks = fmt == "cog" or (fmt == "tiff" and header.format == "geo")
+    if_masked = False
+    if geo_sinks:
+        fill, nodata_fill, if_masked = cog.segmented_nodata(image.nodata_per_band, values)
+    else:
+        nodata_fill = fill[0].item() if len(set(fill.tolist())) == 1 or \
+            all(math.isnan(v) for v in fill.tolist()) else None
     specs: list[tuple[str, str, Callable, int, Any, float | None]] = []
     for rel in paths.get("labels", []):
         specs.append(("labels", rel, lambda lab: lab, 1, label_type, masked_label))
@@ -749,14 +756,17 @@ def _open_sinks(image: RasterImage, outputs: Outputs, fmt: str, paths: dict[str,
                       None))
     tile = tiled.tile_for(header.block_shape, header.height, header.width)
     chunks = image.source.chunk_grid(header, image.chunk_pixels, len(image.selected) + 1)
+    # output.format: tiff on a geo input: tiles and level as the other tiled TIFF outputs
+    plain = {} if fmt == "cog" else {"layout": "tiff", "tile": tile, "zlevel": outputs.level}
     sinks = []
     try:
         for kind, rel, transform, bands, dtype, nodata in specs:
             url = storage.join(outputs.dir, rel)
-            if fmt == "cog":  # issue 13: the input's CRS and transform, overviews, COG layout
+            if geo_sinks:
                 writer = cog.output_sink(kind, url, header, bands, dtype, nodata,
                                          palette=palette, band_names=image.band_names,
-                                         storage_options=outputs.storage_options)
+                                         nodata_if_masked=if_masked and kind == "segmented",
+                                         **plain, storage_options=outputs.storage_options)
                 sinks.append((kind, _Sink(rel, url, transform, writer, None,
                                           outputs.storage_options)))
             elif fmt == "png":  # decoded whole: one window, encoded when it closes

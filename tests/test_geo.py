@@ -476,7 +476,7 @@ def test_segmented_keeps_input_dtype_and_nodata(tmp_path, dtype, nodata):
         assert (src.read()[:, 0, 0] == nodata).all()
 
 
-def test_segmented_without_input_nodata_marks_masked_pixels_in_its_mask(tmp_path):
+def test_segmented_without_input_nodata_gets_a_value_no_class_holds(tmp_path):
     bands, _ = classes_scene()
     path = tmp_path / "scene.tif"
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
@@ -490,7 +490,8 @@ def test_segmented_without_input_nodata_marks_masked_pixels_in_its_mask(tmp_path
     cog.write_scene(out, "scene", labels, header, CENTROIDS.astype(np.uint16),
                     cog.display_palette(4))
     with rasterio.open(os.path.join(out, "segmented/scene.tif")) as src:
-        assert src.nodata is None
+        assert src.nodata == 65535  # the largest uint16, which no centroid holds
+        assert (src.read()[:, :10] == 65535).all() and (src.read()[:, 10:] != 65535).all()
         assert (src.dataset_mask()[:10] == 0).all() and (src.dataset_mask()[10:] == 255).all()
 
 

@@ -11,7 +11,13 @@ result into place (or uploads it, for a URL).  Every file is therefore complete 
 to every sink, and the class counts and areas are gathered on the way.
 
 A raster without a CRS gets plain tiled TIFFs (no COG: there is nothing to place on a map), and
-the returned note says so.
+the returned note says so.  ``output.format: tiff`` on a georeferenced input gets the same sinks
+in the plain tiled layout (``layout="tiff"``): GeoTIFF tags keep the CRS and transform.
+
+The segmented image keeps the input's nodata.  An input without one whose pixels can be masked
+(NaN, an alpha or mask band) gets a nodata value no centroid holds in any band
+(`segmented_nodata`), written only if a masked pixel was written: QGIS and GDAL honour a
+nodata value in every renderer and in average overviews, and any GeoTIFF reader sees it.
 """
 
 from __future__ import annotations
@@ -86,6 +92,12 @@ class RasterSink:
     georef : GeoReference
     nodata : float, optional
         Written as GDAL_NODATA; None for none (masks: 0 and 255 are both data).
+    nodata_if_masked : bool
+        Write ``nodata`` only if some window held it in band 1 (a segmented image whose
+        input had no nodata: ``nodata`` is a value no class holds, see `segmented_nodata`).
+    layout : {"cog", "tiff"}
+        ``cog``: the COG copy with overviews (a raster without a CRS gets ``tiff``);
+        ``tiff``: the plain tiled GeoTIFF of ``tile`` and DEFLATE ``zlevel``, no overviews.
     resampling : str
         Overview resampling: ``nearest`` (labels, masks) or ``average`` (segmented image).
     colormap : dict, optional
@@ -94,23 +106,26 @@ class RasterSink:
         Band descriptions.
     tags : dict, optional
         Band 1 metadata (e.g. ``CLASS_0=...``).
-    internal_mask : bool
-        Write a per-dataset mask (``write(..., valid=...)``): for a segmented image whose input
-        had masked pixels but no nodata value.
     """
 
     def __init__(self, path: str, height: int, width: int, count: int, dtype: Any,
                  georef: GeoReference, nodata: float | None = None,
                  resampling: str = "nearest", colormap: dict | None = None,
                  description: Sequence[str] | None = None, tags: dict | None = None,
-                 internal_mask: bool = False, storage_options: dict | None = None):
+                 nodata_if_masked: bool = False, layout: str = "cog",
+                 tile: tuple[int, int] = (BLOCK, BLOCK), zlevel: int = DEFLATE_LEVEL,
+                 storage_options: dict | None = None):
         rasterio = require_rasterio()
+        if layout not in ("cog", "tiff"):
+            raise ValueError(f"layout must be 'cog' or 'tiff', got {layout!r}")
         self.path, self.resampling = path, resampling
         self._dataset = None
         self._lock = threading.Lock()
         self.storage_options = storage_options
-        self.internal_mask = internal_mask
-        self.cog = georef.crs_wkt is not None
+        self.cog = layout == "cog" and georef.crs_wkt is not None
+        # nodata_if_masked: the value to set on closing, once a window has held it
+        self._pending_nodata = nodata if nodata_if_masked and nodata is not None else None
+        self._masked_seen = False
         self._local_dir = None if not storage.is_url(path) else tempfile.mkdtemp(
             prefix="kmeans-cog-")
         folder = self._local_dir or os.path.dirname(path)
@@ -124,14 +139,15 @@ class RasterSink:
 
         profile = {
             "driver": "GTiff", "height": height, "width": width, "count": count,
-            "dtype": np.dtype(dtype).name, "tiled": True, "blockxsize": BLOCK,
-            "blockysize": BLOCK, "compress": "deflate", "zlevel": 1, "BIGTIFF": "IF_SAFER",
+            "dtype": np.dtype(dtype).name, "tiled": True, "blockxsize": tile[1],
+            "blockysize": tile[0], "compress": "deflate", "zlevel": zlevel,
+            "BIGTIFF": "IF_SAFER",
             "interleave": "pixel" if count > 1 else "band",
             "crs": CRS.from_wkt(georef.crs_wkt) if georef.crs_wkt else None,
         }
         if not Affine(*georef.transform).is_identity:  # none: GDAL writes no geotransform
             profile["transform"] = Affine(*georef.transform)
-        if nodata is not None:
+        if nodata is not None and self._pending_nodata is None:
             profile["nodata"] = nodata
         if colormap:
             profile["photometric"] = "palette"
@@ -147,19 +163,17 @@ class RasterSink:
             self.abort()
             raise OutputError(f"cannot write {path}: {exc}") from exc
 
-    def write(self, row: int, col: int, values: np.ndarray,
-              valid: np.ndarray | None = None) -> None:
-        """Write one window at (row, col): ``values`` of shape (h, w) or (h, w, count);
-        ``valid`` (h, w) bool for the internal mask."""
+    def write(self, row: int, col: int, values: np.ndarray) -> None:
+        """Write one window at (row, col): ``values`` of shape (h, w) or (h, w, count)."""
         from rasterio.windows import Window
 
         bands = values[None] if values.ndim == 2 else np.moveaxis(values, -1, 0)
         window = Window(col, row, bands.shape[2], bands.shape[1])
+        seen = self._pending_nodata is not None and not self._masked_seen and \
+            bool(_holds(bands[0], self._pending_nodata).any())
         with self._lock:  # a GDAL dataset is not thread-safe; windows may come from threads
             self._dataset.write(bands, window=window)
-            if self.internal_mask and valid is not None:
-                self._dataset.write_mask(np.where(valid, 255, 0).astype(np.uint8),
-                                         window=window)
+            self._masked_seen = self._masked_seen or seen
 
     def close(self) -> int:
         """Finish the file (COG copy, or the tiled TIFF as it is without a CRS), move it into
@@ -167,6 +181,8 @@ class RasterSink:
         import rasterio.shutil
 
         try:
+            if self._masked_seen:
+                self._dataset.nodata = self._pending_nodata
             self._dataset.close()
             if self.cog:
                 with rasterio.Env(GDAL_CACHEMAX=_CACHE_MB):
@@ -210,6 +226,55 @@ class RasterSink:
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         if kind is not None:
             self.abort()
+
+
+def _holds(values: np.ndarray, value: float) -> np.ndarray:
+    return np.isnan(values) if isinstance(value, float) and np.isnan(value) else values == value
+
+
+def segmented_nodata(nodata: Sequence[float | None],
+                     values: np.ndarray) -> tuple[np.ndarray, float | None, bool]:
+    """What masked pixels of a segmented image hold, and its nodata.
+
+    The input's nodata when every selected band has the same one (a GeoTIFF has one nodata
+    for all bands).  Otherwise a value no class holds in any band, so that it marks masked
+    pixels only: NaN for floats, else the largest value of the dtype that no centroid holds;
+    it is written only if a masked pixel is
+    (``nodata_if_masked``), so an input with nothing masked gets no nodata at all.
+
+    Parameters
+    ----------
+    nodata : sequence of float or None
+        The input's nodata per selected band (``RasterImage.nodata_per_band``).
+    values : ndarray of shape (n_clusters, n_bands)
+        The segmented image's class values, in its dtype (`tiled.centroid_values`).
+
+    Returns
+    -------
+    fill : ndarray of shape (n_bands,), ``values.dtype``
+        What a masked pixel holds in each band.
+    nodata : float or None
+        The GDAL nodata value (None only when no value is free, which needs more classes x
+        bands than the dtype has values).
+    if_masked : bool
+        Write ``nodata`` only if a masked pixel was written.
+    """
+    dtype, n_bands = values.dtype, values.shape[1]
+    given = set(nodata)
+    if len(given) == 1 and None not in given:
+        value = given.pop()
+        return np.full(n_bands, value, dtype), float(value), False
+    if dtype.kind == "f":
+        return np.full(n_bands, np.nan, dtype), float("nan"), True
+    info = np.iinfo(dtype)
+    held = set(np.unique(values).tolist())
+    # of the len(held) + 1 largest values, one is free (unless the dtype has fewer)
+    for value in range(int(info.max), max(int(info.min), int(info.max) - len(held)) - 1, -1):
+        if value not in held:
+            return np.full(n_bands, value, dtype), float(value), True
+    log.warning("every %s value is a class value of some band; the segmented image's masked "
+                "pixels hold %d with no nodata", dtype, info.max)
+    return np.full(n_bands, info.max, dtype), None, False
 
 
 def _upload(local: str, url: str, options: dict | None) -> None:
@@ -257,8 +322,8 @@ def write_scene(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
     palette : ndarray of shape (n_clusters, 3), uint8
         Display colours (the colour table, the QGIS style, the CSV).
     nodata : float, optional
-        The segmented image's nodata (default: the input's first band's).  Without one, its
-        masked pixels are marked by an internal mask.
+        The input's nodata for every band (default: the header's, per band); see
+        `segmented_nodata` for the segmented image's.
     band_names : sequence of str, optional
         The segmented image's band descriptions (the selected input bands' names).
     concurrent : int
@@ -272,17 +337,18 @@ def write_scene(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
     names = list(class_names or [f"class {j}" for j in range(n_clusters)])
     outputs = SceneOutputs(notes=[] if header.crs_wkt else [NO_CRS_NOTE])
     fill = masked_label(n_clusters)
-    if nodata is None:
-        nodata = header.nodata[0] if header.nodata else None
+    per_band = header.nodata[:centroids.shape[1]] if nodata is None else \
+        (nodata,) * centroids.shape[1]
+    nodata_fill = segmented_nodata(per_band, centroids)
     _make_folders(out_dir, name, masks, segmented)
     sinks: dict[str, RasterSink] = {}
     done: list[str] = []
     try:
         sinks = _open_sinks(out_dir, name, labels, header, centroids, palette, names, fill,
-                            segmented, masks, nodata, band_names, storage_options)
+                            segmented, masks, nodata_fill, band_names, storage_options)
         tally = ClassTally(header, n_clusters)
         for row, col, block in iterate_chunks(labels, concurrent):
-            _write_block(sinks, row, col, block, centroids, fill, nodata, n_clusters)
+            _write_block(sinks, row, col, block, centroids, fill, nodata_fill[0], n_clusters)
             tally.add(row, block)
         for kind in list(sinks):
             sink = sinks.pop(kind)
@@ -303,7 +369,7 @@ def write_scene(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
 
 def _open_sinks(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
                 centroids: np.ndarray, palette: np.ndarray, names: list[str], fill: int,
-                segmented: bool, masks: bool, nodata: float | None,
+                segmented: bool, masks: bool, nodata_fill: tuple,
                 band_names: Sequence[str] | None,
                 storage_options: dict | None) -> dict[str, RasterSink]:
     height, width = labels.shape
@@ -315,8 +381,8 @@ def _open_sinks(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
         if segmented:
             sinks["segmented"] = output_sink(
                 "segmented", storage.join(out_dir, f"segmented/{name}.tif"), header,
-                centroids.shape[1], centroids.dtype, nodata, band_names=band_names,
-                internal_mask=nodata is None, storage_options=storage_options)
+                centroids.shape[1], centroids.dtype, nodata_fill[1], band_names=band_names,
+                nodata_if_masked=nodata_fill[2], storage_options=storage_options)
         for j in range(len(centroids) if masks else 0):
             sinks[f"mask {j}"] = output_sink(
                 "masks", storage.join(out_dir, f"masks/{name}/{j}.tif"), header, 1, np.uint8,
@@ -331,8 +397,9 @@ def _open_sinks(out_dir: str, name: str, labels: da.Array, header: GeoHeader,
 def output_sink(kind: str, path: str, header: GeoHeader, n_bands: int, dtype: Any,
                 nodata: float | None, *, palette: np.ndarray | None = None,
                 class_names: Sequence[str] | None = None,
-                band_names: Sequence[str] | None = None, internal_mask: bool = False,
-                storage_options: dict | None = None) -> RasterSink:
+                band_names: Sequence[str] | None = None, nodata_if_masked: bool = False,
+                layout: str = "cog", tile: tuple[int, int] = (BLOCK, BLOCK),
+                zlevel: int = DEFLATE_LEVEL, storage_options: dict | None = None) -> RasterSink:
     """The `RasterSink` of one output of ``header``'s image, set up for its kind.
 
     Parameters
@@ -342,13 +409,16 @@ def output_sink(kind: str, path: str, header: GeoHeader, n_bands: int, dtype: An
         ``class`` and ``CLASS_<j>`` metadata from ``class_names``; overviews are nearest for
         labels and masks, average for the segmented image.
     nodata : float or None
-        Labels: the masked label; segmented: the input's nodata; masks: None.
-    internal_mask : bool
-        Segmented image only: mark masked pixels in an internal mask band (each `write` then
-        needs ``valid``).
+        Labels: the masked label; segmented: from `segmented_nodata`; masks: None.
+    nodata_if_masked : bool
+        Segmented image only: write ``nodata`` only if a masked pixel holds it.
+    layout, tile, zlevel
+        As `RasterSink`: ``tiff`` for ``output.format: tiff`` (tile and level as the other
+        tiled TIFF outputs).
     """
     georef = GeoReference.of(header)
-    options: dict[str, Any] = {"storage_options": storage_options}
+    options: dict[str, Any] = {"storage_options": storage_options, "layout": layout,
+                               "tile": tile, "zlevel": zlevel}
     if kind == "labels":
         n_clusters = len(palette) if palette is not None else 0
         names = list(class_names or [f"class {j}" for j in range(n_clusters)])
@@ -357,7 +427,7 @@ def output_sink(kind: str, path: str, header: GeoHeader, n_bands: int, dtype: An
                        tags={f"CLASS_{j}": text for j, text in enumerate(names)})
     elif kind == "segmented":
         options.update(resampling="average", description=band_names,
-                       internal_mask=internal_mask)
+                       nodata_if_masked=nodata_if_masked)
     elif kind != "masks":
         raise ValueError(f"unknown output kind {kind!r}")
     return RasterSink(path, header.height, header.width, n_bands, dtype, georef,
@@ -422,16 +492,14 @@ def _make_folders(out_dir: str, name: str, masks: bool, segmented: bool) -> None
 
 
 def _write_block(sinks: dict[str, RasterSink], row: int, col: int, block: np.ndarray,
-                 centroids: np.ndarray, fill: int, nodata: float | None,
+                 centroids: np.ndarray, fill: int, segmented_fill: np.ndarray,
                  n_clusters: int) -> None:
     valid = block != fill
     sinks["labels"].write(row, col, block)
     if "segmented" in sinks:
-        index = np.where(valid, block, 0)
-        values = centroids[index]
-        if nodata is not None:
-            values[~valid] = nodata
-        sinks["segmented"].write(row, col, values, valid=valid)
+        values = centroids[np.where(valid, block, 0)]
+        values[~valid] = segmented_fill
+        sinks["segmented"].write(row, col, values)
     for j in range(n_clusters):
         sink = sinks.get(f"mask {j}")
         if sink is not None:

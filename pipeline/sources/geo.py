@@ -26,6 +26,8 @@ import math
 import os
 import posixpath
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -163,7 +165,14 @@ class GeoHeader:
     files: tuple[str, ...] = ()
     size_bytes: int = 0
     mtime_ns: int = 0
+    level: int = 0  # input.level: 0 the full resolution, N the file's overview N (GDAL's N - 1)
+    levels: int = 1  # the full resolution and the overviews of band 1
     storage_options: dict | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def note(self) -> str | None:
+        """What the report says about this image (as `pipeline.sources.rasters` headers)."""
+        return f"pyramid level {self.level} of {self.levels}" if self.level else None
 
     @property
     def dtype(self) -> str:
@@ -227,8 +236,12 @@ class GeoHeader:
 
 
 @contextlib.contextmanager
-def open_dataset(path: str, storage_options: dict | None = None) -> Iterator[Any]:
+def open_dataset(path: str, storage_options: dict | None = None,
+                 level: int = 0) -> Iterator[Any]:
     """An open rasterio dataset for a local path or a URL (through `pipeline.storage`).
+
+    ``level`` > 0 opens overview ``level`` as the dataset (GDAL's ``OVERVIEW_LEVEL`` open
+    option, ``level - 1``): its size, blocks and transform are the overview's.
 
     Raises
     ------
@@ -237,20 +250,64 @@ def open_dataset(path: str, storage_options: dict | None = None) -> Iterator[Any
     ConfigError
         rasterio is not installed.
     """
+    dataset = _open(path, storage_options, level)
+    try:
+        yield dataset
+    finally:
+        dataset.close()
+
+
+def _open(path: str, storage_options: dict | None, level: int) -> Any:
+    """A rasterio dataset the caller closes (see `open_dataset`)."""
     rasterio = require_rasterio()
     from rasterio.errors import RasterioIOError
 
     env = {"GDAL_CACHEMAX": _CACHE_MB}
-    opener = None
+    options: dict[str, Any] = {"overview_level": level - 1} if level > 0 else {}
     if storage.is_url(path):
         env.update(_URL_ENV)
-        opener = _StorageOpener(storage_options)
+        options["opener"] = _StorageOpener(storage_options)
     try:
+        # the Env matters while GDAL opens the file (sidecar probes); reads need none
         with rasterio.Env(**env):
-            with rasterio.open(path, opener=opener) as dataset:
-                yield dataset
+            return rasterio.open(path, **options)
     except RasterioIOError as exc:
         raise ImageReadError(_open_reason(path, exc)) from exc
+
+
+class _ThreadDatasets(threading.local):
+    """The datasets one thread has open, by (path, level, mtime, storage options), least
+    recently used first.  A window task reads through these instead of opening the file
+    again (about 9 ms a window for a tiled GeoTIFF, more at a URL).  rasterio datasets are
+    not thread-safe, so each thread has its own; they close when evicted or when the thread
+    ends (a segment task's pool), and a changed file (mtime) gets a new entry."""
+
+    def __init__(self) -> None:
+        self.open: OrderedDict = OrderedDict()
+
+
+_THREAD_DATASETS = _ThreadDatasets()
+_OPEN_PER_THREAD = 4  # a task reads one image; a few more cover a worker thread's next tasks
+
+
+def _dataset(source: _Source) -> Any:
+    """This thread's open dataset for ``source``, opened on first use."""
+    cached = _THREAD_DATASETS.open
+    key = (source.path, source.level, source.mtime_ns, repr(source.storage_options))
+    dataset = cached.get(key)
+    if dataset is not None and not dataset.closed:
+        cached.move_to_end(key)
+        return dataset
+    dataset = _open(source.path, source.storage_options, source.level)
+    cached[key] = dataset
+    while len(cached) > _OPEN_PER_THREAD:
+        cached.popitem(last=False)[1].close()
+    return dataset
+
+
+def _forget(source: _Source) -> None:
+    for key in [key for key in _THREAD_DATASETS.open if key[0] == source.path]:
+        _THREAD_DATASETS.open.pop(key).close()
 
 
 class _StorageOpener:
@@ -334,7 +391,7 @@ def _named_file(text: str) -> str | None:
 
 
 def read_header(path: str, name: str | None = None, storage_options: dict | None = None,
-                apply_scale: bool = False) -> GeoHeader:
+                apply_scale: bool = False, level: int = 0) -> GeoHeader:
     """Read a raster's metadata: no pixels (a VRT's sources are opened to check their grid).
 
     Parameters
@@ -345,6 +402,9 @@ def read_header(path: str, name: str | None = None, storage_options: dict | None
         The image's output name (default: the file name without extension).
     apply_scale : bool
         ``input.apply_scale``: read ``value * scale + offset`` (see `GeoHeader.dtype`).
+    level : int
+        ``input.level``: 0 the full resolution, N the file's N-th overview (internal, or an
+        ``.ovr`` file), whose size, blocks and transform (pixel size scaled) the header holds.
 
     Returns
     -------
@@ -354,8 +414,9 @@ def read_header(path: str, name: str | None = None, storage_options: dict | None
     ------
     ImageReadError
         GDAL cannot open the file, it holds no raster band (only subdatasets), its data type
-        is not one the engine takes, or a VRT band stack names a missing file or files of
-        different sizes.  The message is one line naming the file.
+        is not one the engine takes, a VRT band stack names a missing file or files of
+        different sizes, or it has no overview ``level``.  The message is one line naming the
+        file.
     """
     if name is None:
         name = posixpath.splitext(posixpath.basename(path.rstrip("/")))[0]
@@ -365,8 +426,38 @@ def read_header(path: str, name: str | None = None, storage_options: dict | None
         if src.driver == "VRT":
             _check_vrt_sources(path, src, storage_options)
         header = _header_of(src, path, name, storage_options)
+        levels = _levels(src)
+    if level:
+        header.update(_overview_grid(path, storage_options, level, levels))
     return GeoHeader(**{**header, "size_bytes": size, "mtime_ns": mtime,
-                        "apply_scale": apply_scale})
+                        "apply_scale": apply_scale, "level": level, "levels": len(levels)})
+
+
+def _levels(src: Any) -> list[tuple[int, int]]:
+    """(width, height) of the full resolution and of each overview of band 1."""
+    sizes = [(src.width, src.height)]
+    for factor in src.overviews(1):
+        sizes.append((math.ceil(src.width / factor), math.ceil(src.height / factor)))
+    return sizes
+
+
+def _overview_grid(path: str, storage_options: dict | None, level: int,
+                   levels: list[tuple[int, int]]) -> dict:
+    """The header fields that differ at overview ``level``: size, blocks, transform."""
+    listed = ", ".join(f"{n}: {w}x{h}" for n, (w, h) in enumerate(levels))
+    missing = ImageReadError(f"{path}: input.level {level} does not exist (the file has "
+                             f"{len(levels)} level(s), numbered from 0: {listed}); choose "
+                             "one of them, or build overviews (gdaladdo)")
+    if not 0 < level < len(levels):
+        raise missing
+    try:
+        with open_dataset(path, storage_options, level) as src:
+            block = src.block_shapes[0]
+            return {"height": src.height, "width": src.width,
+                    "block_shape": (int(block[0]), int(block[1])),
+                    "transform": tuple(float(v) for v in tuple(src.transform)[:6])}
+    except ImageReadError as exc:  # listed by the base dataset, but GDAL cannot open it
+        raise missing from exc
 
 
 def _stat(path: str, storage_options: dict | None) -> tuple[int, int]:
@@ -493,6 +584,7 @@ class _Source:
     dtype: str
     block_shape: tuple[int, int]
     mtime_ns: int = 0
+    level: int = 0
     # apply_scale: per data band, scale, offset and the stored nodata (NaN: none), so the task
     # masks on stored values before it scales them
     scales: tuple[float, ...] = ()
@@ -556,7 +648,7 @@ def window_source(header: GeoHeader, bands: tuple[int, ...], mask_band: int | No
                    "offsets": tuple(header.offsets[b - 1] for b in bands),
                    "nodata": tuple(stored.tolist())}
     return _Source(header.path, read, header.stored_dtype, header.block_shape, header.mtime_ns,
-                   storage_options=header.storage_options, **scaling)
+                   header.level, storage_options=header.storage_options, **scaling)
 
 
 def read_window(source: _Source, row: int, col: int, height: int, width: int) -> np.ndarray:
@@ -570,16 +662,21 @@ def read_window(source: _Source, row: int, col: int, height: int, width: int) ->
     from rasterio.windows import Window
 
     bands = [b for b in source.bands if b != DATASET_MASK]
-    with open_dataset(source.path, source.storage_options) as src:
-        window = Window(col, row, width, height)
-        try:
+    rasterio = require_rasterio()
+    src = _dataset(source)
+    window = Window(col, row, width, height)
+    try:
+        # GDAL's block cache is per process: bound it during reads too (the default, 5 % of
+        # RAM, would let datasets kept open hold decoded blocks far beyond a few windows)
+        with rasterio.Env(GDAL_CACHEMAX=_CACHE_MB):
             pixels = src.read(bands, window=window)
             if len(bands) < len(source.bands):  # then the dataset mask: 0 masked, 255 valid
                 valid = src.dataset_mask(window=window)
                 pixels = np.concatenate([pixels, valid[None].astype(pixels.dtype)])
-        except Exception as exc:
-            raise ImageReadError(_block_reason(src, source, row, col, height, width, exc)) \
-                from exc
+    except Exception as exc:
+        reason = _block_reason(src, source, row, col, height, width, exc)
+        _forget(source)  # a dataset that failed a read is not reused
+        raise ImageReadError(reason) from exc
     pixels = np.moveaxis(pixels, 0, -1)
     return _scaled(pixels, source) if source.scales else pixels
 

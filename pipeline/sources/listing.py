@@ -165,7 +165,8 @@ def _add_raster(listing: Listing, cfg: InputConfig, path: str, name: str,
             headers = [rasters.read_png_header(path, name, cfg.max_pixels,
                                                cfg.storage_options)]
         elif how == "geo":  # issue 13: GDAL reads it and its georeferencing is kept
-            headers = [geo.read_header(path, name, cfg.storage_options, cfg.apply_scale)]
+            headers = [geo.read_header(path, name, cfg.storage_options, cfg.apply_scale,
+                                       cfg.level)]
         else:
             headers = rasters.read_headers(path, name, axes=cfg.axes, planes=cfg.planes,
                                            level=cfg.level, storage_options=cfg.storage_options)
