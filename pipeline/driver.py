@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -596,6 +597,8 @@ def _compute_images(record: RunRecord, groups: list[list[ImageInfo]], image_task
 def _run_rasters(record: RunRecord, listing: Listing, previous: dict | None, phases: _Phases,
                  written: _Written) -> None:
     cfg = record.cfg
+    # numba's import and start-up (~1.3 s, `engine.compiled`) overlap the sample pass's reads
+    threading.Thread(target=kmeans.prefer_compiled, name="kmeans-warm-up", daemon=True).start()
     chunk = cfg.dask.chunk_pixels
     images = {info.name: dataclasses.replace(listing.rasters[info.name], chunk_pixels=chunk)
               for info in listing.images}

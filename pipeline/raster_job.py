@@ -368,6 +368,8 @@ def fit_model(sample: np.ndarray, n_clusters: int | str, *, normalize: str = "no
     """
     if len(sample) == 0:
         raise ValueError("the sample is empty: every sampled pixel is masked")
+    if len(sample) * (max_k if n_clusters == "auto" else int(n_clusters)) >= 1 << 20:
+        kmeans.prefer_compiled()  # many passes over the sample: repays numba's start-up
     normalization = init.normalization if init is not None else \
         feature_rows.Normalization.from_sample(normalize, sample)
     features = normalization.apply(sample)

@@ -169,3 +169,20 @@ def label_window(x, masked, centroids, center, scale, normalized, native, masked
             for f in range(d):
                 sums[j, f] += lane_sums[lane, j, f]
                 squares[j, f] += lane_squares[lane, j, f]
+
+
+@numba.njit(nogil=True, cache=True)
+def distances_to(channels, points, out):
+    """Squared distances of every row (given as channels, (n_features, n), float64) to each
+    point ((n_points, n_features), float64) into ``out`` (n_points, n): `kmeans._distances_to`
+    (features added in order, the same bits) without its temporaries."""
+    d, n = channels.shape
+    for p in range(points.shape[0]):
+        for i in range(n):
+            t = channels[0, i] - points[p, 0]
+            out[p, i] = t * t
+        for f in range(1, d):
+            c = points[p, f]
+            for i in range(n):
+                t = channels[f, i] - c
+                out[p, i] += t * t

@@ -214,6 +214,13 @@ def _compiled(work: int, force: bool = False):
     return compiled
 
 
+def prefer_compiled() -> bool:
+    """Import the compiled kernels now, so every later call uses them (a caller about to make
+    many calls each below `_COMPILE_FROM`, such as a fit on a large sample); False if numba
+    cannot be imported."""
+    return _compiled(0, force=True) is not None
+
+
 def _rows(features: np.ndarray) -> np.ndarray:
     """Rows as numba takes them: booleans as uint8 (one compiled variant fewer)."""
     return features.view(np.uint8) if features.dtype == np.bool_ else features
@@ -590,6 +597,12 @@ def kmeans_plusplus(features: np.ndarray, weights: np.ndarray, n_clusters: int,
 def _distances_to(channels: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Squared distances of every row (given as channels, shape (n_features, n)) to each point:
     ndarray of shape (n_points, n), float64."""
+    runner = _compiled(channels.shape[1] * len(points))
+    if runner is not None:
+        out = np.empty((len(points), channels.shape[1]))
+        runner.distances_to(np.ascontiguousarray(channels, dtype=np.float64),
+                            _centroids(points), out)
+        return out
     d = (channels[0][None, :] - points[:, 0:1]) ** 2
     for c in range(1, len(channels)):
         d += (channels[c][None, :] - points[:, c:c + 1]) ** 2

@@ -71,3 +71,16 @@ def test_label_window_equals_assign_and_bincounts(rows, k, seed, method):
         np.testing.assert_allclose(squares[:, band],
                                    np.bincount(want, deviations[:, band] ** 2, k),
                                    rtol=1e-12, atol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=_rows(np.float64), n_points=st.integers(1, 9), seed=st.integers(0, 2 ** 16))
+def test_distances_to_compiled_equals_numpy(rows, n_points, seed):
+    channels = np.ascontiguousarray(rows.T)
+    points = rows[np.random.default_rng(seed).integers(0, len(rows), n_points)] + 0.25
+    out = np.empty((n_points, len(rows)))
+    compiled.distances_to(channels, points, out)
+    want = (channels[0][None, :] - points[:, 0:1]) ** 2
+    for c in range(1, len(channels)):
+        want += (channels[c][None, :] - points[:, c:c + 1]) ** 2
+    assert out.tobytes() == want.tobytes()
