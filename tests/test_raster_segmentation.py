@@ -371,3 +371,17 @@ def test_large_images_are_sampled_in_drawn_blocks_read_alone(tmp_path):
     with dask.config.set(scheduler="sync"):
         sample = raster_job.draw_sample([raster_job.RasterImage(header)], n_sample, seed)
     assert not sample.failed and len(sample.rows) > 0 and (sample.rows == 777).all()
+
+
+def test_starts_on_a_subset_of_a_large_sample_find_the_full_starts_basin(monkeypatch):
+    """A sample above 2 x 2^18 rows compares its starts on 2^18 of them and refines only the
+    winner: the same classes, and an objective no worse than starts on every row."""
+    rng = np.random.default_rng(8)
+    truth = rng.integers(0, 4, 600_000)
+    rows = CLASSES[truth] + rng.normal(0, 60, (600_000, 5))
+    fast = raster_job.fit_model(rows, 4, seed=2, n_init=3)
+    monkeypatch.setattr(raster_job, "_START_ROWS", 1 << 30)
+    full = raster_job.fit_model(rows, 4, seed=2, n_init=3)
+    assert fast.inertia <= full.inertia * (1 + 1e-9)
+    order = np.lexsort(fast.native.T[::-1])
+    assert np.abs(fast.native[order] - CLASSES[np.lexsort(CLASSES.T[::-1])]).max() < 5
