@@ -9,6 +9,7 @@ model.json the CLI writes and ``apply`` reads.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -318,8 +319,9 @@ def cancel(out_dir: str | os.PathLike, timeout: float = 10.0,
 
 
 class Collection(list):
-    """A list of lazy `Image` objects, with what listing left out (``skipped``: (path, reason)
-    of files whose header cannot be read; ``ignored``: files of other types in the folders)."""
+    """A list of lazy `Image` objects (`RasterImage` for rasters), with what listing left
+    out (``skipped``: (path, reason) of files whose header cannot be read; ``ignored``: files
+    of other types in the folders)."""
 
     skipped: list[tuple[str, str]]
     ignored: list[str]
@@ -328,6 +330,10 @@ class Collection(list):
 def open_collection(paths: str | os.PathLike | Iterable[str | os.PathLike],
                     on_error: str = "skip", **keys: Any) -> Collection:
     """List images and read their headers; no pixels are decoded.
+
+    Inputs are routed as a run routes them (README, "Inputs"): photos are decoded whole by
+    Pillow as 8-bit RGB; rasters (TIFF, zarr, GDAL formats, 16-bit PNG) keep their bands and
+    dtype and are read window by window.
 
     Parameters
     ----------
@@ -338,30 +344,123 @@ def open_collection(paths: str | os.PathLike | Iterable[str | os.PathLike],
         What a file whose header cannot be read does: left out (listed in ``.skipped``), or
         raise `ImageReadError`.
     **keys
-        Other ``input`` keys (``exclude``, ``max_pixels``, ``storage_options``) and
-        ``preprocess.scale``.
+        Other ``input`` keys (``exclude``, ``max_pixels``, ``storage_options``, and for rasters
+        ``bands``, ``mask``, ``nodata``, ``axes``, ``planes``, ``level``), ``preprocess.scale``
+        (photos) and ``dask.chunk_pixels`` (rasters: the pixel budget of one chunk).
 
     Returns
     -------
     Collection
-        `Image` objects in listing order: ``.name``, ``.shape``, ``.pixels`` (a dask array of
-        shape (height, width, 3), uint8).
+        `Image` objects in listing order: ``.name``, ``.shape`` (height, width, bands),
+        ``.bands``, ``.dtype``, ``.pixels`` (a dask array of shape (height, width, bands):
+        uint8 with 3 bands for a photo, one chunk; the file's dtype for a raster, chunked by
+        its windows of whole tiles, strips or zarr chunks) and ``.mask`` (a dask array of shape
+        (height, width), bool, True where a pixel is masked: nodata, NaN, alpha 0).
     """
     from pipeline.sources.listing import list_inputs, unreadable_message
 
     entries = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     section = {"paths": [os.fspath(p) for p in entries], "on_error": on_error}
-    pre = {}
+    pre: dict = {}
+    dask_keys: dict = {}
     for key, value in keys.items():
-        (pre if key == "scale" else section)[key] = value
-    cfg = build_config({"input": section, "preprocess": pre}, "open_collection",
-                       base_dir=os.getcwd())
-    listing = list_inputs(cfg.input, cfg.preprocess, raster_path=False)  # 8-bit RGB photos
+        target = pre if key == "scale" else dask_keys if key == "chunk_pixels" else section
+        target[key] = value
+    cfg = build_config({"input": section, "preprocess": pre, "dask": dask_keys},
+                       "open_collection", base_dir=os.getcwd())
+    listing = list_inputs(cfg.input, cfg.preprocess, raster_path=True)
     if listing.failed and on_error == "fail":
         raise ImageReadError(unreadable_message(listing.failed, listing.images))
-    images = Collection(Image(info) for info in listing.images)
+    images = Collection(
+        RasterImage(info, dataclasses.replace(listing.rasters[info.name],
+                                              chunk_pixels=cfg.dask.chunk_pixels))
+        if info.name in listing.rasters else Image(info) for info in listing.images)
     images.skipped, images.ignored = listing.failed, listing.ignored
     return images
+
+
+class RasterImage(Image):
+    """One raster of a collection, lazily: N bands in the file's dtype, read in windows.
+
+    Attributes
+    ----------
+    info : ImageInfo
+        What the header said (path, output name, size, format, ``mode`` "<bands>x<dtype>").
+    raster : pipeline.raster_job.RasterImage
+        How it is read (``input.bands``, ``mask``, ``nodata``) and its windows.
+    """
+
+    def __init__(self, info: Any, raster: Any) -> None:
+        super().__init__(info)
+        self.raster = raster
+
+    @property
+    def bands(self) -> int:
+        """The number of bands used (``input.bands``, else every band but alpha or mask)."""
+        return len(self.raster.selected)
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        return self.raster.band_names
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.raster.header.dtype)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(height, width, bands), after the file's orientation."""
+        return (self.raster.header.height, self.raster.header.width, self.bands)
+
+    @property
+    def pixels(self) -> "da.Array":
+        """dask array of shape (height, width, bands), the file's dtype: one read task per
+        window (the run's windows: whole tiles, strips or zarr chunks up to ``chunk_pixels``);
+        masked pixels hold what the file stores."""
+        return self._arrays()[0]
+
+    @property
+    def mask(self) -> "da.Array":
+        """dask array of shape (height, width), bool, True where a pixel is masked (nodata,
+        NaN or inf, alpha or mask band 0); it shares the read tasks of `pixels`."""
+        return self._arrays()[1]
+
+    def _arrays(self) -> tuple["da.Array", "da.Array"]:
+        import operator
+
+        import dask.array as da
+        from dask.base import tokenize
+
+        from pipeline import raster_job
+
+        reader = self.raster.reader()
+        rows, cols = self.raster.source.chunk_grid(self.raster.header, self.raster.chunk_pixels,
+                                                   self.bands + 1)
+        token = tokenize(reader, rows, cols)
+        read, pixels, masked = (f"raster-{part}-{token}" for part in ("window", "pixels", "mask"))
+        reads: dict = {}
+        for i, (row, h) in enumerate(zip(np.cumsum((0,) + rows[:-1]), rows)):
+            for j, (col, w) in enumerate(zip(np.cumsum((0,) + cols[:-1]), cols)):
+                reads[(read, i, j)] = (raster_job.read_masked, *reader, int(row), int(col), h, w)
+        pixel_graph = {(pixels, i, j, 0): (operator.getitem, (read, i, j), 0)
+                       for _, i, j in reads}
+        mask_graph = {(masked, i, j): (operator.getitem, (read, i, j), 1) for _, i, j in reads}
+        return (da.Array({**reads, **pixel_graph}, pixels, (rows, cols, (self.bands,)),
+                         dtype=self.dtype),
+                da.Array({**reads, **mask_graph}, masked, (rows, cols), dtype=bool))
+
+    def __repr__(self) -> str:
+        return (f"RasterImage({self.name!r}, {self.info.width}x{self.info.height}, "
+                f"{self.bands} bands, {self.dtype})")
+
+
+def _photos_only(images: Iterable[Image], what: str) -> None:
+    """`fit` and `Model` make RGB palettes of photos; a raster is refused in one line."""
+    for image in images:
+        if isinstance(image, RasterImage):
+            raise ConfigError(f"{what}: {image.path} is a raster ({image.bands} bands, "
+                              f"{image.dtype}); {what} makes RGB palettes of photos: cluster "
+                              "rasters with a job (pipeline.run)")
 
 
 def fit(images: Iterable[Image], k: int | str = 8, seed: int = 0,
@@ -388,16 +487,15 @@ def fit(images: Iterable[Image], k: int | str = 8, seed: int = 0,
     Raises
     ------
     ConfigError
-        An unknown or invalid key.
+        An unknown or invalid key, or a `RasterImage` among the images.
     ImageReadError
         No image could be decoded.
     """
-    import dataclasses
-
     from pipeline import driver, fitting
     from pipeline.sources import collection
 
     images = list(images)
+    _photos_only(images, "fit")
     cfg = _fit_config(k, seed, keys)
     km, pre = cfg.kmeans, cfg.preprocess
     infos = [image.info for image in images]
@@ -410,10 +508,12 @@ def fit(images: Iterable[Image], k: int | str = 8, seed: int = 0,
     auto = fitting.choose_k(sample.rows, km, pre.color_space) if km.auto_k else None
     if auto is not None:
         km = dataclasses.replace(km, k=auto.k)
-    pixels = collection.pixel_array(sample.good, cfg.dask.chunk_pixels) \
-        if km.algorithm == "lloyd" else None
+    lloyd = km.algorithm == "lloyd"
+    pixels = collection.pixel_array(sample.good, cfg.dask.chunk_pixels) if lloyd else None
+    masked = collection.mask_array(sample.good, cfg.dask.chunk_pixels) if lloyd else None
     outcome = fitting.fit_palette(sample.rows, pixels, km, pre.color_space, pre.spatial_weight,
-                                  None, driver.persist_histograms(cfg, sample.good), auto)
+                                  None, driver.persist_histograms(cfg, sample.good), auto,
+                                  masked)
     outcome.warnings[:0] = warnings
     for message in outcome.warnings:
         log.warning(message)
@@ -504,16 +604,20 @@ class Model:
         self.path = path
 
     def predict(self, image: "Image | np.ndarray | da.Array") -> "da.Array":
-        """Cluster index of every pixel: dask array of shape (height, width), uint8 (uint16
-        when k > 256).
+        """Cluster index of every pixel: dask array of shape (height, width), uint8 when
+        k <= 255, else uint16.
 
         ``image`` is an `Image`, or pixels of shape (height, width, 3), uint8 (numpy or dask).
+        An `Image`'s masked pixels (transparent; ``input.mask``) hold 255 (uint8) or 65535.
         """
         import dask
         import dask.array as da
 
-        dtype = np.uint8 if self.k <= 256 else np.uint16
+        from pipeline.sinks.tiled import label_dtype
+
+        dtype = label_dtype(self.k)
         if isinstance(image, Image):
+            _photos_only([image], "predict")
             token = dask.base.tokenize(image.info, self.centroids)
             block = dask.delayed(_predict_image, pure=True)(
                 image.info, self.centroids, self.color_space, self.spatial_weight,
@@ -531,7 +635,8 @@ class Model:
                                  self.spatial_weight, drop_axis=2, dtype=dtype)
 
     def paint(self, labels: "da.Array | np.ndarray") -> "da.Array":
-        """Every label replaced by its cluster's colour: dask array (height, width, 3), uint8."""
+        """Every label replaced by its cluster's colour: dask array (height, width, 3), uint8
+        (a masked pixel's label, black)."""
         import dask.array as da
 
         labels = da.asarray(labels)
@@ -547,7 +652,8 @@ def _predict_image(info: Any, centroids: np.ndarray, color_space: str,
     from pipeline import tasks
     from pipeline.sources import photos
 
-    return tasks.label(photos.decode(info), centroids, color_space, spatial_weight, True)[0]
+    pixels, masked = photos.decode_masked(info)
+    return tasks.label(pixels, centroids, color_space, spatial_weight, True, masked=masked)[0]
 
 
 def _predict_block(pixels: np.ndarray, centroids: np.ndarray, color_space: str,
@@ -559,4 +665,6 @@ def _predict_block(pixels: np.ndarray, centroids: np.ndarray, color_space: str,
 
 
 def _paint(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    return palette[labels]
+    from pipeline.sinks import segment
+
+    return segment.segmented(labels, palette)

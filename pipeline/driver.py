@@ -32,7 +32,8 @@ from pipeline.sinks import model, report
 from pipeline.sinks.segment import whole_table_pays
 from pipeline.sources import ImageInfo, collection
 from pipeline.sources.collection import Progress
-from pipeline.sources.listing import Listing, list_inputs, unreadable_message
+from pipeline.sources.listing import (Listing, list_inputs, photos_as_rasters,
+                                      unreadable_message)
 
 log = logging.getLogger(__name__)
 REPORT = "report.json"
@@ -105,14 +106,15 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
         if not listing.images:
             raise ImageReadError(_nothing_usable(record))
         if listing.rasters:  # issue 12: N-band rasters, read and written in windows
-            _run_rasters(record, listing, previous, phases, written)
+            _run_rasters(record, listing, previous, phases, written, init)
         else:
             _check_photo_job(cfg, listing.images, init)
             if cfg.kmeans.scope == "collection":
                 outcome, good = _fit(record, listing.images, previous, phases, init, kept)
                 _segment(record, good, outcome, phases, kept, written)
             else:  # one palette per image: each task fits, segments and writes its image
-                _run_per_image(record, listing.images, phases, init, written)
+                palettes = _run_per_image(record, listing.images, phases, init)
+                _save_image_models(record, palettes, {}, written)
         if not any(entry["status"] == "ok" for entry in record.images):
             raise ImageReadError(_nothing_usable(record))
         files.remove_temp_files(cfg.output.dir)  # left by workers killed while writing
@@ -452,11 +454,12 @@ def _fit(record: RunRecord, images: list[ImageInfo], previous: dict | None, phas
         km = dataclasses.replace(km, k=auto.k)
     clock = time.perf_counter()
     good = sample.good
-    pixels = collection.pixel_array(good, cfg.dask.chunk_pixels) \
-        if km.algorithm == "lloyd" else None
+    lloyd = km.algorithm == "lloyd"
+    pixels = collection.pixel_array(good, cfg.dask.chunk_pixels) if lloyd else None
+    masked = collection.mask_array(good, cfg.dask.chunk_pixels) if lloyd else None
     phases.phase("fit", len(good), sum(i.n_pixels for i in good))
-    outcome = fitting.fit_palette(sample.rows, pixels, km, space, weight, init, persist_histograms(cfg, good),
-                                  auto)
+    outcome = fitting.fit_palette(sample.rows, pixels, km, space, weight, init,
+                                  persist_histograms(cfg, good), auto, masked)
     record.timings["fit"] = time.perf_counter() - clock
     return outcome, good
 
@@ -541,7 +544,8 @@ def _save_model(record: RunRecord, outcome: fitting.FitOutcome, written: _Writte
 
 
 def _run_per_image(record: RunRecord, images: list[ImageInfo], phases: _Phases,
-                   init: np.ndarray | None, written: _Written) -> None:
+                   init: np.ndarray | None) -> dict[str, dict]:
+    """Fit, segment and write each photo with its own palette; returns the palettes by name."""
     cfg = record.cfg
     clock = time.perf_counter()
     _check_decodable(record, images, phases)
@@ -554,8 +558,20 @@ def _run_per_image(record: RunRecord, images: list[ImageInfo], phases: _Phases,
         for group in groups]
     _compute_images(record, groups, image_tasks, phases, "fit+segment")
     record.timings["fit+segment"] = time.perf_counter() - clock
-    palettes = {r["name"]: r["palette"] for r in record.images if r["status"] == "ok"}
-    doc = model.image_document(cfg, palettes)
+    names = {info.name for info in images}
+    return {r["name"]: r["palette"] for r in record.images
+            if r["status"] == "ok" and r["name"] in names}
+
+
+def _save_image_models(record: RunRecord, palettes: dict[str, dict], models: dict[str, dict],
+                       written: _Written) -> None:
+    """model.json of an image-scope run: the photos' palettes and the rasters' models by image
+    name (each raster model says ``kind: raster``); a job of rasters only is ``kind: raster``."""
+    cfg = record.cfg
+    if palettes or not models:
+        doc = model.image_document(cfg, {**palettes, **models})
+    else:
+        doc = model.raster_image_document(cfg, models)
     _write_json(storage.join(record.out_dir, MODEL), doc,
                 storage_options=cfg.output.storage_options)
     written.model = doc
@@ -595,20 +611,36 @@ def _compute_images(record: RunRecord, groups: list[list[ImageInfo]], image_task
 
 
 def _run_rasters(record: RunRecord, listing: Listing, previous: dict | None, phases: _Phases,
-                 written: _Written) -> None:
+                 written: _Written, init: np.ndarray | None) -> None:
+    """A job with rasters, and perhaps photos too.  ``scope: image``: photos take the photo
+    path, rasters the raster path, one report and one model.json.  ``scope: collection``: one
+    fit needs one feature space, so photos join the raster path as 3-band uint8 rasters in
+    native units (`listing.photos_as_rasters`), and every image must give as many bands."""
     cfg = record.cfg
     # numba's import and start-up (~1.3 s, `engine.compiled`) overlap the sample pass's reads
     threading.Thread(target=kmeans.prefer_compiled, name="kmeans-warm-up", daemon=True).start()
+    collection_scope = cfg.kmeans.scope == "collection"
+    if collection_scope:
+        listing = photos_as_rasters(listing, cfg.input)
+    photos = [info for info in listing.images if info.name not in listing.rasters]
+    infos = [info for info in listing.images if info.name in listing.rasters]
     chunk = cfg.dask.chunk_pixels
     images = {info.name: dataclasses.replace(listing.rasters[info.name], chunk_pixels=chunk)
-              for info in listing.images}
-    _check_raster_job(cfg, list(images.values()))
-    if cfg.kmeans.scope == "collection":
+              for info in infos}
+    # rasters first: a key refused for rasters names one, not a photo that joined them
+    _check_raster_job(cfg, sorted(images.values(), key=lambda i: i.header.format == "photo"))
+    if photos:
+        _check_photo_job(cfg, photos, init)
+    if collection_scope:
         raster_job.check_band_counts(list(images.values()))
-        fitted, display_range = _raster_model(record, listing.images, images, previous, phases)
-        _raster_segment(record, listing.images, images, fitted, display_range, phases, written)
-    else:
-        _raster_per_image(record, listing.images, images, phases, written)
+        fitted, display_range = _raster_model(record, infos, images, previous, phases)
+        _raster_segment(record, infos, images, fitted, display_range, phases, written)
+        return
+    palettes = _run_per_image(record, photos, phases, init) if photos else {}
+    spent = record.timings.get("fit+segment", 0.0)
+    models = _raster_per_image(record, infos, images, phases)
+    record.timings["fit+segment"] += spent
+    _save_image_models(record, palettes, models, written)
 
 
 def _check_photo_job(cfg: JobConfig, images: list, init: np.ndarray | None) -> None:
@@ -638,6 +670,10 @@ def _check_raster_job(cfg: JobConfig, images: list[raster_job.RasterImage]) -> N
     if cfg.preprocess.scale != 1.0:
         raise ConfigError(f"preprocess.scale: rasters are read at full resolution in windows "
                           f"({first}); choose a pyramid level with input.level instead")
+    if cfg.kmeans.algorithm == "lloyd":  # raster_job.fit_model fits on the sample only
+        raise ConfigError(f"kmeans.algorithm: 'lloyd' makes full passes over every pixel, "
+                          f"which the raster path does not do ({first}); use minibatch: the "
+                          "fit runs Lloyd steps on the sample until the centroids settle")
     display = cfg.preprocess.display_bands
     for image in images:  # input.mask, input.bands and input.nodata checked on every file
         count = image.header.count
@@ -701,7 +737,7 @@ def _raster_model(record: RunRecord, infos: list[ImageInfo],
     if init is not None:  # start from the model's centroids, in its normalisation
         args.update(n_clusters=init.n_clusters, normalize=init.normalization.method,
                     init=init)
-    fitted = raster_job.fit_model(sample.rows, band_names=first.band_names,
+    fitted = raster_job.fit_model(sample.rows, band_names=_band_names(list(images.values())),
                                   dtypes=tuple(sorted({images[n].header.dtype
                                                        for n in sample.counts})), **args)
     record.timings["fit"] = time.perf_counter() - clock
@@ -712,6 +748,15 @@ def _raster_model(record: RunRecord, infos: list[ImageInfo],
              fitted.n_clusters, fitted.n_iter, fitted.error)
     display_range = np.percentile(sample.rows, [2, 98], axis=0).tolist()
     return fitted, display_range
+
+
+def _band_names(images: list[raster_job.RasterImage]) -> tuple[str, ...]:
+    """A collection's band names: those every image gives its bands, else band_1, band_2..."""
+    names = {image.band_names for image in images}
+    shared = names.pop() if len(names) == 1 else ()
+    if shared and len(set(shared)) == len(shared):
+        return shared
+    return tuple(f"band_{i + 1}" for i in range(len(images[0].selected)))
 
 
 def _raster_display(image: raster_job.RasterImage, display_range: list | None,
@@ -789,8 +834,9 @@ def _raster_segment(record: RunRecord, infos: list[ImageInfo],
 
 
 def _raster_per_image(record: RunRecord, infos: list[ImageInfo],
-                      images: dict[str, raster_job.RasterImage], phases: _Phases,
-                      written: _Written) -> None:
+                      images: dict[str, raster_job.RasterImage],
+                      phases: _Phases) -> dict[str, dict]:
+    """Fit, segment and write each raster with its own model; returns the models by name."""
     cfg = record.cfg
     clock = time.perf_counter()
     todo = record.pending(infos)
@@ -806,8 +852,5 @@ def _raster_per_image(record: RunRecord, infos: list[ImageInfo],
         for info in todo]
     _compute_images(record, [[info] for info in todo], image_tasks, phases, "fit+segment")
     record.timings["fit+segment"] = time.perf_counter() - clock
-    models = {r["name"]: r.get("model") for r in record.images if r["status"] == "ok"}
-    doc = model.raster_image_document(cfg, models)
-    _write_json(storage.join(record.out_dir, MODEL), doc,
-                storage_options=cfg.output.storage_options)
-    written.model = doc
+    return {r["name"]: r.get("model") for r in record.images
+            if r["status"] == "ok" and r["name"] in images}

@@ -246,7 +246,8 @@ def _warn_degenerate(result: FitResult, n_distinct: int, n_clusters: int) -> Non
 
 
 def fit_collection(sample: np.ndarray, pixels: da.Array | None, cfg: KMeansConfig,
-                   color_space: str, init: np.ndarray | None, persist: bool) -> FitResult:
+                   color_space: str, init: np.ndarray | None, persist: bool,
+                   masked: da.Array | None = None) -> FitResult:
     """Fit one palette for the whole collection.
 
     Parameters
@@ -262,6 +263,9 @@ def fit_collection(sample: np.ndarray, pixels: da.Array | None, cfg: KMeansConfi
     persist : bool
         Keep the per-chunk colour histograms in (cluster) memory across Lloyd passes; when
         False every pass decodes the files again.
+    masked : dask array of shape (n_pixels,), bool, optional
+        True where a pixel of ``pixels`` is masked (`collection.mask_array`, chunked as
+        ``pixels``): such pixels are in no histogram, so in no sum, count or inertia.
 
     Returns
     -------
@@ -272,7 +276,8 @@ def fit_collection(sample: np.ndarray, pixels: da.Array | None, cfg: KMeansConfi
         result = _best_of_starts(points, cfg, init, iterate=True, parallel=True)
     else:
         seeded = _best_of_starts(points, cfg, init, iterate=False, parallel=True)
-        result = _lloyd_passes(pixels, points, seeded.centroids, cfg, color_space, persist)
+        result = _lloyd_passes(pixels, points, seeded.centroids, cfg, color_space, persist,
+                               masked)
     for i, step in enumerate(result.steps):
         log.info("iteration %d (%s): centroid shift %.4g, inertia %.6g", i + 1, step.kind,
                  step.shift, step.inertia)
@@ -281,9 +286,13 @@ def fit_collection(sample: np.ndarray, pixels: da.Array | None, cfg: KMeansConfi
 
 
 def _lloyd_passes(pixels: da.Array, points: _Points, centroids: np.ndarray, cfg: KMeansConfig,
-                  color_space: str, persist: bool) -> FitResult:
-    hists = [dask.delayed(kmeans.histogram, pure=True)(chunk)
-             for chunk in pixels.to_delayed().ravel()]
+                  color_space: str, persist: bool, masked: da.Array | None = None) -> FitResult:
+    chunks = pixels.to_delayed().ravel()
+    if masked is None:
+        hists = [dask.delayed(kmeans.histogram, pure=True)(chunk) for chunk in chunks]
+    else:
+        hists = [dask.delayed(_unmasked_histogram, pure=True)(chunk, left_out)
+                 for chunk, left_out in zip(chunks, masked.to_delayed().ravel())]
     if persist:
         hists = list(cluster.persist(*hists))
     tol_abs = kmeans.tolerance(points.features, points.weights, cfg.tol)
@@ -304,6 +313,11 @@ def _lloyd_passes(pixels: da.Array, points: _Points, centroids: np.ndarray, cfg:
         if moved <= tol_abs:
             return FitResult(centroids, steps, True, len(points.weights))
     return FitResult(centroids, steps, False, len(points.weights))
+
+
+def _unmasked_histogram(rows: np.ndarray, masked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`kmeans.histogram` of the rows not masked (a chunk of pixels and of its mask)."""
+    return kmeans.histogram(rows[~masked] if masked.any() else rows)
 
 
 def _full_pass(hists: list, centroids: np.ndarray, color_space: str) -> kmeans.Partial:
@@ -517,14 +531,15 @@ def auto_k_unmet(cfg: KMeansConfig) -> str:
 
 def fit_palette(sample: np.ndarray, pixels: da.Array | None, cfg: KMeansConfig,
                 color_space: str, spatial_weight: float, init: np.ndarray | None,
-                persist: bool, auto: AutoK | None = None) -> FitOutcome:
+                persist: bool, auto: AutoK | None = None,
+                masked: da.Array | None = None) -> FitOutcome:
     """The collection's palette from its sample (and, for ``lloyd``, full passes over
     ``pixels``): `fit_features` with positions, else `fit_collection`.
 
     Parameters
     ----------
     sample : ndarray of shape (n, 3), uint8, or (n, 5), float64 spatial features
-    pixels, cfg, color_space, init, persist : as for `fit_collection`
+    pixels, cfg, color_space, init, persist, masked : as for `fit_collection`
     spatial_weight : float
     auto : AutoK, optional
         The k: auto search that chose ``cfg.k``; its final palette's error is added.
@@ -532,7 +547,7 @@ def fit_palette(sample: np.ndarray, pixels: da.Array | None, cfg: KMeansConfig,
     if spatial_weight > 0:
         result = fit_features(sample, cfg, init)
     else:
-        result = fit_collection(sample, pixels, cfg, color_space, init, persist)
+        result = fit_collection(sample, pixels, cfg, color_space, init, persist, masked)
     error = sample_error(sample, result.centroids, color_space, cfg.colour_metric) \
         if auto is not None else None
     return FitOutcome.of(result, color_space, auto, cfg, error)

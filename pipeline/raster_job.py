@@ -36,7 +36,7 @@ from pipeline import storage
 from pipeline.engine import kmeans
 from pipeline.errors import ConfigError, ImageReadError, OutputError, StorageError
 from pipeline.sinks import cog, tiled
-from pipeline.sources import geo, rasters
+from pipeline.sources import collection, geo, rasters
 
 log = logging.getLogger(__name__)
 MODEL_KIND = "raster"
@@ -165,7 +165,7 @@ def _merge_image(parts: list) -> Any:
     return positions, values, sum(n for _, _, n in parts)
 
 
-ALL_MASKED = "every pixel is masked (nodata, NaN or alpha); nothing to segment"
+ALL_MASKED = collection.ALL_MASKED
 
 
 def check_band_counts(images: list[RasterImage]) -> None:
@@ -453,10 +453,13 @@ class Outputs:
 def output_format(image: RasterImage, requested: str) -> str:
     """``output.format`` for one image: ``auto`` is COG for a raster read by rasterio (issue
     13; without a CRS the COG writer makes a plain tiled TIFF and says why), zarr for a zarr
-    input, else TIFF."""
+    input, PNG (8 or 16 bits) for a 16-bit PNG or a photo of 1 or 3 selected bands, else
+    TIFF."""
     if requested == "auto":
         if image.header.format == "geo":
             return "cog"
+        if image.header.format in rasters.WHOLE_FORMATS:  # a PNG or a photo: PNG outputs
+            return "png" if len(image.selected) in (1, 3) else "tiff"
         return "zarr" if image.header.format == "zarr" else "tiff"
     if requested == "png":
         raise ConfigError(f"output.format: 'png' holds 8-bit RGB, but {image.header.path} is "
@@ -500,7 +503,7 @@ class _ClassStats:
 def output_paths(image: RasterImage, outputs: Outputs, fmt: str,
                  n_clusters: int) -> dict[str, list[str]]:
     """Relative output paths by kind, with the format's extension."""
-    ext = ".zarr" if fmt == "zarr" else ".tif"
+    ext = {"zarr": ".zarr", "png": ".png"}.get(fmt, ".tif")
     paths: dict[str, list[str]] = {}
     if outputs.labels:
         paths["labels"] = [f"labels/{image.name}{ext}"]
@@ -637,7 +640,7 @@ def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
             _remove(sink)
         raise
     result = {"files": files, "masked": masked_total[0],
-              "classes": stats.table(image.band_names)}
+              "classes": stats.table(_table_names(model, image))}
     if areas is not None:
         _geo_side_files(image, outputs, result, areas, palette, closed)
     if overview is not None and write_thumbs is not None:
@@ -645,6 +648,14 @@ def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
         result["thumbs"] = write_thumbs(overview.rgb, overview.labels, palette)
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def _table_names(model: RasterModel, image: RasterImage) -> tuple[str, ...]:
+    """The per-class table's band names: the model's, so that the tables of a collection's
+    images combine (their files may name the bands otherwise), else the image's."""
+    names = model.band_names
+    return names if len(names) == model.n_bands and len(set(names)) == len(names) else \
+        image.band_names
 
 
 def _geo_side_files(image: RasterImage, outputs: Outputs, result: dict, areas: cog.ClassTally,
@@ -728,7 +739,9 @@ class _Sink:
 
     def write(self, row: int, col: int, labels: np.ndarray) -> None:
         block = self.transform(labels)
-        if self.zarr_url is None:
+        if isinstance(self.writer, _PngWriter):  # the masked pixels, for a segmented alpha
+            self.writer.write(row, col, block, labels != np.iinfo(labels.dtype).max)
+        elif self.zarr_url is None:
             self.writer.write(row, col, block)
         else:
             tiled.write_zarr_window(self.writer, row, col, block)
@@ -777,6 +790,12 @@ def _open_sinks(image: RasterImage, outputs: Outputs, fmt: str, paths: dict[str,
                                          storage_options=outputs.storage_options)
                 sinks.append((kind, _Sink(rel, url, transform, writer, None,
                                           outputs.storage_options)))
+            elif fmt == "png":  # decoded whole: one window, encoded when it closes
+                sinks.append((kind, _Sink(rel, url, transform,
+                                          _PngWriter(url, header.height, header.width, bands,
+                                                     dtype, kind == "segmented",
+                                                     outputs.level, outputs.storage_options),
+                                          None, outputs.storage_options)))
             elif fmt == "zarr":
                 shape = (header.height, header.width) + ((bands,) if bands > 1 else ())
                 zchunks = (chunks[0][0], chunks[1][0]) + ((bands,) if bands > 1 else ())
@@ -797,6 +816,43 @@ def _open_sinks(image: RasterImage, outputs: Outputs, fmt: str, paths: dict[str,
             _abort(sink)
         raise
     return sinks
+
+
+class _PngWriter:
+    """A PNG output of an image decoded whole (its one window arrives, then `close` encodes
+    it): grey or RGB at the dtype's depth (8 or 16 bits).  A segmented image whose masked
+    pixels (the nodata fill) are marked gets an alpha channel, 0 there, when any pixel is."""
+
+    def __init__(self, url: str, height: int, width: int, bands: int, dtype: Any,
+                 transparent: bool, level: int, storage_options: dict | None):
+        self.url, self.level, self.storage_options = url, level, storage_options
+        self.pixels = np.zeros((height, width, bands), np.dtype(dtype))
+        self.opaque = np.ones((height, width), bool) if transparent else None
+
+    def write(self, row: int, col: int, block: np.ndarray, opaque: np.ndarray | None = None
+              ) -> None:
+        h, w = block.shape[:2]
+        self.pixels[row:row + h, col:col + w] = block.reshape(h, w, -1)
+        if self.opaque is not None and opaque is not None:
+            self.opaque[row:row + h, col:col + w] = opaque
+
+    def close(self) -> int:
+        from pipeline.sinks import images
+
+        pixels = self.pixels
+        if self.opaque is not None and not self.opaque.all():
+            alpha = self.opaque.astype(pixels.dtype) * np.iinfo(pixels.dtype).max
+            pixels = np.concatenate([pixels, alpha[..., None]], axis=2)
+        height, width, bands = pixels.shape
+        depth = 8 * pixels.dtype.itemsize
+        rows = pixels.astype(pixels.dtype.newbyteorder(">")).view(np.uint8).reshape(height, -1)
+        colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[bands]
+        return images.write_png_data(self.url, width, height, depth, colour_type,
+                                     images.deflate_rows(rows, self.level),
+                                     storage_options=self.storage_options)
+
+    def abort(self) -> None:
+        self.pixels = np.zeros((0, 0, 1), self.pixels.dtype)  # nothing was written yet
 
 
 def _abort(sink: _Sink) -> None:

@@ -269,11 +269,13 @@ KEYS: tuple[Key, ...] = (
         "<name>/t1_z01) | first", choices=PLANES, hash_if_set=True),
     Key("input", "level", "integer", 0, "rasters: pyramid level of multiscale and whole-slide "
         "images (0: full resolution)", minimum=0, hash_if_set=True),
-    Key("input", "mask", "enum", "auto", "rasters: auto (the alpha band) | alpha | band:N | "
-        "none: pixels where that band is 0 are masked", choices=MASKS,
+    Key("input", "mask", "enum", "auto", "auto (the alpha band or channel) | alpha | band:N "
+        "(rasters) | none: pixels where that band is 0 are masked (photos: alpha 0; none: alpha "
+        "dropped)", choices=MASKS,
         pattern=r"^band:[1-9][0-9]*$", pattern_text="'band:N'", hash_if_set=True),
     Key("input", "nodata", "numbers", None, "rasters: nodata value overriding the file's, "
-        "one for every band or one per band (null: the file's GDAL_NODATA)", nullable=True,
+        "one for every band or one per band (null: the file's GDAL_NODATA); photos: pixels of "
+        "that 8-bit colour are masked (one value for R = G = B, or three)", nullable=True,
         hash_if_set=True),
     Key("input", "apply_scale", "boolean", False, "georeferenced rasters (geo extra): value x "
         "scale + offset per band, as float32 (e.g. Landsat Collection 2 reflectance)",
@@ -328,8 +330,8 @@ KEYS: tuple[Key, ...] = (
         example="../out/example"),
     Key("output", "segmented", "boolean", True, "segmented/<name>.png: each pixel painted with "
         "its centroid colour"),
-    Key("output", "labels", "boolean", True, "labels/<name>.png: cluster index 0..k-1 (uint16 "
-        "when k > 256)"),
+    Key("output", "labels", "boolean", True, "labels/<name>.png: cluster index 0..k-1, uint8 "
+        "when k <= 255, else uint16 (masked pixels 255 or 65535)"),
     Key("output", "masks", "boolean", True, "masks/<name>/<j>.png: 255 where the label is j, "
         "else 0"),
     Key("output", "format", "enum", "auto", "auto (png for photos, cog for georeferenced "

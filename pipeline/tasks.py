@@ -1,7 +1,9 @@
 """The bodies of the per-image dask tasks: decode, label (and, per image, fit), write.
 
 Each task carries an image's path and returns plain data (outputs with their sizes, counts,
-inertia; or the reason the image failed); pixels never leave the worker.  The driver builds the
+inertia, masked pixels; or the reason the image failed); pixels never leave the worker.  Masked
+pixels (issue 12) are in no count, inertia or sample, and an image whose every pixel is masked
+is skipped.  The driver builds the
 tasks and records what they return.
 """
 
@@ -29,17 +31,32 @@ def segment_task(info: ImageInfo, centroids: np.ndarray, color_space: str,
     """Label one image with the collection's palette and write its outputs."""
     started = time.perf_counter()
     try:
-        pixels = collection.take_decoded(info, kept)
+        pixels, masked = _usable(collection.take_decoded(info, kept), info)
     except ImageReadError as exc:
         return {"error": collection.reason(exc, info)}
     labels, counts, inertia = label(pixels, centroids, color_space, spatial_weight, True,
-                                    whole_table)
+                                    whole_table, masked)
     try:
-        written, thumb_seconds = write_image(out_dir, info, pixels, labels, palette, out)
+        written, thumb_seconds = write_image(out_dir, info, pixels, labels, palette, out,
+                                             masked)
     except OutputError as exc:  # the run stops: see the driver's _compute_images
         return {"error": str(exc), "output_error": True}
     return {"outputs": written, "counts": counts.tolist(), "inertia": inertia,
-            "seconds": round(time.perf_counter() - started, 4), "thumb_seconds": thumb_seconds}
+            "masked": _count(masked), "seconds": round(time.perf_counter() - started, 4),
+            "thumb_seconds": thumb_seconds}
+
+
+def _usable(decoded: tuple[np.ndarray, np.ndarray | None],
+            info: ImageInfo) -> tuple[np.ndarray, np.ndarray | None]:
+    """``decoded`` (`photos.decode_masked`), refused when every pixel is masked."""
+    masked = decoded[1]
+    if masked is not None and masked.all():
+        raise ImageReadError(f"{info.path}: {collection.ALL_MASKED}")
+    return decoded
+
+
+def _count(masked: np.ndarray | None) -> int:
+    return 0 if masked is None else int(np.count_nonzero(masked))
 
 
 def fit_segment_task(info: ImageInfo, km: KMeansConfig, color_space: str,
@@ -48,15 +65,15 @@ def fit_segment_task(info: ImageInfo, km: KMeansConfig, color_space: str,
     """Image scope: fit one image's own palette, label it and write its outputs."""
     started = time.perf_counter()
     try:
-        pixels = photos.decode(info)
+        pixels, masked = _usable(photos.decode_masked(info), info)
     except ImageReadError as exc:
         return {"error": collection.reason(exc, info)}
-    outcome = fit_image(pixels, info, km, color_space, init, spatial_weight)
+    outcome = fit_image(pixels, info, km, color_space, init, spatial_weight, masked)
     labels, counts, inertia = label(pixels, outcome.centroids, color_space, spatial_weight,
-                                    False)
+                                    False, masked=masked)
     try:
         written, thumb_seconds = write_image(out_dir, info, pixels, labels, outcome.palette,
-                                             out)
+                                             out, masked)
     except OutputError as exc:  # the run stops: see the driver's _compute_images
         return {"error": str(exc), "output_error": True}
     entry = model.palette_entry(outcome.centroids, _rgb(outcome, color_space), counts, inertia,
@@ -64,7 +81,8 @@ def fit_segment_task(info: ImageInfo, km: KMeansConfig, color_space: str,
     entry["warnings"] = outcome.warnings
     if outcome.auto_k is not None:
         entry["auto_k"] = outcome.auto_k
-    return {"outputs": written, "counts": counts.tolist(), "inertia": inertia, "palette": entry,
+    return {"outputs": written, "counts": counts.tolist(), "inertia": inertia,
+            "masked": _count(masked), "palette": entry,
             "seconds": round(time.perf_counter() - started, 4), "thumb_seconds": thumb_seconds}
 
 
@@ -73,12 +91,17 @@ def _rgb(outcome: fitting.FitOutcome, color_space: str) -> np.ndarray:
 
 
 def fit_image(pixels: np.ndarray, info: ImageInfo, km: KMeansConfig, color_space: str,
-              init: np.ndarray | None, spatial_weight: float) -> fitting.FitOutcome:
-    """Image scope: fit one image's palette on its sample (k chosen first for k: auto)."""
+              init: np.ndarray | None, spatial_weight: float,
+              masked: np.ndarray | None = None) -> fitting.FitOutcome:
+    """Image scope: fit one image's palette on its sample (k chosen first for k: auto); its
+    unmasked pixels only."""
     rows = pixels.reshape(-1, 3)
     where = np.arange(len(rows))
     if km.algorithm == "minibatch" and len(rows) > km.sample_pixels:
-        where = collection.sample_positions(info, km.sample_pixels, km.seed)
+        where = collection.sample_positions(info, km.sample_pixels, km.seed, masked)
+    elif masked is not None:
+        where = np.flatnonzero(~masked.reshape(-1))
+    if len(where) < len(rows):
         rows = rows[where]
     sample = rows if spatial_weight == 0 else kmeans.spatial_features(
         rows, where, info.width, info.height, color_space, spatial_weight)
@@ -93,18 +116,22 @@ def fit_image(pixels: np.ndarray, info: ImageInfo, km: KMeansConfig, color_space
 
 
 def label(pixels: np.ndarray, centroids: np.ndarray, color_space: str, spatial_weight: float,
-          cache: bool, whole_table: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
-    """Labels (height, width), pixels per cluster and inertia of one image."""
+          cache: bool, whole_table: bool = False,
+          masked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Labels (height, width), unmasked pixels per cluster and their inertia of one image
+    (masked pixels labelled `pipeline.sinks.tiled.masked_label`)."""
     if spatial_weight > 0:
-        return segment.label_image_spatial(pixels, centroids, color_space, spatial_weight)
+        return segment.label_image_spatial(pixels, centroids, color_space, spatial_weight,
+                                           masked)
     return segment.label_image(pixels, centroids, color_space, cache=cache,
-                               whole_table=whole_table)
+                               whole_table=whole_table, masked=masked)
 
 
 def write_image(out_dir: str, info: ImageInfo, pixels: np.ndarray, labels: np.ndarray,
-                palette: np.ndarray, out: OutputConfig) -> tuple[dict, float]:
+                palette: np.ndarray, out: OutputConfig,
+                masked: np.ndarray | None = None) -> tuple[dict, float]:
     """Every file of one image: its outputs, then the report's thumbnails."""
-    written = _write_outputs(out_dir, info, pixels, labels, palette, out)
+    written = _write_outputs(out_dir, info, pixels, labels, palette, out, masked)
     written["thumbs"], thumb_seconds = _write_thumbs(out_dir, info, pixels, labels, palette,
                                                      out)
     return written, thumb_seconds
@@ -135,11 +162,17 @@ def _write_thumbs(out_dir: str, info: ImageInfo, pixels: np.ndarray, labels: np.
 
 
 def _write_outputs(out_dir: str, info: ImageInfo, pixels: np.ndarray, labels: np.ndarray,
-                   palette: np.ndarray, out: OutputConfig) -> dict:
-    # output.dither: the segmented image only, error-diffused over the whole image
-    dithered = dither(pixels, palette) if out.dither != "none" and out.segmented else None
+                   palette: np.ndarray, out: OutputConfig,
+                   masked: np.ndarray | None = None) -> dict:
+    # output.dither: the segmented image only, error-diffused over the whole image; masked
+    # pixels are painted palette colour 0 first, so they diffuse no error to their neighbours
+    dithered = None
+    if out.dither != "none" and out.segmented:
+        source = pixels if masked is None else np.where(masked[..., None], palette[0], pixels)
+        dithered = dither(source, palette)
     try:
-        return files.write_image_outputs(out_dir, info.name, labels, palette, out, dithered)
+        return files.write_image_outputs(out_dir, info.name, labels, palette, out, dithered,
+                                         masked)
     except StorageError as exc:
         raise OutputError(str(exc)) from exc  # it names the object and says what to do
     except OSError as exc:

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 
+import dask
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -164,6 +165,37 @@ def test_open_collection_skips_or_refuses_unreadable_files(tmp_path, collection)
         pipeline.open_collection(str(folder), on_error="fail")
     with pytest.raises(pipeline.ConfigError, match="input.on_error: must be one of"):
         pipeline.open_collection(str(folder), on_error="ignore")
+
+
+def test_open_collection_reads_a_4_band_uint16_tiff_in_windows_of_its_tiles(tmp_path):
+    """Issue 12: a raster's pixels keep their bands and dtype, in chunks of whole tiles, with
+    its mask (nodata here) from the same read tasks; fit refuses it in one line."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    stored = rng.integers(1, 65535, (100, 70, 4)).astype(np.uint16)
+    stored[:5, :7] = 0
+    tifffile.imwrite(str(tmp_path / "scene.tif"), stored, tile=(32, 32), compression="zlib",
+                     photometric="minisblack", planarconfig="contig",
+                     extratags=[(42113, "s", 0, "0", True)])  # GDAL_NODATA
+    save(tmp_path / "photo.png", blocks_image(layout(30, 40, 4, 0)))
+    images = {image.name: image for image in
+              pipeline.open_collection(str(tmp_path), chunk_pixels=2048)}
+    scene, photo = images["scene"], images["photo"]
+    assert (scene.shape, scene.bands, scene.dtype) == ((100, 70, 4), 4, np.uint16)
+    assert scene.pixels.dtype == np.uint16 and scene.pixels.shape == (100, 70, 4)
+    rows, cols, _ = scene.pixels.chunks
+    assert all(edge % 32 == 0 for edge in np.cumsum(rows)[:-1].tolist() +
+               np.cumsum(cols)[:-1].tolist()) and len(rows) * len(cols) > 1  # tile-aligned
+    pixels, mask = dask.compute(scene.pixels, scene.mask)
+    assert np.array_equal(pixels, stored)
+    assert mask.dtype == bool and mask.sum() == 35 and mask[:5, :7].all()
+    assert scene.mask.chunks == (rows, cols)
+    assert (photo.shape, photo.bands, photo.dtype) == ((30, 40, 3), 3, np.uint8)
+    assert not photo.mask.compute().any()
+    with pytest.raises(pipeline.ConfigError, match=r"fit: .*scene.tif is a raster \(4 bands, "
+                                                   r"uint16\); fit makes RGB palettes"):
+        pipeline.fit(list(images.values()), k=3)
 
 
 def test_fit_refuses_unknown_keys_with_the_job_file_message(collection):

@@ -194,8 +194,9 @@ def test_threads_decode_each_image_once_unless_told_not_to_keep_pixels(tmp_path,
     from pipeline.sources import photos
 
     calls = []
-    real = photos.decode
-    monkeypatch.setattr(photos, "decode", lambda info: calls.append(info.name) or real(info))
+    real = photos.decode_masked
+    monkeypatch.setattr(photos, "decode_masked",
+                        lambda info: calls.append(info.name) or real(info))
     job = write_job(tmp_path, output={"masks": False}, dask={"persist": persist})
     assert _run(job, "--scheduler", "threads") == 0
     assert sorted(calls) == sorted(list(collection[1]) * decodes)
@@ -215,8 +216,8 @@ import json, sys
 from pipeline import cluster
 from pipeline.cli import main
 from pipeline.sources import photos
-calls, real = [], photos.decode
-photos.decode = lambda info: calls.append(info.name) or real(info)
+calls, real = [], photos.decode_masked
+photos.decode_masked = lambda info: calls.append(info.name) or real(info)
 code = main(["run", sys.argv[1], "-q", "--scheduler", "threads"])
 print(json.dumps({"code": code, "budget": cluster.memory_budget(), "decodes": len(calls)}))
 """

@@ -50,10 +50,11 @@ def test_label_image_is_the_same_with_a_lazy_or_whole_table_and_counts_every_pix
     assert lazy[2] == whole[2]
 
 
-def test_k_256_labels_stay_uint8_and_k_300_use_uint16():
+def test_labels_are_uint8_up_to_k_255_and_uint16_from_k_256():
+    # issue 12: 255 is kept for masked pixels, so k = 256 moved from uint8 to uint16
     rng = np.random.default_rng(5)
     pixels = rng.integers(0, 256, (20, 30, 3)).astype(np.uint8)
-    for k, dtype in ((256, np.uint8), (300, np.uint16)):
+    for k, dtype in ((255, np.uint8), (256, np.uint16), (300, np.uint16)):
         centroids = rng.random((k, 3)) * 255
         labels, counts, _ = segment.label_image(pixels, centroids, "rgb", cache=False)
         assert labels.dtype == dtype and counts.sum() == 600 and len(counts) == k

@@ -5,7 +5,9 @@ A reader (or a rerun) therefore sees either a complete file or none.
 Image outputs are encoded here, not by Pillow (issue 5: writing was the largest cost of a
 run); `write_png` (Pillow) remains for the report's thumbnails.  The
 segmented image (indexed, k <= 256) and the label map hold the same bytes, one label per pixel,
-so their image data is compressed once and written twice, with and without a palette.  Every
+so their image data is compressed once and written twice, with and without a palette (k <= 255:
+one byte per label, 255 left for masked pixels, which the segmented image's palette makes
+transparent with a tRNS entry).  Every
 row uses PNG's "Up" filter (a byte minus the one above: cheap in numpy, and turns the runs of a
 label map into zeros); level 1 uses zlib's run-length strategy, which is both faster and smaller
 than level 6 on label maps.  zlib releases the GIL while it compresses, so threads overlap.
@@ -32,7 +34,7 @@ from pipeline.errors import StorageError
 TEMP_PREFIX = ".tmp-"
 SUBDIRS = ("segmented", "labels", "masks")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_GREY, _RGB, _INDEXED = 0, 2, 3  # PNG colour types
+_GREY, _RGB, _INDEXED, _RGBA = 0, 2, 3, 6  # PNG colour types
 _IDAT_MAX = 1 << 30  # bytes per IDAT chunk (the format allows 2**31 - 1)
 _BAND_BYTES = 1 << 20  # rows are filtered and compressed about this many bytes at a time
 
@@ -119,10 +121,12 @@ def deflate_rows(rows: np.ndarray, level: int) -> bytes:
 
 def write_png_data(path: str, width: int, height: int, bit_depth: int, colour_type: int,
                    data: bytes, palette: np.ndarray | None = None, make_folder: bool = True,
-                   storage_options: dict | None = None) -> int:
+                   storage_options: dict | None = None,
+                   transparency: bytes | None = None) -> int:
     """Write a PNG from image data made by `deflate_rows`, atomically; returns its size.
 
-    ``palette`` (n, 3) uint8 is required for colour type 3 (indexed).
+    ``palette`` (n, 3) uint8 is required for colour type 3 (indexed); ``transparency`` is
+    its tRNS chunk (the alpha of the first entries).
     """
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
 
@@ -131,6 +135,8 @@ def write_png_data(path: str, width: int, height: int, bit_depth: int, colour_ty
         _write_chunk(handle, b"IHDR", header)
         if palette is not None:
             _write_chunk(handle, b"PLTE", np.ascontiguousarray(palette, np.uint8).tobytes())
+        if transparency is not None:
+            _write_chunk(handle, b"tRNS", transparency)
         view = memoryview(data)
         for start in range(0, max(len(data), 1), _IDAT_MAX):
             _write_chunk(handle, b"IDAT", view[start:start + _IDAT_MAX])
@@ -146,7 +152,8 @@ def _write_chunk(handle: io.BufferedWriter, kind: bytes, data: bytes | memoryvie
 
 
 def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np.ndarray,
-                        cfg: OutputConfig, dithered: np.ndarray | None = None) -> dict[str, list]:
+                        cfg: OutputConfig, dithered: np.ndarray | None = None,
+                        masked: np.ndarray | None = None) -> dict[str, list]:
     """Write the segmented image, label map and masks of one image.
 
     Parameters
@@ -154,13 +161,17 @@ def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np
     out_dir : str
     name : str
         The image's output name (``/``-separated, no extension).
-    labels : ndarray of shape (height, width), uint8 or uint16
+    labels : ndarray of shape (height, width), uint8 when n_clusters <= 255, else uint16
+        Masked pixels hold `tiled.masked_label` (255 or 65535), as the label map does.
     palette : ndarray of shape (n_clusters, 3), uint8
         Each cluster's colour.
     cfg : OutputConfig
     dithered : ndarray of shape (height, width), uint8, optional
         With ``output.dither``: the segmented image's palette indices, error-diffused
         (`pipeline.sinks.dither`); the label map and masks are written from ``labels``.
+    masked : ndarray of shape (height, width), bool, optional
+        Masked pixels: transparent in the segmented image (a tRNS entry of an indexed PNG,
+        else RGBA), 0 in every mask.
 
     Returns
     -------
@@ -177,40 +188,36 @@ def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np
     files: dict[str, list] = {}
     level = cfg.png_compression
     height, width = labels.shape
-    indexed = len(palette) <= 256
-    shared = deflate_rows(labels.astype(np.uint8, copy=False), level) \
-        if indexed and (cfg.segmented or cfg.labels) else b""
+    one_byte = labels.dtype == np.uint8  # k <= 255: label map and indexed image share bytes
+    shared = deflate_rows(labels, level) \
+        if one_byte and ((cfg.segmented and dithered is None) or cfg.labels) else b""
     written: list[str] = []
 
     def put(kind: str, rel: str, depth: int, colour_type: int, data: bytes,
-            colours: np.ndarray | None = None) -> None:
+            colours: np.ndarray | None = None, transparency: bytes | None = None) -> None:
         path = _join(out_dir, rel)
         _make_folders(out_dir, os.path.dirname(rel))
         size = write_png_data(path, width, height, depth, colour_type, data, colours,
-                              False, cfg.storage_options)
+                              False, cfg.storage_options, transparency)
         files.setdefault(kind, []).append([rel, size])
         written.append(path)
 
     try:
         if cfg.segmented:
-            rel = f"segmented/{name}.png"
-            if dithered is not None:
-                put("segmented", rel, 8, _INDEXED, deflate_rows(dithered, level), palette)
-            elif indexed:  # one byte per pixel, exact colours; readers expand it to RGB
-                put("segmented", rel, 8, _INDEXED, shared, palette)
-            else:
-                rgb = segment.segmented(labels, palette).reshape(height, width * 3)
-                put("segmented", rel, 8, _RGB, deflate_rows(rgb, level))
+            indices = labels if dithered is None else dithered
+            shared_ok = dithered is None and one_byte
+            put("segmented", f"segmented/{name}.png",
+                *_segmented_png(indices, palette, masked, level, shared if shared_ok else None))
         if cfg.labels:
             rel = f"labels/{name}.png"
-            if indexed:
+            if one_byte:
                 put("labels", rel, 8, _GREY, shared)
             else:
                 wide = labels.astype(">u2").view(np.uint8).reshape(height, width * 2)
                 put("labels", rel, 16, _GREY, deflate_rows(wide, level))
         if cfg.masks:
             files["masks"] = []
-            for j in range(len(palette)):
+            for j in range(len(palette)):  # a masked pixel's label is no j: 0 in every mask
                 put("masks", f"masks/{name}/{j}.png", 8, _GREY,
                     deflate_rows(segment.mask(labels, j), level))
     except BaseException:
@@ -221,6 +228,34 @@ def write_image_outputs(out_dir: str, name: str, labels: np.ndarray, palette: np
                 pass
         raise
     return files
+
+
+def _segmented_png(indices: np.ndarray, palette: np.ndarray, masked: np.ndarray | None,
+                   level: int, shared: bytes | None) -> tuple:
+    """(bit depth, colour type, image data, PLTE, tRNS) of a segmented image.
+
+    Indexed when every colour and the masked pixels fit one byte: k <= 256 without masked
+    pixels, k <= 255 with them (index 255, transparent: a 256-entry PLTE and a tRNS entry,
+    so the bytes stay those of the label map).  Else RGB, or RGBA with masked pixels alpha 0.
+    ``shared``: the compressed ``indices`` when the caller has them already.
+    """
+    height, width = indices.shape
+    k = len(palette)
+    if masked is None and k <= 256:
+        data = shared if shared is not None else deflate_rows(indices.astype(np.uint8), level)
+        return 8, _INDEXED, data, palette, None
+    if masked is not None and k <= 255:
+        if indices.dtype != np.uint8 or shared is None:  # dithered: mark masked pixels
+            indices = np.where(masked, np.uint8(255), indices).astype(np.uint8)
+        data = shared if shared is not None else deflate_rows(indices, level)
+        padded = np.zeros((256, 3), np.uint8)
+        padded[:k] = palette
+        return 8, _INDEXED, data, padded, b"\xff" * 255 + b"\x00"
+    rgb = segment.segmented(indices, palette)
+    if masked is None:
+        return 8, _RGB, deflate_rows(rgb.reshape(height, width * 3), level), None, None
+    rgba = np.concatenate([rgb, np.where(masked, 0, 255).astype(np.uint8)[..., None]], axis=2)
+    return 8, _RGBA, deflate_rows(rgba.reshape(height, width * 4), level), None, None
 
 
 def _make_folders(out_dir: str, rel_folder: str) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import storage
-from pipeline.sinks import images
+from pipeline.sinks import images, segment
 
 HTML = "report.html"
 GPL = "palette.gpl"
@@ -69,11 +69,18 @@ def write_thumbnails(out_dir: str, name: str, pixels: np.ndarray, labels: np.nda
     size = _fit_size(width, height, THUMB_SIDE, THUMB_SIDE)
     before = Image.fromarray(pixels).resize(size, Image.Resampling.BOX, reducing_gap=2.0)
     small = _nearest(labels, *size)
-    after = Image.fromarray(small.astype(np.uint8), mode="P") if len(palette) <= 256 else None
-    if after is not None:
+    top = int(small.max(initial=0))
+    indexed = len(palette) <= 256 and (top < 256 or len(palette) <= 255)
+    after = Image.fromarray(small.astype(np.uint8), mode="P") if indexed else None
+    if after is not None and len(palette) <= 255 and top == 255:
+        # masked pixels (label 255, issue 12): transparent, as in the segmented image
+        after.putpalette(np.concatenate([palette.astype(np.uint8), np.zeros(
+            (256 - len(palette), 3), np.uint8)]).tobytes(), rawmode="RGB")
+        after.info["transparency"] = 255
+    elif after is not None:
         after.putpalette(palette.astype(np.uint8).tobytes(), rawmode="RGB")
     else:
-        after = Image.fromarray(palette[small], mode="RGB")
+        after = Image.fromarray(segment.segmented(small, palette), mode="RGB")
     strip = Image.fromarray(_mask_strip(labels, len(palette)), mode="L")
     base = f"thumbs/{name}"
     files = []

@@ -18,6 +18,7 @@ from collections import OrderedDict
 import numpy as np
 
 from pipeline.engine import kmeans
+from pipeline.sinks.tiled import label_dtype, masked_label
 
 _N_COLOURS = 1 << 24
 _BLOCK = 1 << 16  # pixels per step of `label_image`: codes, labels and distances stay in L2
@@ -61,8 +62,8 @@ class _ColourTable:
     def __init__(self, centroids: np.ndarray, color_space: str, whole: bool = False):
         self.centroids = centroids
         self.color_space = color_space
-        dtype = np.uint8 if len(centroids) <= 255 else np.uint16  # the top value is the sentinel
-        self.unknown = np.iinfo(dtype).max
+        dtype = label_dtype(len(centroids))  # its top value is the sentinel (and masked's label)
+        self.unknown = masked_label(len(centroids))
         self.labels = np.full(_N_COLOURS, self.unknown, dtype)
         self.distances = np.empty(_N_COLOURS, np.float32)
         self.lock = threading.Lock()
@@ -176,9 +177,9 @@ def _table(centroids: np.ndarray, color_space: str, cache: bool,
 
 
 def label_image(pixels: np.ndarray, centroids: np.ndarray, color_space: str,
-                cache: bool = True,
-                whole_table: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
-    """Assign every pixel of one image.
+                cache: bool = True, whole_table: bool = False,
+                masked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Assign every pixel of one image (but the masked ones).
 
     Parameters
     ----------
@@ -190,20 +191,30 @@ def label_image(pixels: np.ndarray, centroids: np.ndarray, color_space: str,
     whole_table : bool
         Build the whole table first (RGB only; see `whole_table_pays`) instead of filling it
         as colours are met.  Either way a colour gets the same label.
+    masked : ndarray of shape (height, width), bool, optional
+        Pixels to leave out: their label is `masked_label`, and they are in no count and
+        not in the inertia (their colours are never looked up).
 
     Returns
     -------
-    labels : ndarray of shape (height, width), uint8 (uint16 when n_clusters > 256)
+    labels : ndarray of shape (height, width), uint8 when n_clusters <= 255, else uint16
+        (`label_dtype`)
     counts : ndarray of shape (n_clusters,), int64
+        Unmasked pixels per cluster.
     inertia : float
-        Sum of squared distances of the pixels to their centroids.
+        Sum of squared distances of the unmasked pixels to their centroids.
     """
     height, width = pixels.shape[:2]
     table = _table(centroids, color_space, cache, whole_table and color_space == "rgb")
-    labels, inertia = table.label(colour_codes(pixels.reshape(-1, 3)))
-    counts = _counts(labels, len(centroids))
-    if len(centroids) == 256:  # the table needed uint16 for its sentinel; labels fit uint8
-        labels = labels.astype(np.uint8)
+    codes = colour_codes(pixels.reshape(-1, 3))
+    if masked is None:
+        labels, inertia = table.label(codes)
+    else:
+        valid = ~masked.reshape(-1)
+        labels = np.full(len(codes), table.unknown, table.labels.dtype)
+        labels[valid], inertia = table.label(codes[valid])
+    # [:k]: a masked pixel's label (the dtype's top value) is no cluster
+    counts = _counts(labels, len(centroids))[:len(centroids)]
     return labels.reshape(height, width), counts, inertia
 
 
@@ -226,8 +237,12 @@ def palette_colours(centroids: np.ndarray, color_space: str) -> np.ndarray:
 
 
 def segmented(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """Every pixel replaced by its cluster's colour: ndarray of shape (height, width, 3), uint8."""
-    return palette[labels]
+    """Every pixel replaced by its cluster's colour: ndarray of shape (height, width, 3), uint8
+    (a masked pixel, labelled `masked_label`, black)."""
+    if int(labels.max(initial=0)) < len(palette):
+        return palette[labels]
+    return np.take(np.concatenate([palette, np.zeros((1, 3), np.uint8)]),
+                   np.minimum(labels, len(palette)), axis=0)
 
 
 def mask(labels: np.ndarray, cluster: int) -> np.ndarray:
@@ -240,7 +255,8 @@ _SPATIAL_BLOCK = 1 << 18
 
 
 def label_image_spatial(pixels: np.ndarray, centroids: np.ndarray, color_space: str,
-                        spatial_weight: float) -> tuple[np.ndarray, np.ndarray, float]:
+                        spatial_weight: float,
+                        masked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Assign every pixel of one image by colour and position (``spatial_weight > 0``).
 
     A label is then a function of colour *and* position, so there is no colour table: every
@@ -253,6 +269,8 @@ def label_image_spatial(pixels: np.ndarray, centroids: np.ndarray, color_space: 
     centroids : ndarray of shape (n_clusters, 5), float64, colour then scaled (x, y)
     color_space : str
     spatial_weight : float
+    masked : ndarray of shape (height, width), bool, optional
+        As for `label_image`.
 
     Returns
     -------
@@ -260,14 +278,19 @@ def label_image_spatial(pixels: np.ndarray, centroids: np.ndarray, color_space: 
     """
     height, width = pixels.shape[:2]
     rows = pixels.reshape(-1, 3)
-    labels = np.empty(len(rows), np.uint8 if len(centroids) <= 256 else np.uint16)
+    labels = np.empty(len(rows), label_dtype(len(centroids)))
+    flat_masked = None if masked is None else masked.reshape(-1)
     inertia = 0.0
     for start in range(0, len(rows), _SPATIAL_BLOCK):
         stop = min(start + _SPATIAL_BLOCK, len(rows))
         features = kmeans.spatial_features(rows[start:stop], np.arange(start, stop), width,
                                            height, color_space, spatial_weight)
         block, distances = kmeans.assign(features, centroids)
+        if flat_masked is not None:
+            left_out = flat_masked[start:stop]
+            block[left_out] = masked_label(len(centroids))
+            distances = distances[~left_out]
         labels[start:stop] = block
         inertia += float(distances.sum(dtype=np.float64))
-    counts = np.bincount(labels, minlength=len(centroids)).astype(np.int64)
+    counts = np.bincount(labels, minlength=len(centroids))[:len(centroids)].astype(np.int64)
     return labels.reshape(height, width), counts, inertia

@@ -36,6 +36,15 @@ class ImageInfo:
     source_size: tuple[int, int] | None = None
     # input.storage_options, carried by the tasks that fetch the object (``path`` is a URL)
     storage_options: dict | None = field(default=None, compare=False, repr=False)
+    # issue 12: mask the fully transparent pixels (the file has transparency, input.mask is
+    # auto or alpha), and those of this 8-bit colour (input.nodata); see photos.decode_masked
+    alpha: bool = False
+    nodata: tuple[int, int, int] | None = None
+
+    @property
+    def maskable(self) -> bool:
+        """Whether decoding may find masked pixels (else the mask is never computed)."""
+        return self.alpha or self.nodata is not None
 
     @property
     def n_pixels(self) -> int:

@@ -1,7 +1,9 @@
 """The collection as values: lazy images, chunked pixel arrays and the reproducible sample.
 
-Pixels are decoded inside dask tasks that carry the file path (`pipeline.sources.photos.decode`),
-so no pixels travel from the client.
+Pixels are decoded inside dask tasks that carry the file path
+(`pipeline.sources.photos.decode_masked`), so no pixels travel from the client.  Masked pixels
+(transparent, or of the nodata colour; issue 12) are never sampled, and `mask_array` lets the
+full passes leave them out.
 """
 
 from __future__ import annotations
@@ -29,6 +31,18 @@ def read_pixels(info: ImageInfo) -> np.ndarray:
     return photos.decode(info).reshape(-1, 3)
 
 
+def read_masked_rows(info: ImageInfo) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel rows (n_pixels, 3) uint8 of one image and its mask (n_pixels,) bool."""
+    pixels, masked = photos.decode_masked(info)
+    flat = np.zeros(info.n_pixels, bool) if masked is None else masked.reshape(-1)
+    return pixels.reshape(-1, 3), flat
+
+
+def maskable(images: list[ImageInfo]) -> bool:
+    """Whether any image may have masked pixels (from the headers; see `mask_array`)."""
+    return any(info.maskable for info in images)
+
+
 def pixel_array(images: list[ImageInfo], chunk_pixels: int) -> da.Array:
     """All images' pixel rows as one lazy array of shape (n_pixels, 3), uint8.
 
@@ -41,13 +55,42 @@ def pixel_array(images: list[ImageInfo], chunk_pixels: int) -> da.Array:
     parts = []
     for info in images:
         token = dask.base.tokenize(info)
-        block = dask.delayed(read_pixels, pure=True)(info, dask_key_name=f"decode-{token}")
+        if info.maskable:  # the decode task is shared with `mask_array`'s
+            block = _decoded(info, token)[0]
+        else:
+            block = dask.delayed(read_pixels, pure=True)(info, dask_key_name=f"decode-{token}")
         part = da.from_delayed(block, shape=(info.n_pixels, 3), dtype=np.uint8,
                                name=f"pixels-{token}")
         if info.n_pixels > chunk_pixels:
             part = part.rechunk(((_bands(info.n_pixels, chunk_pixels)), (3,)))
         parts.append(part)
     return da.concatenate(parts, axis=0)
+
+
+def mask_array(images: list[ImageInfo], chunk_pixels: int) -> da.Array | None:
+    """True where a pixel of `pixel_array` is masked: dask array (n_pixels,), bool, chunked
+    as it and sharing its decode tasks; None when no image can have masked pixels."""
+    import dask.array as da
+
+    if not maskable(images):
+        return None
+    parts = []
+    for info in images:
+        token = dask.base.tokenize(info)
+        if info.maskable:
+            part = da.from_delayed(_decoded(info, token)[1], shape=(info.n_pixels,), dtype=bool,
+                                   name=f"masked-{token}")
+        else:
+            part = da.zeros(info.n_pixels, dtype=bool, chunks=info.n_pixels)
+        if info.n_pixels > chunk_pixels:
+            part = part.rechunk((_bands(info.n_pixels, chunk_pixels),))
+        parts.append(part)
+    return da.concatenate(parts, axis=0)
+
+
+def _decoded(info: ImageInfo, token: str) -> "dask.delayed.Delayed":
+    return dask.delayed(read_masked_rows, pure=True, nout=2)(
+        info, dask_key_name=f"decode-masked-{token}")
 
 
 def _bands(n: int, size: int) -> tuple[int, ...]:
@@ -63,31 +106,63 @@ def sample_image(info: ImageInfo, n_sample: int, seed: int,
     nor on which other images the run holds (a skipped neighbour changes nothing).  With
     ``kept`` the decoded pixels stay there for the segment pass (see `Decoded`).
 
+    Masked pixels are never sampled: an image with masked pixels gives its share times its
+    unmasked fraction (see `sample_positions`).
+
     Returns
     -------
-    ndarray of shape (n_sample, 3), uint8, in increasing pixel order.
+    ndarray of shape (m, 3), uint8, in increasing pixel order; m <= n_sample.
+
+    Raises
+    ------
+    ImageReadError
+        Every pixel of the image is masked (`ALL_MASKED`).
     """
+    pixels, masked = photos.decode_masked(info)
     if kept is not None:
-        decoded = photos.decode(info)
-        kept.keep(info, decoded)
-        pixels = decoded.reshape(-1, 3)
-    else:
-        pixels = read_pixels(info)
-    if n_sample >= len(pixels):
-        return pixels
-    return pixels[sample_positions(info, n_sample, seed)]
+        kept.keep(info, (pixels, masked))
+    if masked is not None and masked.all():
+        raise ImageReadError(f"{info.path}: {ALL_MASKED}")
+    rows = pixels.reshape(-1, 3)
+    if n_sample >= len(rows) and masked is None:
+        return rows
+    return rows[sample_positions(info, n_sample, seed, masked)]
 
 
-def sample_positions(info: ImageInfo, n_sample: int, seed: int) -> np.ndarray:
+# The raster path's words (pipeline.raster_job.ALL_MASKED): one reason for one cause.
+ALL_MASKED = "every pixel is masked (nodata, NaN or alpha); nothing to segment"
+
+
+def sample_positions(info: ImageInfo, n_sample: int, seed: int,
+                     masked: np.ndarray | None = None) -> np.ndarray:
     """Flat positions (increasing) of `sample_image`'s pixels: all of them when the image
-    has at most ``n_sample``; ndarray of shape (min(n_sample, n_pixels),), int64."""
+    has at most ``n_sample``; ndarray of shape (min(n_sample, n_pixels),), int64.
+
+    With ``masked`` (height, width) bool, only unmasked pixels: all of them, or
+    ``n_sample`` x their share of the image (rounded, at least one), so that every image
+    contributes in proportion to its unmasked pixels.  The positions then depend on the
+    mask, never on the colours under it.
+    """
+    if masked is not None:
+        valid = np.flatnonzero(~masked.reshape(-1))
+        if n_sample >= info.n_pixels:
+            return valid
+        share = max(1, (n_sample * len(valid) + info.n_pixels // 2) // info.n_pixels)
+        return valid[_strata(len(valid), min(share, len(valid)), seed, info)]
     if n_sample >= info.n_pixels:
         return np.arange(info.n_pixels)
+    return _strata(info.n_pixels, n_sample, seed, info)
+
+
+def _strata(n: int, n_sample: int, seed: int, info: ImageInfo) -> np.ndarray:
+    """``n_sample`` of ``range(n)``, one in each of n_sample equal strata (n_sample < n)."""
+    if n_sample >= n:
+        return np.arange(n)
     rng = np.random.default_rng([seed, sample_key(info)])
     # One position in each of n_sample equal strata of the raster order: without repeats and
     # already sorted, in O(n_sample).  rng.choice(replace=False) permutes every pixel once the
     # share is over 2 % (0.4 s of the small benchmark collection's 2 s, issue 5).
-    edges = np.arange(n_sample + 1, dtype=np.int64) * info.n_pixels // n_sample
+    edges = np.arange(n_sample + 1, dtype=np.int64) * n // n_sample
     return edges[:-1] + (rng.random(n_sample) * np.diff(edges)).astype(np.int64)
 
 
@@ -105,23 +180,23 @@ class Decoded:
     """
 
     def __init__(self) -> None:
-        self._pixels: dict[ImageInfo, np.ndarray] = {}
+        self._pixels: dict[ImageInfo, tuple[np.ndarray, np.ndarray | None]] = {}
         self._lock = threading.Lock()
         self._token = uuid.uuid4().hex
 
     def __dask_tokenize__(self) -> str:
         return self._token  # one store per run: tasks of the same run share their keys
 
-    def keep(self, info: ImageInfo, pixels: np.ndarray) -> None:
-        """Keep one image's decoded pixels (height, width, 3)."""
+    def keep(self, info: ImageInfo, decoded: tuple[np.ndarray, np.ndarray | None]) -> None:
+        """Keep one image's decoded pixels (height, width, 3) and mask (`decode_masked`)."""
         with self._lock:
-            self._pixels[info] = pixels
+            self._pixels[info] = decoded
 
-    def take(self, info: ImageInfo) -> np.ndarray:
-        """`photos.decode`, served (once) from the kept pixels when the sampling pass kept them."""
+    def take(self, info: ImageInfo) -> tuple[np.ndarray, np.ndarray | None]:
+        """`photos.decode_masked`, served (once) from what the sampling pass kept."""
         with self._lock:
-            pixels = self._pixels.pop(info, None)
-        return photos.decode(info) if pixels is None else pixels
+            decoded = self._pixels.pop(info, None)
+        return photos.decode_masked(info) if decoded is None else decoded
 
     def clear(self) -> None:
         with self._lock:
@@ -131,9 +206,11 @@ class Decoded:
         return len(self._pixels)
 
 
-def take_decoded(info: ImageInfo, kept: Decoded | None) -> np.ndarray:
-    """An image's pixels (height, width, 3), uint8: from ``kept`` if there, else decoded."""
-    return photos.decode(info) if kept is None else kept.take(info)
+def take_decoded(info: ImageInfo,
+                 kept: Decoded | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """An image's pixels (height, width, 3), uint8, and mask (`photos.decode_masked`): from
+    ``kept`` if there, else decoded."""
+    return photos.decode_masked(info) if kept is None else kept.take(info)
 
 
 class Image:
@@ -162,6 +239,20 @@ class Image:
         """(height, width, 3) of the pixels the pipeline works on (EXIF-oriented, scaled)."""
         return (self.info.height, self.info.width, 3)
 
+    bands = 3  # as a `pipeline.api.RasterImage` says its own (issue 12)
+    dtype = np.dtype(np.uint8)
+
+    @property
+    def mask(self) -> da.Array:
+        """dask array of shape (height, width), bool: True where a pixel is fully transparent
+        or of the ``input.nodata`` colour (`photos.decode_masked`)."""
+        import dask.array as da
+
+        token = dask.base.tokenize(self.info)
+        block = dask.delayed(_photo_mask, pure=True)(self.info, dask_key_name=f"mask-{token}")
+        return da.from_delayed(block, shape=self.shape[:2], dtype=bool,
+                               name=f"image-mask-{token}")
+
     @property
     def pixels(self) -> da.Array:
         """dask array of shape (height, width, 3), uint8: one task decodes the file."""
@@ -174,6 +265,11 @@ class Image:
 
     def __repr__(self) -> str:
         return f"Image({self.name!r}, {self.info.width}x{self.info.height}, {self.info.format})"
+
+
+def _photo_mask(info: ImageInfo) -> np.ndarray:
+    _, masked = photos.decode_masked(info)
+    return np.zeros((info.height, info.width), bool) if masked is None else masked
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,8 +365,11 @@ def _sample_task(info: ImageInfo, n_sample: int, seed: int,
     try:
         if features is None:
             return sample_image(info, n_sample, seed, kept), None
-        where = sample_positions(info, n_sample, seed)
-        rows = read_pixels(info)[where]
+        pixels, masked = photos.decode_masked(info)
+        if masked is not None and masked.all():
+            raise ImageReadError(f"{info.path}: {ALL_MASKED}")
+        where = sample_positions(info, n_sample, seed, masked)
+        rows = pixels.reshape(-1, 3)[where]
         return kmeans.spatial_features(rows, where, info.width, info.height, *features), None
     except ImageReadError as exc:
         return None, reason(exc, info)

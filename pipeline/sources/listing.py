@@ -1,21 +1,31 @@
-"""Find the input images and read every file's header, on the client; no pixels.
+"""Find the input images, read every file's header and route it to its path, on the client;
+no pixels.
 
 Local paths and URLs are found through one seam, `pipeline.storage.Location.expand`; each file's
-header is read by `pipeline.sources.photos.read_header`, so a file that cannot be opened is
-reported before any cluster work starts.
+header is read by its format's reader (`pipeline.sources.photos.read_header` for photos,
+`pipeline.sources.rasters` or `geo` for rasters), so a file that cannot be opened is reported
+before any cluster work starts.
+
+Routing (issue 12), unless ``output.format`` is png (then every input is an 8-bit photo):
+TIFF (``.tif``, ``.tiff``, ``.svs``, ``.btf``), zarr stores and formats only GDAL reads are
+rasters, N bands at native depth read in windows; in a job that also holds other formats, an
+8-bit TIFF of 1 to 4 samples is a photo instead, as before.  A 16-bit PNG (its IHDR says so) is
+a raster decoded whole, so it keeps 16 bits.  Everything else is a photo (8-bit RGB, Pillow).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline import storage
 from pipeline.config import InputConfig, PreprocessConfig
 from pipeline.errors import ConfigError, ImageReadError
 from pipeline.sources import ImageInfo
-from pipeline.sources.photos import read_header, readable_extensions
+from pipeline.sources.photos import mask_rule, read_header, readable_extensions
 
 
 @dataclass
@@ -27,7 +37,8 @@ class Listing:
     ignored: list[str]  # files in input folders with extensions imageio cannot read
     renamed: list[tuple[str, str]]  # (path, name): output-name collisions resolved by a suffix
     notes: list[tuple[str, str]]  # (path, note): e.g. "first frame of 12 used"
-    # issue 12: when every input is a raster, name -> how to read it (`raster_job.RasterImage`)
+    # issue 12: name -> how to read it (`raster_job.RasterImage`), for each raster; the other
+    # images are photos
     rasters: dict = field(default_factory=dict)
 
 
@@ -35,10 +46,10 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
                 output_dir: str | None = None, raster_path: bool = False) -> Listing:
     """Find every input file, read its header and give each a unique output name.
 
-    With ``raster_path`` (a run whose ``output.format`` is not png), when every input is a
-    raster (``.tif``, ``.tiff``, ``.svs``, ``.btf``, ``.zarr``), the headers are read by
-    `pipeline.sources.rasters`, one image per plane, and ``Listing.rasters`` says how to read
-    each; otherwise every input is a photo (TIFFs too, as 8-bit RGB through Pillow).
+    With ``raster_path`` (a run whose ``output.format`` is not png) each input is routed as
+    the module docstring says: a raster's headers are read by `pipeline.sources.rasters` (or
+    `geo`), one image per plane, and ``Listing.rasters`` says how to read each; the other
+    images are photos.  Without it every input is a photo (TIFFs too, as 8-bit RGB).
 
     Parameters
     ----------
@@ -86,63 +97,121 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
                           + ", ".join(map(repr, cfg.paths))
                           + "; check the paths, globs and input.exclude")
     named = _unique_names([(paths[real], name) for real, name in found.items()])
-    renamed = [(path, name) for path, name, was_renamed in named if was_renamed]
-    if raster_path and all(rasters.is_raster(path) or geo.is_geo_only(path)
-                           for path, _, _ in named):
-        return _list_rasters(cfg, named, sorted(set(ignored)), renamed)
-    images, failed, notes = [], [], []
+    listing = Listing([], [], sorted(set(ignored)),
+                      [(path, name) for path, name, was_renamed in named if was_renamed], [])
+    only_rasters = all(rasters.is_raster(path) or geo.is_geo_only(path) for path, _, _ in named)
     for path, name, _ in named:
-        if path.rstrip("/").lower().endswith(".zarr"):
-            failed.append((path, "a zarr store among photos: list rasters in a job of "
-                                 "their own"))
-            continue
-        try:
-            info, image_notes = read_header(path, name, len(images), preprocess.scale,
-                                            cfg.max_pixels, cfg.storage_options)
-        except ImageReadError as exc:
-            failed.append((path, str(exc)))
-            continue
-        images.append(info)
-        notes += [(path, note) for note in image_notes]
-    return Listing(images, failed, sorted(set(ignored)), renamed, notes)
+        route = _route(path, cfg, only_rasters) if raster_path else "photo"
+        if route == "photo" and path.rstrip("/").lower().endswith(".zarr"):
+            listing.failed.append((path, "a zarr store is a raster, which output.format: png "
+                                         "cannot hold; use output.format: auto or zarr"))
+        elif route == "photo":
+            _add_photo(listing, cfg, preprocess, path, name)
+        else:
+            _add_raster(listing, cfg, path, name, route == "png16")
+    return listing
 
 
-def _list_rasters(cfg: InputConfig, named: list[tuple[str, str, bool]], ignored: list[str],
-                  renamed: list[tuple[str, str]]) -> Listing:
-    """Headers of raster inputs, one `ImageInfo` (and `RasterImage`) per image plane."""
+def _route(path: str, cfg: InputConfig, only_rasters: bool) -> str:
+    """``raster``, ``png16`` (a 16-bit PNG: a raster decoded whole) or ``photo``."""
+    from pipeline.sources import geo, rasters
+
+    if path.lower().endswith(".png"):
+        # A URL's header costs a range read of its own (the photo path reads another): only
+        # local PNGs are checked for 16 bits; a 16-bit PNG at a URL is read as a photo.
+        if storage.is_url(path):
+            return "photo"
+        return "png16" if rasters.png_bit_depth(path, cfg.storage_options) == 16 else "photo"
+    if not (rasters.is_raster(path) or geo.is_geo_only(path)):
+        return "photo"
+    if only_rasters or not path.lower().endswith(_TIFF):
+        return "raster"
+    try:  # a TIFF among photos: an 8-bit one stays on the photo path, as before
+        header = rasters.read_headers(path, storage_options=cfg.storage_options,
+                                      planes="first")[0]
+    except (ImageReadError, ConfigError):
+        return "photo"  # Pillow may still read it; if not, the photo path says why
+    return "photo" if header.dtype == "uint8" and header.count <= 4 else "raster"
+
+
+_TIFF = (".tif", ".tiff")
+
+
+def _add_photo(listing: Listing, cfg: InputConfig, preprocess: PreprocessConfig, path: str,
+               name: str) -> None:
+    masking = mask_rule(cfg.mask, cfg.nodata)  # photos: band:N is refused here, in one line
+    try:
+        info, image_notes = read_header(path, name, len(listing.images), preprocess.scale,
+                                        cfg.max_pixels, cfg.storage_options, masking)
+    except ImageReadError as exc:
+        listing.failed.append((path, str(exc)))
+        return
+    listing.images.append(info)
+    listing.notes.extend((path, note) for note in image_notes)
+
+
+def _add_raster(listing: Listing, cfg: InputConfig, path: str, name: str,
+                png16: bool) -> None:
+    """A raster input's headers: one `ImageInfo` (and `RasterImage`) per image plane."""
     from pipeline import raster_job
     from pipeline.sources import geo, rasters
 
-    images, failed, notes, readers = [], [], [], {}
-    nodata = cfg.nodata
-    for path, name, _ in named:
-        how = geo.route(path, cfg.storage_options)
-        try:
-            if how == "missing-extra":
-                raise ImageReadError(f"{path}: reading this format needs rasterio, which is "
-                                     f"not installed: {geo.INSTALL_HINT}")
-            if how == "geo":  # issue 13: GDAL reads it and its georeferencing is kept
-                headers = [geo.read_header(path, name, cfg.storage_options, cfg.apply_scale)]
-            else:
-                headers = rasters.read_headers(path, name, axes=cfg.axes, planes=cfg.planes,
-                                               level=cfg.level,
-                                               storage_options=cfg.storage_options)
-        except ImageReadError as exc:
-            failed.append((path, str(exc).removeprefix(f"{path}: ")))
-            continue
-        if how == "tiff-ungeoreferenced":
-            notes.append((path, geo.NOT_KEPT_NOTE))
-        for header in headers:
-            mode = f"{header.count}x{header.dtype}"
-            images.append(ImageInfo(
-                len(images), path, header.name, header.width, header.height,
-                header.format.upper(), mode, size_bytes=header.size_bytes,
-                mtime_ns=header.mtime_ns,
-                storage_options=cfg.storage_options if storage.is_url(path) else None))
-            readers[header.name] = raster_job.RasterImage(header, cfg.bands, cfg.mask, nodata)
-        if headers and getattr(headers[0], "note", None):
-            notes.append((path, headers[0].note))
-    return Listing(images, failed, ignored, renamed, notes, readers)
+    how = "png16" if png16 else geo.route(path, cfg.storage_options)
+    try:
+        if how == "missing-extra":
+            raise ImageReadError(f"{path}: reading this format needs rasterio, which is "
+                                 f"not installed: {geo.INSTALL_HINT}")
+        if how == "png16":
+            headers = [rasters.read_png_header(path, name, cfg.max_pixels,
+                                               cfg.storage_options)]
+        elif how == "geo":  # issue 13: GDAL reads it and its georeferencing is kept
+            headers = [geo.read_header(path, name, cfg.storage_options, cfg.apply_scale)]
+        else:
+            headers = rasters.read_headers(path, name, axes=cfg.axes, planes=cfg.planes,
+                                           level=cfg.level, storage_options=cfg.storage_options)
+    except ImageReadError as exc:
+        listing.failed.append((path, str(exc).removeprefix(f"{path}: ")))
+        return
+    if how == "tiff-ungeoreferenced":
+        listing.notes.append((path, geo.NOT_KEPT_NOTE))
+    for header in headers:
+        listing.images.append(_raster_info(header, len(listing.images), cfg.storage_options))
+        listing.rasters[header.name] = raster_job.RasterImage(header, cfg.bands, cfg.mask,
+                                                              cfg.nodata)
+    if headers and getattr(headers[0], "note", None):
+        listing.notes.append((path, headers[0].note))
+
+
+def _raster_info(header: Any, index: int, storage_options: dict | None) -> ImageInfo:
+    """What the run record and the report know of one raster plane."""
+    return ImageInfo(index, header.path, header.name, header.width, header.height,
+                     header.format.upper(), f"{header.count}x{header.dtype}",
+                     size_bytes=header.size_bytes, mtime_ns=header.mtime_ns,
+                     storage_options=storage_options if storage.is_url(header.path) else None)
+
+
+def photos_as_rasters(listing: Listing, cfg: InputConfig) -> Listing:
+    """The listing with every photo also read as a 3-band uint8 raster decoded whole
+    (`rasters.photo_header`), for a collection-scope job that mixes photos and rasters: one
+    fit needs one feature space, so the photos join the raster path in native units.
+
+    A single-band raster among photos (a 16-bit grey PNG or TIFF) is read as 3 equal bands,
+    as the photo path expands a grey photo to RGB, unless ``input.bands`` is given.
+    """
+    from pipeline import raster_job
+    from pipeline.sources import rasters
+
+    photos = [info for info in listing.images if info.name not in listing.rasters]
+    if not photos:
+        return listing
+    readers = {}
+    for name, image in listing.rasters.items():
+        grey = cfg.bands is None and len(image.selected) == 1
+        readers[name] = dataclasses.replace(image, bands=image.selected * 3) if grey else image
+    for info in photos:
+        readers[info.name] = raster_job.RasterImage(rasters.photo_header(info), cfg.bands,
+                                                    cfg.mask, cfg.nodata)
+    return dataclasses.replace(listing, rasters=readers)
 
 
 def _excluded(path: str, patterns: tuple[str, ...]) -> bool:

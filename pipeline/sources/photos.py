@@ -1,5 +1,5 @@
-"""Photos: read a file's header (no pixels) and decode it to 8-bit RGB, with Pillow and
-libjpeg-turbo (simplejpeg).
+"""Photos: read a file's header (no pixels) and decode it to 8-bit RGB and its mask, with
+Pillow and libjpeg-turbo (simplejpeg).
 
 Header reading happens on the client and touches only metadata (Pillow reads the header on
 ``Image.open``; pixels are decoded by ``load``).  Decoding happens in tasks that carry the file
@@ -20,13 +20,14 @@ import sys
 import threading
 import warnings
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageCms, ImageFile, ImageOps
 
 from pipeline import storage
-from pipeline.errors import ImageReadError, StorageError
+from pipeline.errors import ConfigError, ImageReadError, StorageError
 from pipeline.sources import ImageInfo
 
 log = logging.getLogger(__name__)
@@ -92,12 +93,70 @@ def _bomb_reason(exc: Exception, header: tuple[int, int] | None, max_pixels: int
 
 
 # ---------------------------------------------------------------------------------------------
+# Masks (issue 12, section 3): which pixels of a photo are left out of everything
+
+
+@dataclass(frozen=True)
+class Masking:
+    """What `decode_masked` masks in photos: ``alpha``, the fully transparent pixels (alpha 0)
+    of files that have transparency; ``nodata``, the pixels of exactly that 8-bit sRGB colour."""
+
+    alpha: bool = False
+    nodata: tuple[int, int, int] | None = None
+
+
+def mask_rule(mask: str, nodata: float | tuple[float, ...] | list | None) -> Masking:
+    """The photos' `Masking` from ``input.mask`` and ``input.nodata``.
+
+    ``auto`` and ``alpha`` mask transparent pixels, ``none`` keeps them (alpha dropped, as a
+    photo without alpha).  ``nodata`` is one value for R, G and B, or three: a pixel of exactly
+    that colour is masked.
+
+    Raises
+    ------
+    ConfigError
+        ``band:N`` (photos have no mask band), or a nodata that is no 8-bit colour.
+    """
+    if mask.startswith("band:"):
+        raise ConfigError(f"input.mask: {mask} names a mask band, which only rasters have; "
+                          "a photo's mask is its alpha channel: use auto, alpha or none")
+    return Masking(alpha=mask in ("auto", "alpha"), nodata=_nodata_colour(nodata))
+
+
+def _nodata_colour(nodata: float | tuple[float, ...] | list | None
+                   ) -> tuple[int, int, int] | None:
+    if nodata is None:
+        return None
+    values = [nodata] if isinstance(nodata, (int, float)) else list(nodata)
+    shown = ", ".join(f"{v:g}" for v in values)
+    shown = shown if len(values) == 1 else f"[{shown}]"
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(float(v).is_integer() and 0 <= v <= 255 for v in values):
+        raise ConfigError(f"input.nodata: {shown} is not an 8-bit colour; for photos give "
+                          "one value 0-255 (R = G = B) or three (R, G, B), e.g. [0, 0, 0]")
+    return (int(values[0]), int(values[1]), int(values[2]))
+
+
+def has_transparency(im: Image.Image) -> bool:
+    """Whether a file's header gives it transparency: an alpha channel, a tRNS / GIF
+    transparent colour, or a palette with alpha (Pillow >= 10.1's ``has_transparency_data``)."""
+    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
+        return True
+    return im.mode == "P" and getattr(im.palette, "mode", "") == "RGBA"
+
+
+# ---------------------------------------------------------------------------------------------
 # Headers
 
 
 def read_header(path: str, name: str, index: int, scale: float, max_pixels: int,
-                storage_options: dict | None = None) -> tuple[ImageInfo, list[str]]:
+                storage_options: dict | None = None,
+                masking: "Masking | None" = None) -> tuple[ImageInfo, list[str]]:
     """Read one file's header (no pixel decoding); of an object, from its first bytes.
+
+    ``masking`` (from `mask_rule`) says which pixels `decode_masked` masks: the transparent
+    ones of a file whose header shows transparency, and those of the nodata colour.
 
     Returns
     -------
@@ -128,7 +187,7 @@ def read_header(path: str, name: str, index: int, scale: float, max_pixels: int,
         raise ImageReadError("file is empty (0 bytes); fix or remove it")
     with pixel_limit(max_pixels), _library_noise() as noise:
         header = _open_header(path, storage_options, size, max_pixels)
-    (width, height), fmt, mode, n_frames, orientation, notes = header
+    (width, height), fmt, mode, n_frames, orientation, notes, transparent = header
     for note in noise:
         log.info("%s: %s", path, note)
     notes += noise
@@ -142,16 +201,19 @@ def read_header(path: str, name: str, index: int, scale: float, max_pixels: int,
         raise ImageReadError(f"{width}x{height} = {width * height} pixels after "
                              f"preprocess.scale ({scale:g}) is over input.max_pixels "
                              f"({max_pixels}); lower the scale or raise max_pixels")
+    masking = masking or Masking()
     info = ImageInfo(index, path, name, width, height, fmt, mode, n_frames, size, mtime_ns,
-                     max_pixels, source_size, storage_options if remote else None)
+                     max_pixels, source_size, storage_options if remote else None,
+                     alpha=masking.alpha and transparent, nodata=masking.nodata)
     if n_frames > 1:
         notes.insert(0, f"first frame of {n_frames} used")
     return info, notes
 
 
 def _open_header(path: str, storage_options: dict | None, size: int,
-                 max_pixels: int) -> tuple[tuple[int, int], str, str, int, int, list[str]]:
-    """(stored size, format, mode, frames, EXIF orientation, notes) from the file's header.
+                 max_pixels: int) -> tuple[tuple[int, int], str, str, int, int, list[str], bool]:
+    """(stored size, format, mode, frames, EXIF orientation, notes, whether it has
+    transparency) from the file's header.
 
     Any exception while reading it, whatever its type, refuses this one file (issue 11:
     Pillow raises NotImplementedError for some DDS files); a store that cannot be reached
@@ -169,7 +231,7 @@ def _open_header(path: str, storage_options: dict | None, size: int,
             if missing:
                 raise ImageReadError(missing)
             return ((width, height), im.format or "?", im.mode, frames,
-                    _orientation(im, where.remote), notes)
+                    _orientation(im, where.remote), notes, has_transparency(im))
     except (ImageReadError, StorageError):
         raise
     except Image.UnidentifiedImageError:
@@ -535,12 +597,32 @@ def _jpeg_without_header_noise(data: bytes) -> bytes | None:
 
 
 def decode(info: ImageInfo) -> np.ndarray:
-    """Decode one image to RGB pixels at its working size.
+    """Decode one image to RGB pixels at its working size, without its mask.
+
+    Returns
+    -------
+    pixels : ndarray of shape (height, width, 3), uint8
+        As from `decode_masked`; masked pixels hold their stored colour.
+    """
+    return decode_masked(info)[0]
+
+
+def decode_masked(info: ImageInfo) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode one image to RGB pixels at its working size, and the pixels it masks.
+
+    A pixel is masked when it is fully transparent (alpha 0; ``info.alpha``) or of the
+    nodata colour (``info.nodata``); a partly transparent pixel keeps its stored colour.
+    With ``preprocess.scale`` the colours are resized with their alpha (Pillow premultiplies
+    it), so a transparent pixel's stored colour reaches no other pixel; a resized pixel is
+    masked when every pixel it covers is.
 
     Returns
     -------
     pixels : ndarray of shape (height, width, 3), uint8
         First frame, EXIF-oriented, ICC-converted to sRGB, alpha dropped, resized.
+    masked : ndarray of shape (height, width), bool, or None
+        True where a pixel is masked; None when none is (always for an image whose header
+        shows no transparency and no input.nodata: its mask is never computed).
 
     Raises
     ------
@@ -555,7 +637,7 @@ def decode(info: ImageInfo) -> np.ndarray:
             warnings.simplefilter("ignore")  # listing already reported them (issue 11)
             with pixel_limit(info.max_pixels), Image.open(source) as im:
                 # No seek: a file opens at its first frame, which is not frame 0 for PSD.
-                rgb = _to_rgb(_load_checked(im, info.max_pixels), info.path)
+                rgb = _to_rgb(_load_checked(im, info.max_pixels), info.path, info.alpha)
     except ImageReadError as exc:
         raise ImageReadError(f"{info.path}: {exc}") from None
     except StorageError:
@@ -578,9 +660,31 @@ def decode(info: ImageInfo) -> np.ndarray:
                              f"from the {expected[0]}x{expected[1]} its header gave; the file "
                              "changed since it was listed, or its header is wrong; rerun, or "
                              "fix or remove it")
+    if info.maskable:
+        return _masked_pixels(rgb, info)
     if rgb.size != (info.width, info.height):  # preprocess.scale
         rgb = rgb.resize((info.width, info.height), _resample(rgb.width, info.width))
-    return np.asarray(rgb)
+    return np.asarray(rgb), None
+
+
+def _masked_pixels(im: Image.Image, info: ImageInfo) -> tuple[np.ndarray, np.ndarray | None]:
+    """`decode_masked`'s result from the decoded RGB or RGBA image (source size)."""
+    values = np.asarray(im)
+    alpha = values[..., 3] if values.shape[2] == 4 else None
+    if info.nodata is not None:
+        colour = (values[..., :3] == np.asarray(info.nodata, np.uint8)).all(axis=2)
+        alpha = np.where(colour, np.uint8(0), np.uint8(255) if alpha is None else alpha)
+    if im.size != (info.width, info.height):  # preprocess.scale
+        source = Image.fromarray(values[..., :3]) if alpha is None else \
+            Image.fromarray(np.dstack([values[..., :3], alpha]), "RGBA")
+        values = np.asarray(source.resize((info.width, info.height),
+                                          _resample(im.width, info.width)))
+        alpha = values[..., 3] if alpha is not None else None
+    pixels = np.ascontiguousarray(values[..., :3])
+    if alpha is None:
+        return pixels, None
+    masked = alpha == 0
+    return pixels, masked if masked.any() else None
 
 
 _TRUNCATED = ("file is truncated: its image data ends early (an incomplete download or copy?); "
@@ -771,7 +875,30 @@ def _resample(src: int, dst: int) -> Image.Resampling:
     return Image.Resampling.BOX if dst < src else Image.Resampling.BILINEAR
 
 
-def _to_rgb(im: Image.Image, path: str = "") -> Image.Image:
+def _to_rgb(im: Image.Image, path: str = "", keep_alpha: bool = False) -> Image.Image:
+    """8-bit sRGB; with ``keep_alpha`` RGBA when the image has transparency (the colours as
+    without it: alpha is carried beside them, never composited)."""
+    alpha = _alpha(im) if keep_alpha else None
+    rgb = _to_rgb_only(im, path)
+    if alpha is not None:
+        rgb = rgb.copy() if rgb is im else rgb
+        rgb.putalpha(alpha)
+    return rgb
+
+
+def _alpha(im: Image.Image) -> Image.Image | None:
+    """The image's alpha as an 8-bit "L" image (0: fully transparent), or None."""
+    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        return im.getchannel("A")
+    if not has_transparency(im):
+        return None
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # a tRNS grey value
+        opaque = np.asarray(im) != im.info["transparency"]
+        return Image.fromarray(opaque.astype(np.uint8) * np.uint8(255))
+    return im.convert("RGBA").getchannel("A")  # a tRNS or GIF colour, a palette with alpha
+
+
+def _to_rgb_only(im: Image.Image, path: str = "") -> Image.Image:
     icc = im.info.get("icc_profile")
     if icc and im.mode in ("RGB", "RGBA", "CMYK", "L"):
         im = _icc_to_srgb(im, icc, path)

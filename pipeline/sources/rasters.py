@@ -20,6 +20,13 @@ to the width of the axis length, over the axes longer than 1 in file order: a 3 
 ``cells.tif`` gives ``cells/t1_z01`` ... ``cells/t3_z40``.  ``planes="first"`` keeps the first.
 The band axis is ``S`` (samples per pixel) when the file has one, else ``C``.
 
+Decoded whole.  A 16-bit PNG (grey, grey + alpha, RGB, RGBA) is read by `imagecodecs`
+(``png_decode``, which keeps 16 bits; Pillow keeps 8 of an RGB one), and an 8-bit photo that
+joins a collection of rasters is decoded by `pipeline.sources.photos` (Pillow, 8-bit sRGB,
+3 bands).  Neither can be read in windows: such an image is one window (``block_shape`` is the
+whole image), ``input.max_pixels`` bounds it from the header, and each read decodes it again
+(nothing decoded is cached between the sample and segment passes).
+
 Orientation and colour.  A TIFF Orientation tag is applied (windows are mapped onto the stored
 pixels), and an 8-bit RGB TIFF with an embedded ICC profile is converted to sRGB window by
 window, as the photo path does.  Other dtypes keep their values untouched.
@@ -53,6 +60,12 @@ EXTENSIONS = frozenset({".tif", ".tiff", ".svs", ".btf", ".tf8", ".zarr"})
 SUPPORTED_DTYPES = frozenset({"uint8", "uint16", "int16", "uint32", "int32", "float32",
                               "float64"})
 MAX_BANDS = 64
+# Formats decoded whole, as one window (see the module docstring): "png" (16-bit, imagecodecs)
+# and "photo" (8-bit RGB through the photo path).
+WHOLE_FORMATS = frozenset({"png", "photo"})
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_BANDS = {0: ("grey",), 4: ("grey", "alpha"), 2: ("red", "green", "blue"),
+              6: ("red", "green", "blue", "alpha")}  # IHDR colour type -> band names
 _GDAL_METADATA, _GDAL_NODATA, _ORIENTATION, _ICC = 42112, 42113, 274, 34675
 _ZARR_PLANE_NAMES = {"y": "Y", "x": "X", "c": "C", "channel": "C", "channels": "C",
                      "band": "C", "bands": "C", "wavelength": "C", "z": "Z", "t": "T",
@@ -96,6 +109,8 @@ class RasterHeader:
     size_bytes: int = 0
     mtime_ns: int = 0
     storage_options: dict | None = field(default=None, compare=False, repr=False)
+    # format "photo": the photo path's header, which `pipeline.sources.photos.decode` reads
+    photo: Any = field(default=None, compare=False, repr=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -532,6 +547,124 @@ def _alpha(meta: dict, count: int) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Decoded whole: 16-bit PNG (imagecodecs) and 8-bit photos among rasters (the photo path)
+
+
+def png_bit_depth(path: str, storage_options: dict | None = None) -> int | None:
+    """The bit depth in a PNG file's IHDR (8 or 16 for the images read here), from its first
+    33 bytes; None when the file is not a PNG or cannot be read (the photo path says why)."""
+    try:
+        with storage.Location(path, storage_options).open_read() as handle:
+            head = handle.read(33)
+    except (OSError, StorageError):
+        return None
+    if len(head) < 33 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    return head[24]
+
+
+def read_png_header(path: str, name: str | None = None, max_pixels: int | None = None,
+                    storage_options: dict | None = None) -> RasterHeader:
+    """A 16-bit PNG's header (IHDR, and the EXIF orientation of an eXIf chunk), no pixels.
+
+    Parameters
+    ----------
+    max_pixels : int, optional
+        ``input.max_pixels``: a PNG is decoded whole, so a larger one is refused here.
+
+    Raises
+    ------
+    ImageReadError
+        Not a 16-bit PNG of a colour type read here, or over ``max_pixels``.
+    """
+    import struct
+
+    name = name or _stem(path)
+    size, mtime_ns = _stat(path, storage_options)
+    with storage.Location(path, storage_options).open_read() as handle:
+        head = handle.read(1 << 16)
+    if not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR" or len(head) < 33:
+        raise ImageReadError(f"{path}: not a PNG file (no IHDR chunk); fix or remove it")
+    width, height, depth, colour_type = struct.unpack(">IIBB", head[16:26])
+    if depth != 16 or colour_type not in _PNG_BANDS:
+        raise ImageReadError(f"{path}: a {depth}-bit PNG of colour type {colour_type}; only "
+                             "16-bit grey, grey + alpha, RGB and RGBA PNGs are read as rasters")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageReadError(f"{path}: {width}x{height} = {width * height} pixels is over "
+                             f"input.max_pixels ({max_pixels}); a PNG must be decoded whole, "
+                             "so it is refused from the header without decoding; raise "
+                             "input.max_pixels if the file is trusted")
+    orientation = _png_orientation(head)
+    if orientation >= 5:
+        width, height = height, width
+    names = _PNG_BANDS[colour_type]
+    return RasterHeader(path=path, name=name, format="png", height=height, width=width,
+                        count=len(names), dtype="uint16", band_names=names,
+                        nodata=(None,) * len(names),
+                        alpha_band=len(names) if names[-1] == "alpha" else None,
+                        block_shape=(height, width), axes="YXS", orientation=orientation,
+                        size_bytes=size, mtime_ns=mtime_ns,
+                        storage_options=storage_options if storage.is_url(path) else None)
+
+
+def _png_orientation(head: bytes) -> int:
+    """The EXIF orientation (1-8) of an eXIf chunk before the image data, else 1."""
+    import struct
+
+    from PIL import Image
+
+    pos = 8
+    while pos + 8 <= len(head):
+        length, kind = struct.unpack(">I4s", head[pos:pos + 8])
+        if kind in (b"IDAT", b"IEND"):
+            break
+        if kind == b"eXIf":
+            exif = Image.Exif()
+            try:
+                exif.load(head[pos + 8:pos + 8 + length])
+            except Exception:  # noqa: BLE001 - unreadable EXIF: stored orientation, as Pillow
+                return 1
+            value = exif.get(_ORIENTATION, 1)
+            return value if value in range(1, 9) else 1
+        pos += 12 + length
+    return 1
+
+
+def photo_header(info: Any) -> RasterHeader:
+    """A photo (`pipeline.sources.ImageInfo`) as a 3-band uint8 raster decoded whole by the
+    photo path (Pillow: oriented, 8-bit sRGB), for a collection that mixes it with rasters."""
+    return RasterHeader(path=info.path, name=info.name, format="photo", height=info.height,
+                        width=info.width, count=3, dtype="uint8",
+                        band_names=("red", "green", "blue"), nodata=(None,) * 3,
+                        alpha_band=None, block_shape=(info.height, info.width), axes="YXS",
+                        size_bytes=info.size_bytes, mtime_ns=info.mtime_ns,
+                        storage_options=info.storage_options, photo=info)
+
+
+def _decode_whole(source: WindowSource) -> np.ndarray:
+    """The whole stored image of a `WHOLE_FORMATS` source: (h, w, bands of the file)."""
+    if source.format == "photo":
+        from pipeline.sources import photos
+
+        return photos.decode(source.photo)
+    import imagecodecs
+
+    data = storage.Location(source.path, source.storage_options).read_bytes()
+    try:
+        pixels = imagecodecs.png_decode(data)
+    except Exception as exc:
+        raise ImageReadError(f"{source.path}: damaged PNG data ({_reason(exc)}); fix or "
+                             "remove it") from exc
+    pixels = pixels if pixels.ndim == 3 else pixels[..., None]
+    stored = (source.width, source.height) if source.orientation >= 5 else \
+        (source.height, source.width)
+    if pixels.shape[:2] != stored or pixels.dtype != np.uint16:
+        raise ImageReadError(f"{source.path}: decoded {pixels.shape} {pixels.dtype}, not the "
+                             f"{stored} uint16 its header says; fix or remove it")
+    return pixels
+
+
+# ---------------------------------------------------------------------------------------------
 # Windows
 
 
@@ -580,6 +713,7 @@ class WindowSource:
     icc_profile: bytes | None = field(default=None, repr=False)
     mtime_ns: int = 0
     storage_options: dict | None = field(default=None, compare=False)
+    photo: Any = field(default=None, compare=False, repr=False)  # format "photo": its ImageInfo
 
 
 def window_source(header: RasterHeader, bands: tuple[int, ...] | None,
@@ -596,7 +730,7 @@ def window_source(header: RasterHeader, bands: tuple[int, ...] | None,
     return WindowSource(header.path, header.format, header.axes, header.plane, read,
                         header.series, header.level, header.array_path, header.orientation,
                         header.height, header.width, icc, header.mtime_ns,
-                        header.storage_options)
+                        header.storage_options, header.photo)
 
 
 _CACHE: OrderedDict = OrderedDict()
@@ -759,7 +893,10 @@ def read_window(source: WindowSource, row: int, col: int, height: int, width: in
     rows, cols, transform = _stored_window(source, row, col, height, width)
     window = f"the window at y {row}-{row + height - 1}, x {col}-{col + width - 1}"
     try:
-        pixels = _array(source).read(rows, cols, list(source.bands), source.plane)
+        if source.format in WHOLE_FORMATS:  # one window: decoded here, never kept
+            pixels = _decode_whole(source)[rows, cols][..., list(source.bands)]
+        else:
+            pixels = _array(source).read(rows, cols, list(source.bands), source.plane)
     except (ImageReadError, StorageError, ConfigError):
         raise
     except _DamagedSegment as exc:
