@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rasterbench import vm_hwm as _peak_rss  # noqa: E402  (shared with the raster benchmarks)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 MB = 1 << 20
 
@@ -301,18 +303,6 @@ def _drain(stream, into: list):
                               daemon=True)
     reader.start()
     return reader
-
-
-def _peak_rss(pid: int) -> int:
-    """The process's own peak RSS so far (VmHWM: since its exec), bytes; 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _tree_rss(pid: int) -> int:

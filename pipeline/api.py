@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from pipeline.config import JobConfig, build_config, example_keys, read_job_file
+from pipeline.config import (JobConfig, Override, build_config, example_keys, overrides_of,
+                             read_job_file)
 from pipeline.errors import ConfigError, ImageReadError
 from pipeline.sources.collection import Image, Progress
 
@@ -44,7 +45,7 @@ class Job:
 
     config: JobConfig
     _raw: dict = field(repr=False, compare=False)
-    _overrides: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    _overrides: tuple[Override, ...] = field(default=(), repr=False, compare=False)
     _scheduler: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -59,7 +60,8 @@ class Job:
             The YAML job file; relative paths in it are relative to its folder.
         overrides : mapping of "section.key" to value, or iterable of "section.key=value"
             What ``--set`` does: e.g. ``{"kmeans.k": 8, "output.dir": "out8"}``; a relative
-            path is relative to the job file.
+            path is relative to the job file, as in it (``--set`` on a command line: to the
+            working directory).
         scheduler : str, optional
             What ``--scheduler`` does: replaces ``dask.scheduler``.
 
@@ -104,13 +106,28 @@ class Job:
         return self.config.to_dict()
 
 
-def _override_items(overrides: Mapping[str, Any] | Iterable[str] | None) -> list[str]:
+def _override_items(overrides: Mapping[str, Any] | Iterable[str] | Iterable[Override] | None
+                    ) -> list[Override]:
+    """Overrides as `pipeline.config.Override` entries, named ``overrides: section.key`` in
+    messages (the CLI passes its ``--set`` arguments already as entries named so)."""
     if overrides is None:
         return []
     if isinstance(overrides, Mapping):
-        # JSON is YAML: each value reaches the job as it would from a job file.
-        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
-    return [str(item) for item in overrides]
+        return overrides_of({key: _plain(key, value) for key, value in overrides.items()},
+                            "overrides")
+    items = list(overrides)
+    if all(isinstance(item, Override) for item in items):
+        return items
+    return overrides_of([str(item) for item in items], "overrides")
+
+
+def _plain(key: str, value: Any) -> Any:
+    """``value`` as plain data, as a job file would hold it (tuples as lists, paths as str)."""
+    try:
+        return json.loads(json.dumps(value, default=os.fspath))
+    except (TypeError, ValueError):
+        raise ConfigError(f"overrides: {key}: {type(value).__name__} is not a job-file value; "
+                          "give str, int, float, bool, None, or lists and dicts of them") from None
 
 
 def _config(job: Job | JobConfig) -> JobConfig:
@@ -194,26 +211,27 @@ def validate(job: Job | JobConfig) -> dict:
     -------
     dict
         ``valid``, ``problems`` (one line each: unreadable inputs, a bad ``kmeans.init``
-        model), ``images`` (path, name, width, height, format), ``ignored``, ``renamed``,
-        ``pixels``: what ``kmeans-pipeline validate --json`` prints.
+        model, a key the inputs cannot take, rasters of another band count), ``images``
+        (path, name, width, height, format), ``ignored``, ``renamed``, ``pixels``: what
+        ``kmeans-pipeline validate --json`` prints.
 
     Raises
     ------
     ConfigError
         An input path does not exist or matches nothing.
     """
-    from pipeline.driver import resolve_init
+    from pipeline.driver import check_job, resolve_init
     from pipeline.sources.listing import list_inputs
 
     cfg = _config(job)
     listing = list_inputs(cfg.input, cfg.preprocess, cfg.output.dir,
                           raster_path=cfg.output.format != "png")
     problems = [f"{path}: {reason}" for path, reason in listing.failed]
-    if cfg.kmeans.init_is_model:
-        try:
-            resolve_init(cfg)
-        except ConfigError as exc:
-            problems.append(str(exc))
+    try:  # what run refuses before any work, in the order it does
+        resolved, init, _ = resolve_init(cfg)
+        check_job(resolved, listing, init)
+    except ConfigError as exc:
+        problems.append(str(exc))
     return {"job": cfg.source, "valid": not problems, "problems": problems,
             "images": [{"path": i.path, "name": i.name, "width": i.width,
                         "height": i.height, "format": i.format} for i in listing.images],

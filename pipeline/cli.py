@@ -7,6 +7,7 @@ each command is one API call.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -24,10 +25,20 @@ from pipeline.progress import progress_for
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``kmeans-pipeline`` and ``python -m pipeline``."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except BrokenPipeError:  # `--help | head -1`
+        return _reader_gone(EXIT_OK, sys.stdout)
+    except _UsageError as exc:  # argparse's own lines, and with --json the error object too
+        exc.parser.print_usage(sys.stderr)
+        return _failed(argparse.Namespace(quiet=0, json="--json" in argv[:_options_end(argv)]),
+                       f"{exc.parser.prog}: {exc}", EXIT_USAGE)
     _setup_logging(args.verbose - args.quiet)
     try:
         return args.command(args)
+    except BrokenPipeError:  # stderr's reader went away (`2>&1 | head`); stdout's is _out's
+        return _reader_gone(EXIT_FAILED, sys.stdout, sys.stderr)
     except PipelineError as exc:
         return _failed(args, str(exc), exc.exit_code, exc.report)
     except KeyboardInterrupt:
@@ -42,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 def _failed(args: argparse.Namespace, message: str, code: int,
             report: dict | None = None) -> int:
     """An error: the images a failed run skipped (issue 11), the error, and with ``--json``
-    ``{"status": "error", "exit": N, "errors": [...], "problems": [...]}`` on stdout."""
+    ``{"status": "error", "exit_code": N, "errors": [...], "problems": [...]}`` on stdout."""
     problems = []
     if report is not None:
         from pipeline.record import NOT_PROCESSED
@@ -54,13 +65,56 @@ def _failed(args: argparse.Namespace, message: str, code: int,
             print(f"skipped: {entry['path']}: {entry['error']}", file=sys.stderr)
     _print_error(message)
     if getattr(args, "json", False):
-        print(json.dumps({"status": "error", "exit": code, "errors": message.splitlines(),
+        _out(json.dumps({"status": "error", "exit_code": code, "errors": message.splitlines(),
                           "problems": problems}))
     return code
 
 
+def _out(text: str) -> None:
+    """Print ``text`` on stdout; a reader that has gone (``schema | head -1``) is no error:
+    the command goes on and exits with its own status."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _reader_gone(EXIT_OK, sys.stdout)
+
+
+def _reader_gone(code: int, *streams) -> int:
+    """After a broken pipe: later writes, and the interpreter's final flush, go nowhere
+    instead of printing "Exception ignored ... BrokenPipeError" (Python's signal docs)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in streams:
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (a test's)
+            pass
+    os.close(devnull)
+    return code
+
+
+class _UsageError(Exception):
+    """An argparse usage error (a bad option or argument), raised for `main` to report."""
+
+    def __init__(self, message: str, parser: argparse.ArgumentParser) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser (and, as their class, its subcommands') raising usage errors instead
+    of exiting, so that ``--json`` gets its error object for them too."""
+
+    def error(self, message: str):
+        raise _UsageError(message, self)
+
+
+def _options_end(argv: list[str]) -> int:
+    """Where options end: ``--`` makes the words after it arguments, not ``--json``."""
+    return argv.index("--") if "--" in argv else len(argv)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kmeans-pipeline", description="Segment image collections by colour with k-means.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="command")
@@ -86,11 +140,11 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("-o", "--output", metavar="OUT",
                              help="without a job file: output.dir; the job run is written to "
                                   "OUT/job.yaml, so `run OUT/job.yaml` repeats it")
-        else:
-            sub.add_argument("job", help="the YAML job file")
+        else:  # more than one is refused in one line by _quick, not by argparse's usage
+            sub.add_argument("job", nargs="+", metavar="JOB.yaml", help="the YAML job file")
         sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                         help="override a job-file key (repeatable); paths are relative to "
-                              "the job file")
+                         help="override a job-file key (repeatable); a relative path is "
+                              "relative to the working directory (in the job file: to it)")
         sub.add_argument("--scheduler", help="threads | processes | synchronous | local | "
                                              "tcp://host:port (overrides dask.scheduler)")
         sub.add_argument("--scheduler-file", help="a dask scheduler file (overrides "
@@ -180,10 +234,23 @@ def _add_folder_commands(commands) -> None:
 
 
 def _quick(args: argparse.Namespace) -> bool:
-    """Whether ``run`` was given inputs and -o instead of a job file (pngquant style)."""
-    if not isinstance(args.job, list):
+    """Whether ``run`` was given inputs and -o instead of a job file (pngquant style); makes
+    ``args.job`` the one job file otherwise."""
+    files = [item for item in args.job if item.lower().endswith((".yaml", ".yml"))]
+    if len(files) > 1:
+        raise ConfigError(f"{len(files)} job files given ({', '.join(files)}); a command runs "
+                          "one job: give each its own command")
+    if args.command is not _cmd_run:
+        if len(args.job) > 1:
+            raise ConfigError(f"{' '.join(args.job)}: give one job file (.yaml or .yml), not "
+                              f"{len(args.job)} arguments")
+        args.job = args.job[0]
         return False
-    job_file = len(args.job) == 1 and args.job[0].lower().endswith((".yaml", ".yml"))
+    if files and len(args.job) > 1:
+        raise ConfigError(f"{files[0]}: a job file given with inputs ({len(args.job) - 1} "
+                          "more); give the job file alone (its input.paths lists the inputs), "
+                          "or the inputs alone with -o OUT")
+    job_file = bool(files)
     if job_file and (args.k is not None or args.output is not None):
         raise ConfigError("-k and -o are for a run without a job file; with one, use --set "
                           "kmeans.k=... and --set output.dir=...")
@@ -202,10 +269,7 @@ def _load_quick(args: argparse.Namespace):
     raw = {"input": {"paths": list(args.job)}, "output": {"dir": args.output}}
     if args.k is not None:
         raw["kmeans"] = {"k": args.k if args.k == "auto" else _int(args.k, "-k")}
-    overrides = list(args.set)
-    if args.scheduler_file:
-        overrides.append(f"dask.scheduler_file={args.scheduler_file}")
-    return Job.from_dict(raw, os.getcwd(), overrides, "command line", args.scheduler)
+    return Job.from_dict(raw, os.getcwd(), _set_arguments(args), "command line", args.scheduler)
 
 
 def _int(text: str, option: str) -> int:
@@ -247,16 +311,24 @@ def _load(args: argparse.Namespace):
 
     if _quick(args):
         return _load_quick(args)
-    overrides = list(args.set)
+    return Job.from_yaml(args.job, _set_arguments(args), args.scheduler)
+
+
+def _set_arguments(args: argparse.Namespace) -> list:
+    """``--set`` (and ``--scheduler-file``) as overrides named so in messages; their relative
+    paths are relative to the working directory, as every path typed on a command line."""
+    from pipeline.config import overrides_of
+
+    items = list(args.set)
     if args.scheduler_file:
-        overrides.append(f"dask.scheduler_file={args.scheduler_file}")
-    return Job.from_yaml(args.job, overrides, args.scheduler)
+        items.append(f"dask.scheduler_file={args.scheduler_file}")
+    return overrides_of(items, "--set", os.getcwd())
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
     from pipeline.config import json_schema
 
-    print(json.dumps(json_schema(), indent=2))
+    _out(json.dumps(json_schema(), indent=2))
     return EXIT_OK
 
 
@@ -266,14 +338,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     summary = api.validate(_load(args))
     summary["job"] = args.job
     if args.json:
-        print(json.dumps({k: v for k, v in summary.items() if k != "output_dir"}))
+        _out(json.dumps({k: v for k, v in summary.items() if k != "output_dir"}))
     elif not args.quiet:
         for info in summary["images"]:
-            print(f"{info['path']} -> {info['name']} ({info['width']}x{info['height']} "
+            _out(f"{info['path']} -> {info['name']} ({info['width']}x{info['height']} "
                   f"{info['format']})")
         for path in summary["ignored"]:
-            print(f"ignored (not an image type): {path}")
-        print(f"{len(summary['images'])} image(s), {summary['pixels'] / 1e6:.1f} Mpx; "
+            _out(f"ignored (not an image type): {path}")
+        _out(f"{len(summary['images'])} image(s), {summary['pixels'] / 1e6:.1f} Mpx; "
               f"output to {summary['output_dir']}")
     for problem in summary["problems"]:
         _print_error(problem)
@@ -329,7 +401,7 @@ def _summary(args: argparse.Namespace, status: str, code: int, totals: dict, out
         for entry in skipped:
             print(f"skipped: {entry['path']}: {entry['error']}", file=sys.stderr)
     if args.json:
-        print(json.dumps(summary))
+        _out(json.dumps(summary))
     elif not args.quiet:
         print(f"done: {totals['ok']} image(s) ok, {totals['skipped']} skipped, "
               f"{totals['failed']} failed; {totals['pixels'] / 1e6:.1f} Mpx in "
@@ -353,9 +425,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     out = job.out_dir
     if not args.wait:
         if args.json:
-            print(json.dumps(entry))
+            _out(json.dumps(entry))
         else:
-            print(entry["job_id"])
+            _out(entry["job_id"])
             if not args.quiet:
                 print(f"submitted job {entry['job_id']} to {entry['scheduler']}; see "
                       f"`kmeans-pipeline status {out}`, stop it with `kmeans-pipeline "
@@ -376,9 +448,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     state = api.status(args.out, _storage_options(args.storage_option))
     if args.json:
-        print(json.dumps(state))
+        _out(json.dumps(state))
     else:
-        print(_describe(state))
+        _out(_describe(state))
     return STATE_EXIT.get(state["state"], EXIT_FAILED)
 
 
@@ -387,9 +459,9 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
     state = api.cancel(args.out, args.timeout, _storage_options(args.storage_option))
     if args.json:
-        print(json.dumps(state))
+        _out(json.dumps(state))
         return EXIT_OK
-    print(_describe(state))
+    _out(_describe(state))
     if not state["requested"] or state["state"] in ("done", "failed"):
         print("nothing to cancel: the job had already finished", file=sys.stderr)
     elif state["state"] == "cancelled":

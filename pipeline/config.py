@@ -99,6 +99,8 @@ class JobConfig:
         hashed = {}
         for key in schema.KEYS:
             value = data[key.section][key.name]
+            if key.is_path and key.path not in self.given:
+                value = key.default  # as written: a default resolved next to the job file
             if key.hashed and not (key.hash_if_set and value == key.default):
                 hashed.setdefault(key.section, {})[key.name] = value
         text = json.dumps(hashed, sort_keys=True, default=str)
@@ -221,15 +223,74 @@ def read_job_file(path: str) -> dict:
     return _read_yaml(path)
 
 
+@dataclass(frozen=True)
+class Override:
+    """One job-file key set from outside the job file: a command line's ``--set``, or an
+    ``overrides`` entry of the Python API.
+
+    ``label`` is how messages name it, in the words of whoever gave it (``--set kmeans.k``,
+    ``overrides: kmeans.k``); ``problem``, when not empty, says why the item could not be read.
+    A relative path in ``value`` is relative to ``base_dir``, or to the job file's folder
+    when that is None.
+    """
+
+    key: str
+    value: Any
+    label: str
+    base_dir: str | None = None
+    problem: str = ""
+
+
+def overrides_of(items: Sequence[str] | Mapping[str, Any] | None, option: str = "overrides",
+                 base_dir: str | None = None) -> list[Override]:
+    """Overrides given as ``{"section.key": value}`` or as ``"section.key=value"`` strings
+    (values parsed as YAML, as ``--set`` does), named in messages by ``option``.
+
+    Parameters
+    ----------
+    items : mapping, or sequence of str
+    option : str
+        ``"--set"`` for a command line's, ``"overrides"`` for the Python API's.
+    base_dir : str, optional
+        What relative paths among the values are relative to (None: the job file's folder).
+    """
+    if items is None:
+        return []
+    if isinstance(items, Mapping):
+        return [Override(str(key), value, f"{option}: {key}", base_dir,
+                         "" if "." in str(key).strip(".") else
+                         f"{option}: {key}: expected 'section.key', e.g. 'kmeans.k'")
+                for key, value in items.items()]
+    entries = []
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        problem = "" if sep and "." in key.strip(".") else (
+            f"{option} {item!r}: expected section.key=value, e.g. kmeans.k=8"
+            if option.startswith("-") else
+            f"{option}: {item!r}: expected 'section.key=value', e.g. 'kmeans.k=8'")
+        try:
+            value = schema.load_yaml(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        entries.append(Override(key, value, f"{option} {key}" if option.startswith("-")
+                                else f"{option}: {key}", base_dir, problem))
+    return entries
+
+
 def _configure(raw: dict, base_dir: str, source: str,
-               overrides: Sequence[str] | Mapping[str, Any], scheduler: str | None) -> JobConfig:
+               overrides: Sequence[str] | Sequence[Override] | Mapping[str, Any],
+               scheduler: str | None) -> JobConfig:
     problems: list[str] = []
-    if isinstance(overrides, Mapping):
-        for name, value in overrides.items():
-            _override(raw, f"overrides: {name}", str(name), value, problems)
-    else:
-        for item in overrides:
-            _apply_override(raw, item, problems)
+    if isinstance(overrides, Mapping) or not all(isinstance(o, Override) for o in overrides):
+        # strings here are a command line's (the CLI layer), a mapping is Python's
+        overrides = overrides_of(overrides, "overrides" if isinstance(overrides, Mapping)
+                                 else "--set")
+    for item in overrides:
+        if item.problem:
+            problems.append(item.problem)
+        else:
+            _override(raw, item, problems)
     if scheduler is not None:
         raw.setdefault("dask", {})
         if isinstance(raw["dask"], dict):
@@ -250,6 +311,10 @@ def _read_yaml(path: str) -> dict:
         raise ConfigError(f"{path}: cannot read job file ({exc})") from exc
     try:
         data = schema.load_yaml(text)
+    except schema.DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: line {exc.line}: {exc.key} is given twice (also at line "
+                          f"{exc.first_line}); YAML would keep only the last: merge them into "
+                          "one") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -263,39 +328,24 @@ def _read_yaml(path: str) -> dict:
     return data
 
 
-def _apply_override(raw: dict, item: str, problems: list[str]) -> None:
-    key, sep, text = item.partition("=")
-    if not sep:
-        problems.append(f"--set {item!r}: expected section.key=value, e.g. kmeans.k=8")
-        return
-    try:
-        value = schema.load_yaml(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
-    if not _override(raw, f"--set {key.strip()}", key.strip(), value, problems):
-        problems.append(f"--set {item!r}: expected section.key=value, e.g. kmeans.k=8")
-
-
-def _override(raw: dict, label: str, key: str, value: Any, problems: list[str]) -> bool:
-    """Set ``raw[section][name] = value`` for ``key`` = "section.name"; False when ``key`` has
-    no dot (the caller says what was expected)."""
-    section, dot, name = key.partition(".")
-    if not dot or not name:
-        if not label.startswith("--set"):
-            problems.append(f"{label}: expected 'section.key', e.g. 'kmeans.k'")
-            return True
-        return False
+def _override(raw: dict, item: Override, problems: list[str]) -> None:
+    """Set ``raw[section][name]`` for ``item.key`` = "section.name"; a relative path is made
+    absolute against ``item.base_dir`` when it has one (values from a command line)."""
+    section, _, name = item.key.partition(".")
     if section not in _SCHEMA:
-        problems.append(f"{label}: unknown section {section!r}{_suggest(section, _SCHEMA)}")
+        problems.append(f"{item.label}: unknown section {section!r}{_suggest(section, _SCHEMA)}")
     elif name not in _SCHEMA[section]:
-        problems.append(f"{label}: unknown key{_suggest(name, _SCHEMA[section])}")
+        problems.append(f"{item.label}: unknown key{_suggest(name, _SCHEMA[section])}")
     else:
+        key, value = _SCHEMA[section][name], item.value
+        if item.base_dir is not None and key.is_path and key.check(value) is None:
+            value = _normalise(key, value, item.base_dir)
+            value = list(value) if isinstance(value, tuple) else value
         target = raw.setdefault(section, {})
         if target is None:
             target = raw[section] = {}
         if isinstance(target, dict):
             target[name] = value
-    return True
 
 
 def _suggest(name: str, valid) -> str:
@@ -331,6 +381,10 @@ def _build(raw: dict, source: str, base_dir: str, problems: list[str]) -> JobCon
                 continue
             values[name] = _normalise(key, value, base_dir)
             named.add(key.path)
+        for key in _SCHEMA[section_name].values():  # output.dir's "out": next to the job file
+            if (key.is_path and key.name not in values and isinstance(key.default, str)
+                    and key.default not in key.choices):
+                values[key.name] = resolve_path(key.default, base_dir)
         sections[section_name] = cls(**values)
     if not problems:
         for key in schema.KEYS:

@@ -105,10 +105,10 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
         _resume(record, previous, listing.images)
         if not listing.images:
             raise ImageReadError(_nothing_usable(record))
+        check_job(cfg, listing, init)
         if listing.rasters:  # issue 12: N-band rasters, read and written in windows
             _run_rasters(record, listing, previous, phases, written, init)
         else:
-            _check_photo_job(cfg, listing.images, init)
             if cfg.kmeans.scope == "collection":
                 outcome, good = _fit(record, listing.images, previous, phases, init, kept)
                 _segment(record, good, outcome, phases, kept, written)
@@ -627,12 +627,7 @@ def _run_rasters(record: RunRecord, listing: Listing, previous: dict | None, pha
     chunk = cfg.dask.chunk_pixels
     images = {info.name: dataclasses.replace(listing.rasters[info.name], chunk_pixels=chunk)
               for info in infos}
-    # rasters first: a key refused for rasters names one, not a photo that joined them
-    _check_raster_job(cfg, sorted(images.values(), key=lambda i: i.header.format == "photo"))
-    if photos:
-        _check_photo_job(cfg, photos, init)
     if collection_scope:
-        raster_job.check_band_counts(list(images.values()))
         fitted, display_range = _raster_model(record, infos, images, previous, phases)
         _raster_segment(record, infos, images, fitted, display_range, phases, written)
         return
@@ -643,9 +638,38 @@ def _run_rasters(record: RunRecord, listing: Listing, previous: dict | None, pha
     _save_image_models(record, palettes, models, written)
 
 
+def check_job(cfg: JobConfig, listing: Listing, init: np.ndarray | None) -> None:
+    """The keys, models and band counts a job's listed inputs cannot take, refused in one line
+    before any work: what `run` checks and `validate` reports (``init``: from `resolve_init`).
+
+    Raises
+    ------
+    ConfigError
+    """
+    if not listing.rasters:
+        _check_photo_job(cfg, listing.images, init)
+        return
+    collection_scope = cfg.kmeans.scope == "collection"
+    if collection_scope:  # photos join the rasters, as `_run_rasters` does
+        listing = photos_as_rasters(listing, cfg.input)
+    photos = [info for info in listing.images if info.name not in listing.rasters]
+    rasters = [listing.rasters[info.name] for info in listing.images
+               if info.name in listing.rasters]
+    # rasters first: a key refused for rasters names one, not a photo that joined them
+    _check_raster_job(cfg, sorted(rasters, key=lambda i: i.header.format == "photo"))
+    if photos:
+        _check_photo_job(cfg, photos, init)
+    if collection_scope:
+        raster_job.check_band_counts(rasters)
+
+
 def _check_photo_job(cfg: JobConfig, images: list, init: np.ndarray | None) -> None:
     """Keys and models that make no sense for RGB photos are refused in one line."""
     first = images[0].path if images else "the inputs"
+    if cfg.output.format not in ("auto", "png"):  # the photo path writes PNG only
+        raise ConfigError(f"output.format: {cfg.output.format} is for rasters, but {first} is "
+                          "read as a photo (8-bit RGB, written as PNG; a job of TIFF or zarr "
+                          "rasters only takes the raster path); set output.format: auto or png")
     if cfg.kmeans.init_is_model and init is None:  # resolve_init leaves raster models for later
         raise ConfigError(f"kmeans.init: {cfg.kmeans.init} is a model of N-band rasters, but "
                           f"{first} is a photo; use a model fitted on photos (or fit anew)")

@@ -47,13 +47,41 @@ _SIZE = r"^\s*[0-9]*\.?[0-9]+\s*[A-Za-z]*\s*$"  # what dask.utils.parse_bytes re
 
 class Loader(yaml.SafeLoader):
     """PyYAML's safe loader reading floats as YAML 1.2 does: ``1e-4`` is a number, not a string
-    (PyYAML follows YAML 1.1, whose floats need a dot and a signed exponent)."""
+    (PyYAML follows YAML 1.1, whose floats need a dot and a signed exponent), and refusing a
+    key given twice in one mapping (`DuplicateKeyError`), as YAML 1.2 requires."""
 
 
 Loader.add_implicit_resolver(  # copies SafeLoader's resolvers first: SafeLoader is unchanged
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
     list("-+0123456789."))
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping gives one key twice; PyYAML would silently keep the last (two ``kmeans:``
+    sections: the first one's keys lost)."""
+
+    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark) -> None:
+        super().__init__(None, None, f"duplicate key {key!r}", again)
+        self.key, self.first_line, self.line = key, first.line + 1, again.line + 1
+
+
+def _construct_mapping(loader: Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:  # before merge keys (<<) are flattened: they may repeat
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.setdefault(key, key_node.start_mark)
+        except TypeError:  # an unhashable key: construct_mapping says so
+            continue
+        if first is not key_node.start_mark:
+            raise DuplicateKeyError(key, first, key_node.start_mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 
 
 def load_yaml(text: str) -> Any:
@@ -325,8 +353,8 @@ KEYS: tuple[Key, ...] = (
         "variance (share of the sample's variance left unexplained; max_error is that share) | "
         "auto (de76 for RGB photos, variance for rasters)",
         choices=ERROR_METRICS, hash_if_set=True),
-    Key("output", "dir", "string", "out", "output folder (left out: out, in the working "
-        "directory)", is_path=True,
+    Key("output", "dir", "string", "out", "output folder, relative to the job file (left "
+        "out: out, next to the job file)", is_path=True,
         example="../out/example"),
     Key("output", "segmented", "boolean", True, "segmented/<name>.png: each pixel painted with "
         "its centroid colour"),

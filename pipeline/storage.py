@@ -584,8 +584,8 @@ def _expand_local(entry: str, extensions: frozenset[str], ignored: list[str],
         problems.append(f"input.paths: {entry!r} is not a readable file or folder")
     else:
         problems.append(f"input.paths: {entry!r} does not exist; check the path (relative "
-                        "paths are relative to the job file, or to the working directory "
-                        "without one)")
+                        "paths are relative to the job file; typed on the command line, to "
+                        "the working directory)")
     return []
 
 

@@ -9,6 +9,11 @@ import json
 import os
 from dataclasses import dataclass
 
+# scikit-learn's check_estimator runs its array API check (array API dispatch with numpy
+# input must change no result) only when scipy's array API support is on, which scipy reads
+# once, at its import: without this the check is skipped (tests/test_estimator.py).
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
 import numpy as np
 import pytest
 import yaml

@@ -230,3 +230,36 @@ def test_the_page_is_drawn_from_the_run_not_from_model_json_read_back(tmp_path, 
     palette = json.loads((tmp_path / "out" / "model.json").read_text())["palette"]
     page = (tmp_path / "out" / "report.html").read_text()
     assert all("#%02x%02x%02x" % tuple(c) in page for c in palette)
+
+
+def test_override_errors_name_the_key_the_python_way_not_as_set(tmp_path, collection):
+    """An API caller never typed --set: messages name ``overrides: section.key``, while the
+    CLI's own --set arguments keep their name."""
+    job_file = write_job(tmp_path)
+    job = pipeline.Job.from_yaml(job_file)
+    calls = {
+        "with_overrides": lambda items: job.with_overrides(items),
+        "from_yaml": lambda items: pipeline.Job.from_yaml(job_file, items),
+        "from_dict": lambda items: pipeline.Job.from_dict(
+            {"input": {"paths": ["images/"]}}, tmp_path, items, source=job_file),
+    }
+    cases = [({"kmeans.kk": 3}, "overrides: kmeans.kk: unknown key (did you mean 'k'?)"),
+             ({"kmeans": 3}, "overrides: kmeans: expected 'section.key', e.g. 'kmeans.k'"),
+             (["kmeans.kk=3"], "overrides: kmeans.kk: unknown key (did you mean 'k'?)"),
+             (["kmeans.k"], "overrides: 'kmeans.k': expected 'section.key=value', e.g. "
+                            "'kmeans.k=8'"),
+             ({"output.dir": object()}, "overrides: output.dir: object is not a job-file "
+                                        "value; give str, int, float, bool, None, or lists "
+                                        "and dicts of them")]
+    for name, call in calls.items():
+        for items, message in cases:
+            with pytest.raises(pipeline.ConfigError) as caught:
+                call(items)
+            assert str(caught.value).removeprefix(f"{job_file}: ") == message, name
+            assert "--set" not in str(caught.value)
+    assert job.with_overrides({"output.dir": tmp_path / "o"}).out_dir == str(tmp_path / "o")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["run", job_file, "--set", "kmeans.kk=3"]) == 2
+    assert err.getvalue() == (f"error: {job_file}: --set kmeans.kk: unknown key (did you mean "
+                              "'k'?)\n")

@@ -534,8 +534,8 @@ CONFIG_CASES = {
                           "paths, globs and input.exclude"),
     "missing input": ("input: {paths: [images, nothere]}\n", [],
                       "input.paths: '{dir}/nothere' does not exist; check the path (relative "
-                      "paths are relative to the job file, or to the working directory "
-                      "without one)"),
+                      "paths are relative to the job file; typed on the command line, to "
+                      "the working directory)"),
     "output not creatable": ("input: {paths: [images]}\noutput: {dir: afile/out}\n", [],
                              "{job}: output.dir: cannot create '{dir}/afile/out': '{dir}/afile' "
                              "is a file, not a folder; choose another output.dir"),

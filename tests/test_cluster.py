@@ -288,7 +288,8 @@ def test_same_labels_and_centroids_on_threads_a_localcluster_and_a_remote_schedu
         "remote-never": ["--scheduler-file", healthy.file, "--set", "dask.persist=never"],
     }
     for name, extra in runs.items():
-        assert main(["run", job, "-q", "--set", f"output.dir={name}", *extra]) == 0, name
+        assert main(["run", job, "-q", "--set", f"output.dir={tmp_path / name}",
+                     *extra]) == 0, name
         _assert_same(str(tmp_path / name), reference)
 
 

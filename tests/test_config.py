@@ -62,8 +62,10 @@ def test_job_hash_ignores_scheduler_and_if_exists_only(tmp_path):
 
 
 def _default(key: schema.Key, base_dir: str):
-    """The schema default as the loaded config holds it: as written, even for a path (the
-    default output.dir, out, is relative to the working directory, as it always was)."""
+    """The schema default as the loaded config holds it: a path's (output.dir's out) resolved
+    next to the job file, as a path written in it."""
+    if key.is_path and isinstance(key.default, str) and key.default not in key.choices:
+        return os.path.join(base_dir, key.default)
     return key.default
 
 
@@ -204,3 +206,28 @@ def test_set_fills_a_section_left_empty_in_the_job_file(tmp_path):
     # `kmeans:` with nothing under it is null in YAML; --set used to be dropped silently there.
     cfg = load_config(_job(tmp_path, "input: {paths: [a]}\nkmeans:\n"), ["kmeans.k=3"])
     assert cfg.kmeans.k == 3 and "kmeans.k" in cfg.given
+
+
+@pytest.mark.parametrize("text, message", [
+    ("input: {paths: [a]}\nkmeans: {k: 3}\noutput: {dir: o}\nkmeans:\n  seed: 2\n",
+     "line 4: kmeans is given twice (also at line 2)"),
+    ("input: {paths: [a]}\nkmeans:\n  k: 3\n  seed: 1\n  k: 4\n",
+     "line 5: k is given twice (also at line 3)"),
+    ("input: {paths: [a], paths: [b]}\n", "line 1: paths is given twice (also at line 1)"),
+])
+def test_a_key_given_twice_is_refused_naming_it_and_its_line(tmp_path, text, message):
+    """PyYAML keeps the last of two ``kmeans:`` sections silently: the first one's keys
+    would be lost."""
+    path = _job(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (f"{path}: {message}; YAML would keep only the last: merge "
+                                 "them into one")
+    result = run_cli("validate", path)
+    assert result.code == 2 and result.lines == [f"error: {caught.value}"]
+
+
+def test_yaml_merge_keys_may_still_repeat_what_they_merge(tmp_path):
+    cfg = load_config(_job(tmp_path, "input: {paths: [a]}\nkmeans:\n  <<: {k: 3, seed: 4}\n"
+                                     "  k: 5\n"))  # an explicit key wins over a merged one
+    assert (cfg.kmeans.k, cfg.kmeans.seed) == (5, 4)

@@ -124,7 +124,8 @@ def test_performance_report_is_written_on_a_local_cluster_when_unset(tmp_path, c
                                                                      capsys):
     job = write_job(tmp_path, output={"masks": False}, dask={"n_workers": 1,
                                                              "threads_per_worker": 1})
-    assert main(["run", job, "--json", "--set", "dask.performance_report=perf.html"]) == 0
+    assert main(["run", job, "--json", "--set",
+                 f"dask.performance_report={tmp_path / 'perf.html'}"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["scheduler"] == "local"
     assert "dask.performance_report needs a distributed scheduler" in summary["scheduler_reason"]

@@ -113,8 +113,8 @@ def test_dithered_segmented_images_keep_the_palette_and_labels_stay_undithered(t
 
     _photos(tmp_path)
     plain = write_job(tmp_path, kmeans={"k": 6, "seed": 0})
-    assert main(["run", plain, "-q", "--set", "output.dir=plain"]) == 0
-    assert main(["run", plain, "-q", "--set", "output.dir=dithered",
+    assert main(["run", plain, "-q", "--set", f"output.dir={tmp_path / 'plain'}"]) == 0
+    assert main(["run", plain, "-q", "--set", f"output.dir={tmp_path / 'dithered'}",
                  "--set", "output.dither=floyd-steinberg"]) == 0
     model = json.loads((tmp_path / "dithered" / "model.json").read_text())
     palette = {tuple(c) for c in model["palette"]}

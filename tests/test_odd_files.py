@@ -411,7 +411,7 @@ def test_when_every_input_is_skipped_the_reasons_and_the_json_are_printed(tmp_pa
     assert captured.err.splitlines() == [f"skipped: {scan}: {reasons[scan]}",
                                          f"skipped: {dds}: {reasons[dds]}", f"error: {error}"]
     assert json.loads(captured.out) == {
-        "status": "error", "exit": 1, "errors": [error],
+        "status": "error", "exit_code": 1, "errors": [error],
         "problems": [{"path": scan, "error": reasons[scan]},
                      {"path": dds, "error": reasons[dds]}]}
     assert _report(tmp_path)["status"] == "failed"
@@ -423,7 +423,7 @@ def test_every_input_unreadable_from_its_header_is_exit_1_in_either_scope(tmp_pa
     dds = badfiles.dds_unsupported(tmp_path / "images" / "texture.dds")
     assert main(["run", _job(tmp_path, kmeans={"scope": scope}), "-q", "--json"]) == 1
     summary = json.loads(capsys.readouterr().out)
-    assert summary["exit"] == 1 and summary["problems"][0]["path"] == dds
+    assert summary["exit_code"] == 1 and summary["problems"][0]["path"] == dds
 
 
 def test_a_job_file_mistake_prints_the_error_json(tmp_path, capsys):
@@ -431,5 +431,5 @@ def test_a_job_file_mistake_prints_the_error_json(tmp_path, capsys):
     job = _job(tmp_path, kmeans={"kk": 3})
     assert main(["run", job, "--json"]) == 2
     assert json.loads(capsys.readouterr().out) == {
-        "status": "error", "exit": 2, "problems": [],
+        "status": "error", "exit_code": 2, "problems": [],
         "errors": [f"{job}: kmeans.kk: unknown key (did you mean 'k'?)"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,9 @@ def read_model(path: str, storage_options: dict | None = None,
                           f"({getattr(exc, 'strerror', None) or exc})") from exc
     except ValueError as exc:
         raise ConfigError(f"{where}: not a JSON model file ({exc})") from exc
+    if isinstance(doc, dict) and "totals" in doc and "images" in doc:  # report.json's keys
+        raise ConfigError(f"{where}: a report.json (a run's report), not a model; give the "
+                          f"model.json next to it: {_sibling_model(path)}")
     if not isinstance(doc, dict) or doc.get("schema_version") not in READABLE_VERSIONS:
         raise ConfigError(f"{where}: not a model.json of schema version 1 or 2; use one "
                           "written by kmeans-pipeline run")
@@ -120,6 +124,12 @@ def read_model(path: str, storage_options: dict | None = None,
         raise ConfigError(f"{where}: holds one palette per image; reuse needs a model fitted "
                           "with kmeans.scope: collection")
     return doc
+
+
+def _sibling_model(path: str) -> str:
+    """The model.json in the folder of ``path`` (a URL's too)."""
+    folder = path.rpartition("/")[0] if storage.is_url(path) else os.path.dirname(path)
+    return storage.join(folder, "model.json") if folder else "model.json"
 
 
 def model_centroids(doc: dict[str, Any], where: str) -> np.ndarray:
