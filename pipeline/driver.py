@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -616,6 +617,8 @@ def _run_rasters(record: RunRecord, listing: Listing, previous: dict | None, pha
     fit needs one feature space, so photos join the raster path as 3-band uint8 rasters in
     native units (`listing.photos_as_rasters`), and every image must give as many bands."""
     cfg = record.cfg
+    # numba's import and start-up (~1.3 s, `engine.compiled`) overlap the sample pass's reads
+    threading.Thread(target=kmeans.prefer_compiled, name="kmeans-warm-up", daemon=True).start()
     collection_scope = cfg.kmeans.scope == "collection"
     if collection_scope:
         listing = photos_as_rasters(listing, cfg.input)

@@ -93,6 +93,12 @@ class _Points:
                                                 bits or _COARSE_BITS))
 
 
+# A fit on this many colour-centroid distances per pass or more uses the compiled kernels for
+# all its passes, even those below the engine's per-call threshold (numba's start-up, ~1.3 s
+# once per process, is then under the time it saves).
+_COMPILED_FROM = 1 << 21
+
+
 def fit_sample(pixels: np.ndarray, cfg: KMeansConfig, color_space: str,
                init: np.ndarray | None = None) -> FitResult:
     """Fit centroids to an in-memory sample of pixels (or all pixels of one image).
@@ -129,6 +135,8 @@ def _best_of_starts(points: _Points, cfg: KMeansConfig, init: np.ndarray | None,
     """
     tol_abs = kmeans.tolerance(points.features, points.weights, cfg.tol)
     iterate = iterate and cfg.max_iter > 0
+    if iterate and len(points.weights) * cfg.n_clusters >= _COMPILED_FROM:
+        kmeans.prefer_compiled()  # the fit's many passes repay numba's start-up
     if (iterate and init is None and points.codes is not None and cfg.algorithm == "minibatch"
             and cfg.refine):
         return _fit_on_boxes(points, cfg, tol_abs, parallel)

@@ -127,24 +127,41 @@ class Sample:
 
 
 def _sample_window(reader: tuple, window: tuple[int, int, int, int], image_width: int,
-                   seed: int, key: int, rate: float) -> Any:
-    """(positions, pixels, unmasked pixel count) of one window, or the reason it failed."""
+                   seed: int, key: int, rate: float, share: float = 1.0) -> Any:
+    """(positions, pixels, unmasked pixel count) of one window, or the reason it failed.
+
+    With ``share`` < 1 only the window's parts in drawn sample blocks are read
+    (`rasters.sampled_blocks`), and the count is theirs scaled to the window.
+    """
     source, nodata, has_mask_band = reader
     row, col, h, w = window
-    try:
-        pixels, masked = read_masked(source, nodata, has_mask_band, row, col, h, w)
-    except ImageReadError as exc:
-        return str(exc)
-    positions, values = rasters.sample_window(pixels, masked, row, col, image_width, seed,
-                                              key, rate)
-    return positions, values, int(masked.size - np.count_nonzero(masked))
+    parts, seen, unmasked = [], 0, 0
+    for r0, c0, bh, bw in rasters.sampled_blocks(seed, key, row, col, h, w, image_width,
+                                                 share):
+        try:
+            pixels, masked = read_masked(source, nodata, has_mask_band, r0, c0, bh, bw)
+        except ImageReadError as exc:
+            return str(exc)
+        parts.append(rasters.sample_window(pixels, masked, r0, c0, image_width, seed, key,
+                                           rate, share))
+        seen += masked.size
+        unmasked += int(masked.size - np.count_nonzero(masked))
+    if not parts:
+        return np.empty(0, np.int64), None, 0
+    positions, values = rasters.merge_samples(parts)
+    if seen < h * w:  # an estimate for the rest, never 0 when a drawn block had pixels
+        unmasked = math.ceil(unmasked * (h * w) / seen) if unmasked else 0
+    return positions, values, unmasked
 
 
 def _merge_image(parts: list) -> Any:
     for part in parts:
         if isinstance(part, str):
             return part
-    positions, values = rasters.merge_samples([(p, v) for p, v, _ in parts])
+    read = [(p, v) for p, v, _ in parts if v is not None]
+    if not read:  # no window holds a drawn block: read again whole (`draw_sample`)
+        return np.empty(0, np.int64), None, 0
+    positions, values = rasters.merge_samples(read)
     return positions, values, sum(n for _, _, n in parts)
 
 
@@ -179,16 +196,17 @@ def draw_sample(images: list[RasterImage], sample_pixels: int, seed: int) -> Sam
     import dask
 
     total = sum(image.header.n_pixels for image in images) or 1
-    merged = []
-    for image in images:
-        rate = min(1.0, sample_pixels / total)
-        reader = image.reader()
-        key = rasters.sample_key(image.name)
-        parts = [dask.delayed(_sample_window, pure=True)(reader, window, image.header.width,
-                                                         seed, key, rate)
-                 for window in image.windows()]
-        merged.append(dask.delayed(_merge_image, pure=True)(parts))
-    results = dask.compute(*merged)
+    rate = min(1.0, sample_pixels / total)
+    shares = [rasters.block_share(rate, image.header.height, image.header.width)
+              for image in images]
+    results = list(dask.compute(*[_image_sample(image, rate, share, seed)
+                                  for image, share in zip(images, shares)]))
+    # drawn blocks all masked is no proof that every pixel is: read those images whole
+    again = [i for i, result in enumerate(results)
+             if not isinstance(result, str) and result[2] == 0 and shares[i] < 1.0]
+    for i, result in zip(again, dask.compute(*[_image_sample(images[i], rate, 1.0, seed)
+                                               for i in again])):
+        results[i] = result
     rows, counts, failed = [], {}, {}
     for image, result in zip(images, results):
         if isinstance(result, str):
@@ -201,6 +219,17 @@ def draw_sample(images: list[RasterImage], sample_pixels: int, seed: int) -> Sam
         rows.append(result[1].astype(np.float64))
     n_bands = len(images[0].selected) if images else 0
     return Sample(np.concatenate(rows) if rows else np.empty((0, n_bands)), counts, failed)
+
+
+def _image_sample(image: RasterImage, rate: float, share: float, seed: int) -> Any:
+    """A Delayed of one image's merged sample (`_merge_image`): a task per window."""
+    import dask
+
+    reader, key = image.reader(), rasters.sample_key(image.name)
+    parts = [dask.delayed(_sample_window, pure=True)(reader, window, image.header.width,
+                                                     seed, key, rate, share)
+             for window in image.windows()]
+    return dask.delayed(_merge_image, pure=True)(parts)
 
 
 def sample_image(image: RasterImage, n_sample: int, seed: int) -> np.ndarray:
@@ -218,14 +247,21 @@ def sample_image(image: RasterImage, n_sample: int, seed: int) -> np.ndarray:
     """
     reader = image.reader()
     rate = min(1.0, n_sample / max(1, image.header.n_pixels))
+    share = rasters.block_share(rate, image.header.height, image.header.width)
     key = rasters.sample_key(image.name)
-    parts = []
-    for window in image.windows():
-        part = _sample_window(reader, window, image.header.width, seed, key, rate)
-        if isinstance(part, str):
-            raise ImageReadError(part)
-        parts.append(part)
-    return _merge_image(parts)[1].astype(np.float64)
+    for share in (share, 1.0) if share < 1.0 else (1.0,):  # as `draw_sample`: again whole
+        parts = []
+        for window in image.windows():
+            part = _sample_window(reader, window, image.header.width, seed, key, rate, share)
+            if isinstance(part, str):
+                raise ImageReadError(part)
+            parts.append(part)
+        merged = _merge_image(parts)
+        if merged[2]:
+            break
+    if merged[1] is None:
+        return np.empty((0, len(image.selected)))
+    return merged[1].astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,6 +368,8 @@ def fit_model(sample: np.ndarray, n_clusters: int | str, *, normalize: str = "no
     """
     if len(sample) == 0:
         raise ValueError("the sample is empty: every sampled pixel is masked")
+    if len(sample) * (max_k if n_clusters == "auto" else int(n_clusters)) >= 1 << 20:
+        kmeans.prefer_compiled()  # many passes over the sample: repays numba's start-up
     normalization = init.normalization if init is not None else \
         feature_rows.Normalization.from_sample(normalize, sample)
     features = normalization.apply(sample)
@@ -361,20 +399,37 @@ def fit_model(sample: np.ndarray, n_clusters: int | str, *, normalize: str = "no
                        error, n_iter, converged, trials)
 
 
+# Starts are compared on at most this many sample rows (a fixed random subset); only the
+# winner runs on every row.  The starts' Lloyd steps were most of a raster fit's time.
+_START_ROWS = 1 << 18
+
+
 def _best_fit(features: np.ndarray, weights: np.ndarray, k: int, seed: int, n_init: int,
               max_iter: int, tol: float) -> tuple[np.ndarray, float, int, bool]:
-    """The lowest-inertia of ``n_init`` k-means++ starts refined by Lloyd steps."""
-    tol_abs = kmeans.tolerance(features, weights, tol)
+    """The lowest-inertia of ``n_init`` k-means++ starts refined by Lloyd steps (on a subset
+    of `_START_ROWS` rows when the sample is larger), then refined on every row."""
+    subset = features
+    if len(features) > 2 * _START_ROWS:
+        rows = np.random.default_rng([seed, len(features)]).choice(
+            len(features), _START_ROWS, replace=False)
+        subset = features[np.sort(rows)]
+    sub_weights = weights[:len(subset)]
+    tol_abs = kmeans.tolerance(subset, sub_weights, tol)
     best = None
     for start in range(max(1, n_init)):
         rng = np.random.default_rng([seed, start])
-        centroids = kmeans.kmeans_plusplus(features, weights, k, rng)
-        centroids, steps, converged = kmeans.lloyd(features, weights, centroids, max_iter,
+        centroids = kmeans.kmeans_plusplus(subset, sub_weights, k, rng)
+        centroids, steps, converged = kmeans.lloyd(subset, sub_weights, centroids, max_iter,
                                                    tol_abs)
-        partial, _, _ = kmeans.partial_sums(features, None, centroids)
+        partial, _, _ = kmeans.partial_sums(subset, None, centroids)
         if best is None or partial.inertia < best[1]:
             best = (centroids, float(partial.inertia), len(steps), converged)
-    return best
+    if subset is features:
+        return best
+    centroids, steps, converged = kmeans.lloyd(features, weights, best[0], max_iter,
+                                               kmeans.tolerance(features, weights, tol))
+    partial, _, _ = kmeans.partial_sums(features, None, centroids)
+    return centroids, float(partial.inertia), best[2] + len(steps), converged
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,28 +473,15 @@ def output_format(image: RasterImage, requested: str) -> str:
 
 class _ClassStats:
     """Per-class pixel counts, and sums of (value - centroid) and its square per band in the
-    input's units (deviations from the centroid keep float64 sums of squares accurate)."""
+    input's units (deviations from the centroid keep float64 sums of squares accurate), filled
+    by `pipeline.engine.compiled.label_window`."""
 
     def __init__(self, native: np.ndarray):
-        self.native = native
-        self._native_t = np.ascontiguousarray(native.T)
+        self.native = np.ascontiguousarray(native, dtype=np.float64)
         k, b = native.shape
         self.counts = np.zeros(k, np.int64)
         self.sums = np.zeros((k, b))
         self.squares = np.zeros((k, b))
-
-    def add(self, pixels: np.ndarray, labels: np.ndarray) -> None:
-        k, n_bands = self.native.shape
-        self.counts += np.bincount(labels, minlength=k)[:k]
-        # one contiguous band at a time (strided conversions were most of the cost), and no
-        # BLAS (its threads spin on a busy machine, and its sums depend on the block size)
-        bands = np.ascontiguousarray(pixels.T)
-        for band in range(n_bands):
-            values = bands[band].astype(np.float64)
-            values -= self._native_t[band].take(labels)
-            self.sums[:, band] += np.bincount(labels, values, k)[:k]
-            values *= values
-            self.squares[:, band] += np.bincount(labels, values, k)[:k]
 
     def merge(self, other: _ClassStats) -> None:
         self.counts += other.counts
@@ -670,31 +712,20 @@ def _each_window(work: Callable[..., None], windows: list[tuple[int, int, int, i
             raise
 
 
-_LABEL_BLOCK = 1 << 16  # pixels per step of `_label`: float64 features stay a few MiB
-
-
 def _label(pixels: np.ndarray, masked: np.ndarray, model: RasterModel,
            masked_label: int) -> tuple[np.ndarray, _ClassStats]:
-    """Labels of one window (masked pixels `masked_label`) and its per-class statistics,
-    in blocks of `_LABEL_BLOCK` pixels."""
+    """Labels of one window (masked pixels `masked_label`) and its per-class statistics, in
+    one compiled pass over its pixels (`pipeline.engine.compiled.label_window`)."""
+    from pipeline.engine import compiled
+
     rows = pixels.reshape(-1, pixels.shape[2])
-    flat_masked = masked.reshape(-1)
     out = np.empty(len(rows), tiled.label_dtype(model.n_clusters))
     stats = _ClassStats(model.native)
-    for start in range(0, len(rows), _LABEL_BLOCK):
-        block = rows[start:start + _LABEL_BLOCK]
-        part = out[start:start + _LABEL_BLOCK]
-        valid = ~flat_masked[start:start + _LABEL_BLOCK]
-        if valid.all():
-            labels, _ = kmeans.assign(model.normalization.apply(block), model.centroids)
-            part[:] = labels
-            stats.add(block, labels)
-            continue
-        block = block[valid]
-        labels, _ = kmeans.assign(model.normalization.apply(block), model.centroids)
-        part[valid] = labels
-        part[~valid] = masked_label
-        stats.add(block, labels)
+    norm = model.normalization
+    compiled.label_window(rows, masked.reshape(-1), model.centroids,
+                          np.asarray(norm.center, np.float64), np.asarray(norm.scale, np.float64),
+                          norm.method != "none", stats.native, masked_label, out, stats.counts,
+                          stats.sums, stats.squares)
     return out.reshape(masked.shape), stats
 
 

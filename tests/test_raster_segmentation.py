@@ -331,3 +331,57 @@ def test_band_counts_must_agree_and_all_nodata_images_are_skipped(tmp_path):
         _write(str(tmp_path / "c.tif"), np.zeros_like(pixels), nodata="0"))[0])
     sample = raster_job.draw_sample([five, blank], 4000, 0)
     assert sample.failed == {"c": f"{blank.header.path}: {raster_job.ALL_MASKED}"}
+
+
+def test_large_images_are_sampled_in_drawn_blocks_read_alone(tmp_path):
+    """Above 64 sample blocks a low-rate sample reads only the drawn 512-pixel blocks: the
+    sample then holds pixels of those blocks only, the same for any chunking; and an image
+    whose drawn blocks are all nodata is read again whole, not called all-masked."""
+    size = 4608  # 9 x 9 blocks of 512
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(100, 4000, (size, size, 2)).astype(np.uint16)
+    ys, xs = np.mgrid[0:size, 0:size]
+    pixels[..., 0] = 1 + (ys // 512) * 9 + xs // 512  # band 1 names the pixel's block
+    seed, n_sample = 3, 20_000
+    rate = n_sample / size**2
+    share = rasters.block_share(rate, size, size)
+    assert share == 64 / 81
+    drawn = rasters.sampled_blocks(seed, rasters.sample_key("big"), 0, 0, size, size, size, share)
+    assert 40 < len(drawn) < 81
+    path = _write(str(tmp_path / "big.tif"), pixels, tile=(256, 256))
+    header = rasters.read_headers(path, "big")[0]
+    with dask.config.set(scheduler="sync"):
+        samples = [raster_job.draw_sample([raster_job.RasterImage(header, chunk_pixels=c)],
+                                          n_sample, seed) for c in (1 << 16, 1 << 20)]
+    assert np.array_equal(samples[0].rows, samples[1].rows)
+    inside = np.zeros((size, size), bool)
+    for r0, c0, h, w in drawn:
+        inside[r0:r0 + h, c0:c0 + w] = True
+    assert 0.6 * n_sample < len(samples[0].rows) < 1.4 * n_sample
+    blocks = {1 + (r0 // 512) * 9 + c0 // 512 for r0, c0, _, _ in drawn}
+    assert set(np.unique(samples[0].rows[:, 0]).tolist()) == blocks
+    # nodata everywhere but one undrawn block: the drawn blocks see nothing, the image is
+    # read whole and sampled from that block
+    undrawn = next((r, c) for r in range(0, size, 512) for c in range(0, size, 512)
+                   if not inside[r, c])
+    island = np.zeros_like(pixels)
+    island[undrawn[0]:undrawn[0] + 512, undrawn[1]:undrawn[1] + 512] = 777
+    path = _write(str(tmp_path / "island.tif"), island, tile=(256, 256), nodata="0")
+    header = rasters.read_headers(path, "big")[0]
+    with dask.config.set(scheduler="sync"):
+        sample = raster_job.draw_sample([raster_job.RasterImage(header)], n_sample, seed)
+    assert not sample.failed and len(sample.rows) > 0 and (sample.rows == 777).all()
+
+
+def test_starts_on_a_subset_of_a_large_sample_find_the_full_starts_basin(monkeypatch):
+    """A sample above 2 x 2^18 rows compares its starts on 2^18 of them and refines only the
+    winner: the same classes, and an objective no worse than starts on every row."""
+    rng = np.random.default_rng(8)
+    truth = rng.integers(0, 4, 600_000)
+    rows = CLASSES[truth] + rng.normal(0, 60, (600_000, 5))
+    fast = raster_job.fit_model(rows, 4, seed=2, n_init=3)
+    monkeypatch.setattr(raster_job, "_START_ROWS", 1 << 30)
+    full = raster_job.fit_model(rows, 4, seed=2, n_init=3)
+    assert fast.inertia <= full.inertia * (1 + 1e-9)
+    order = np.lexsort(fast.native.T[::-1])
+    assert np.abs(fast.native[order] - CLASSES[np.lexsort(CLASSES.T[::-1])]).max() < 5

@@ -52,6 +52,16 @@ TEMP_PREFIX = ".tmp-"  # as pipeline.write: removed by remove_temp_files after a
 BLOCK = 512  # internal tile size of every output
 DEFLATE_LEVEL = 1  # zlib level 1: a third of level 6's time for 15 % more bytes (as the PNGs)
 _CACHE_MB = 256  # GDAL's block cache while copying to COG: bounds the memory overviews take
+# A stage for the COG copy up to this size is left uncompressed (compressed twice otherwise,
+# ~1 s per 60 Mpx of uint8 labels); a larger one would take that much disk for a while.
+_RAW_STAGE_BYTES = 1 << 30
+
+
+def _threads() -> int:
+    """GDAL's compression threads for the COG copy: the cores this process may use (the copy
+    runs after the image's windows, when its task has no other work)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
 # The authalic sphere: the sphere with the WGS 84 ellipsoid's surface area (Snyder 1987, p. 16).
 AUTHALIC_RADIUS_M = 6371007.181
 NO_CRS_NOTE = ("no CRS in the input: outputs are plain tiled TIFFs (not COG), and class areas "
@@ -140,11 +150,13 @@ class RasterSink:
         profile = {
             "driver": "GTiff", "height": height, "width": width, "count": count,
             "dtype": np.dtype(dtype).name, "tiled": True, "blockxsize": tile[1],
-            "blockysize": tile[0], "compress": "deflate", "zlevel": zlevel,
-            "BIGTIFF": "IF_SAFER",
+            "blockysize": tile[0], "BIGTIFF": "IF_SAFER",
             "interleave": "pixel" if count > 1 else "band",
             "crs": CRS.from_wkt(georef.crs_wkt) if georef.crs_wkt else None,
         }
+        raw = height * width * count * np.dtype(dtype).itemsize
+        if not self.cog or raw > _RAW_STAGE_BYTES:  # the COG copy compresses the rest
+            profile.update(compress="deflate", zlevel=zlevel)
         if not Affine(*georef.transform).is_identity:  # none: GDAL writes no geotransform
             profile["transform"] = Affine(*georef.transform)
         if nodata is not None and self._pending_nodata is None:
@@ -190,7 +202,7 @@ class RasterSink:
                         self._stage, self._final_temp, driver="COG", COMPRESS="DEFLATE",
                         LEVEL=DEFLATE_LEVEL, BLOCKSIZE=BLOCK,
                         RESAMPLING=self.resampling.upper(), OVERVIEWS="IGNORE_EXISTING",
-                        BIGTIFF="IF_SAFER")
+                        BIGTIFF="IF_SAFER", NUM_THREADS=str(_threads()))
                 os.unlink(self._stage)
             else:
                 os.replace(self._stage, self._final_temp)

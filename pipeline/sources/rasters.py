@@ -1180,8 +1180,50 @@ def sample_columns(seed: int, key: int, rows: np.ndarray, width: int, rate: floa
     return index[keep], columns[keep]
 
 
+# Large images are sampled in blocks of a fixed grid (not the file's tiles or the chunking, so
+# the same pixels whatever the storage), a share of the blocks each with a share of their
+# pixels: the sample pass then decodes only those blocks instead of the whole image.
+SAMPLE_BLOCK = 512
+_BLOCK_OVERSAMPLE = 16  # within a drawn block, at most 1 pixel in 16 is sampled ...
+_MIN_BLOCKS = 64  # ... unless that leaves fewer blocks than this (spatial spread)
+
+
+def block_share(rate: float, height: int, width: int) -> float:
+    """The share of `SAMPLE_BLOCK` blocks drawn for a sample of ``rate`` of the pixels (1, every
+    block, for any image under ~17 Mpx at the default 2^20-pixel sample, or of up to 64
+    blocks)."""
+    n_blocks = math.ceil(height / SAMPLE_BLOCK) * math.ceil(width / SAMPLE_BLOCK)
+    return min(1.0, max(rate * _BLOCK_OVERSAMPLE, _MIN_BLOCKS / max(1, n_blocks)))
+
+
+def sampled_blocks(seed: int, key: int, row: int, col: int, height: int, width: int,
+                   image_width: int, share: float) -> list[tuple[int, int, int, int]]:
+    """The drawn blocks' parts inside a window: (row, col, height, width) each, raster order.
+
+    A block is drawn with probability ``share``, by a hash of (seed, key, block index).
+    """
+    if share >= 1.0:
+        return [(row, col, height, width)]
+    b = SAMPLE_BLOCK
+    per_row = math.ceil(image_width / b)
+    rows = np.arange(row // b, (row + height - 1) // b + 1, dtype=np.int64)
+    cols = np.arange(col // b, (col + width - 1) // b + 1, dtype=np.int64)
+    index = (rows[:, None] * per_row + cols[None, :]).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        base = np.random.SeedSequence([seed, key, 1]).generate_state(1, np.uint64)[0]
+        drawn = _uniform(_mix(base ^ (index * _GOLDEN))) < share
+    out = []
+    for i, j in zip(*np.nonzero(drawn)):
+        r0, c0 = max(row, int(rows[i]) * b), max(col, int(cols[j]) * b)
+        r1 = min(row + height, (int(rows[i]) + 1) * b)
+        c1 = min(col + width, (int(cols[j]) + 1) * b)
+        out.append((r0, c0, r1 - r0, c1 - c0))
+    return out
+
+
 def sample_window(raw: np.ndarray, masked: np.ndarray, row: int, col: int, width: int,
-                  seed: int, key: int, rate: float) -> tuple[np.ndarray, np.ndarray]:
+                  seed: int, key: int, rate: float,
+                  share: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """The sampled, unmasked pixels of one window (see `sample_columns`).
 
     Parameters
@@ -1193,6 +1235,9 @@ def sample_window(raw: np.ndarray, masked: np.ndarray, row: int, col: int, width
         The window's top-left pixel in the image.
     width : int
         The image's width (positions are ``row * width + column``).
+    share : float
+        `block_share`: pixels are drawn at ``rate / share`` inside the drawn blocks only
+        (`sampled_blocks`), so a window covering no drawn block need not be read.
 
     Returns
     -------
@@ -1200,9 +1245,15 @@ def sample_window(raw: np.ndarray, masked: np.ndarray, row: int, col: int, width
     pixels : ndarray of shape (m, n_bands), native dtype
     """
     h, w = masked.shape
-    ys, xs = sample_columns(seed, key, np.arange(row, row + h), width, rate, col, col + w)
+    ys, xs = sample_columns(seed, key, np.arange(row, row + h), width,
+                            min(1.0, rate / share), col, col + w)
     xs = xs - col
     keep = ~masked[ys, xs]
+    if share < 1.0:
+        inside = np.zeros((h, w), bool)
+        for r0, c0, bh, bw in sampled_blocks(seed, key, row, col, h, w, width, share):
+            inside[r0 - row:r0 - row + bh, c0 - col:c0 - col + bw] = True
+        keep &= inside[ys, xs]
     ys, xs = ys[keep], xs[keep]
     return (ys + row) * width + xs + col, raw[ys, xs]
 
@@ -1223,6 +1274,7 @@ def sample_pixels(pixels: da.Array, masked: da.Array, seed: int, key: int,
 
     height, width = masked.shape
     rate = min(1.0, n_sample / max(1, height * width))
+    share = block_share(rate, height, width)
     blocks_p, blocks_m = pixels.to_delayed(), masked.to_delayed()
     parts = []
     row = 0
@@ -1230,7 +1282,7 @@ def sample_pixels(pixels: da.Array, masked: da.Array, seed: int, key: int,
         col = 0
         for j, w in enumerate(pixels.chunks[1]):
             part = dask.delayed(sample_window, pure=True)(
-                blocks_p[i, j, 0], blocks_m[i, j], row, col, width, seed, key, rate)
+                blocks_p[i, j, 0], blocks_m[i, j], row, col, width, seed, key, rate, share)
             parts.append(part)
             col += w
         row += h

@@ -1,0 +1,86 @@
+"""The compiled kernels (numba, `pipeline.engine.compiled`) give numpy's labels and distances
+bit for bit, for every dtype the engine takes, so which one runs never changes a result."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from pipeline import features as feature_rows
+from pipeline.engine import compiled, kmeans
+
+DTYPES = [np.uint8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64]
+
+
+def _rows(dtype):
+    if np.dtype(dtype).kind == "f":
+        elements = st.floats(-1e6, 1e6, width=np.dtype(dtype).itemsize * 8)
+    else:
+        info = np.iinfo(dtype)
+        elements = st.integers(int(info.min), int(info.max))
+    return st.tuples(st.integers(1, 700), st.integers(1, 6)).flatmap(
+        lambda shape: arrays(dtype, shape, elements=elements))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), k=st.integers(1, 40), seed=st.integers(0, 2 ** 16))
+def test_nearest_compiled_equals_numpy(dtype, data, k, seed):
+    rows = data.draw(_rows(dtype))
+    rng = np.random.default_rng(seed)
+    centroids = rows[rng.integers(0, len(rows), k)].astype(np.float64)
+    centroids += rng.normal(0, 1 + np.abs(centroids).mean() * 1e-3, centroids.shape)
+    centroids[rng.random(k) < 0.2] = centroids[0]  # ties: the lowest index must win
+    want = kmeans.nearest(rows, centroids, second=True, compiled=False)
+    got = kmeans.nearest(rows, centroids, second=True, compiled=True)
+    for a, b in zip(want, got):
+        assert a.tobytes() == b.tobytes()
+    strided = rows[::2, ::-1]  # any memory layout
+    want = kmeans.nearest(strided, centroids[:, ::-1], compiled=False)
+    got = kmeans.nearest(strided, centroids[:, ::-1], compiled=True)
+    assert want[0].tobytes() == got[0].tobytes() and want[1].tobytes() == got[1].tobytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=_rows(np.uint16), k=st.integers(1, 12), seed=st.integers(0, 2 ** 16),
+       method=st.sampled_from(["none", "standard", "robust"]))
+def test_label_window_equals_assign_and_bincounts(rows, k, seed, method):
+    """The one-pass raster kernel: labels as `assign` on the normalised rows, masked pixels
+    the masked label, counts exact, and the statistics those of numpy's per-class sums."""
+    rng = np.random.default_rng(seed)
+    masked = rng.random(len(rows)) < 0.3
+    norm = feature_rows.Normalization.from_sample(method, rows)
+    features = norm.apply(rows)
+    centroids = features[rng.integers(0, len(rows), k)] + rng.normal(0, 0.5, (k, rows.shape[1]))
+    native = norm.invert(centroids)
+    labels = np.empty(len(rows), np.uint16)
+    counts = np.zeros(k, np.int64)
+    sums, squares = np.zeros((k, rows.shape[1])), np.zeros((k, rows.shape[1]))
+    compiled.label_window(rows, masked, centroids, np.asarray(norm.center),
+                          np.asarray(norm.scale), method != "none", native, 65535, labels,
+                          counts, sums, squares)
+    want, _ = kmeans.assign(features[~masked], centroids)
+    assert (labels[masked] == 65535).all()
+    assert (labels[~masked] == want).all()
+    assert (counts == np.bincount(want, minlength=k)).all()
+    deviations = rows[~masked].astype(np.float64) - native[want]
+    for band in range(rows.shape[1]):
+        np.testing.assert_allclose(sums[:, band], np.bincount(want, deviations[:, band], k),
+                                   rtol=1e-12, atol=1e-6)
+        np.testing.assert_allclose(squares[:, band],
+                                   np.bincount(want, deviations[:, band] ** 2, k),
+                                   rtol=1e-12, atol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=_rows(np.float64), n_points=st.integers(1, 9), seed=st.integers(0, 2 ** 16))
+def test_distances_to_compiled_equals_numpy(rows, n_points, seed):
+    channels = np.ascontiguousarray(rows.T)
+    points = rows[np.random.default_rng(seed).integers(0, len(rows), n_points)] + 0.25
+    out = np.empty((n_points, len(rows)))
+    compiled.distances_to(channels, points, out)
+    want = (channels[0][None, :] - points[:, 0:1]) ** 2
+    for c in range(1, len(channels)):
+        want += (channels[c][None, :] - points[:, c:c + 1]) ** 2
+    assert out.tobytes() == want.tobytes()
