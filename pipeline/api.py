@@ -530,8 +530,9 @@ def fit(images: Iterable[Image], k: int | str = 8, seed: int = 0,
     pixels = collection.pixel_array(sample.good, cfg.dask.chunk_pixels) if lloyd else None
     masked = collection.mask_array(sample.good, cfg.dask.chunk_pixels) if lloyd else None
     outcome = fitting.fit_palette(sample.rows, pixels, km, pre.color_space, pre.spatial_weight,
-                                  None, driver.persist_histograms(cfg, sample.good), auto,
-                                  masked)
+                                  None, lloyd and driver.persist_histograms(cfg, sample.good,
+                                                                            sample.rows),
+                                  auto, masked)
     outcome.warnings[:0] = warnings
     for message in outcome.warnings:
         log.warning(message)

@@ -49,6 +49,18 @@ class _Written:
     model: dict | None = None
 
 
+@dataclass
+class _Held:
+    """What the sampling pass keeps for the later passes: decoded pixels, in this process or
+    in worker memory (`collection.KeptPixels`), released when the run ends."""
+
+    kept: collection.KeptPixels | None = None
+
+    def clear(self) -> None:
+        if self.kept is not None:
+            self.kept.clear()
+
+
 class _Silent:
     def phase(self, name: str, images: int, pixels: int) -> None:
         pass
@@ -97,7 +109,7 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
     record.timings["list"] = time.perf_counter() - clock
     for path, reason in listing.failed:
         log.info("%s: %s", path, reason)
-    kept = collection.Decoded()  # the sampling pass's decoded pixels, for the segment pass
+    held = _Held()  # the sampling pass's decoded pixels, for the later passes
     written = _Written()
     try:
         _save(record)
@@ -110,8 +122,8 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
             _run_rasters(record, listing, previous, phases, written, init)
         else:
             if cfg.kmeans.scope == "collection":
-                outcome, good = _fit(record, listing.images, previous, phases, init, kept)
-                _segment(record, good, outcome, phases, kept, written)
+                outcome, good = _fit(record, listing.images, previous, phases, init, held)
+                _segment(record, good, outcome, phases, held, written)
             else:  # one palette per image: each task fits, segments and writes its image
                 palettes = _run_per_image(record, listing.images, phases, init)
                 _save_image_models(record, palettes, {}, written)
@@ -135,7 +147,7 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
     else:
         failure = None
     finally:
-        kept.clear()  # kept by the sampling pass, even if the run failed
+        held.clear()  # kept by the sampling pass, even if the run failed
         record.timings["total"] = time.perf_counter() - clock
         # First: on a full disk report.json matters more than the page.  When even it cannot
         # be written (an unreachable store: each try takes its retries), the page would not be.
@@ -397,7 +409,7 @@ def _image_failed(record: RunRecord, info: ImageInfo, error: str) -> None:
 
 
 def _segment(record: RunRecord, good: list[ImageInfo], outcome: fitting.FitOutcome,
-             phases: _Phases, kept: collection.Decoded, written: _Written) -> None:
+             phases: _Phases, held: _Held, written: _Written) -> None:
     """Segment and write every image with the collection's palette, then the palette files."""
     cfg = record.cfg
     record.warnings += outcome.warnings
@@ -410,14 +422,18 @@ def _segment(record: RunRecord, good: list[ImageInfo], outcome: fitting.FitOutco
     whole = whole_table_pays(sum(i.n_pixels for i in good), len(outcome.centroids),
                              cfg.preprocess.color_space)
     groups = collection.groups(todo)
-    use_kept = kept if len(kept) else None
+    kept = held.kept if held.kept is not None and len(held.kept) else None
+    if kept is not None:  # done before (resume): not segmented again
+        pending = set(todo)
+        kept.release([info for info in good if info not in pending])
     segment_tasks = [
         dask.delayed(collection.each, pure=True)(
             tasks.segment_task, [(info,) for info in group], outcome.centroids,
             cfg.preprocess.color_space, outcome.palette, cfg.output, record.out_dir,
-            cfg.preprocess.spatial_weight, whole, use_kept)
+            cfg.preprocess.spatial_weight, whole, kept and kept.for_group(group))
         for group in groups]
-    _compute_images(record, groups, segment_tasks, phases, "segment")
+    _compute_images(record, groups, segment_tasks, phases, "segment",
+                    kept.release if kept is not None else None)
     record.timings["segment"] = time.perf_counter() - clock
     doc = _save_model(record, outcome, written)
     report.write_palette_files(record.out_dir, outcome.palette, doc["counts"], cfg.source,
@@ -425,8 +441,7 @@ def _segment(record: RunRecord, good: list[ImageInfo], outcome: fitting.FitOutco
 
 
 def _fit(record: RunRecord, images: list[ImageInfo], previous: dict | None, phases: _Phases,
-         init: np.ndarray | None,
-         kept: collection.Decoded) -> tuple[fitting.FitOutcome, list[ImageInfo]]:
+         init: np.ndarray | None, held: _Held) -> tuple[fitting.FitOutcome, list[ImageInfo]]:
     """The palette: the model this job saved before (resume), the init model's (max_iter: 0),
     or fitted on a sample; and the images to segment with it."""
     cfg = record.cfg
@@ -446,8 +461,11 @@ def _fit(record: RunRecord, images: list[ImageInfo], previous: dict | None, phas
         _check_decodable(record, images, phases)
         return fitting.FitOutcome.of(fitting.FitResult(init, [], True), space), images
     clock = time.perf_counter()
-    keep = km.algorithm == "minibatch" and weight == 0 and _keep_decoded(cfg, images)
-    sample = _sample(record, images, phases, kept if keep else None)
+    held.kept = _keep_decoded(cfg, images)
+    sample = _sample(record, images, phases, held.kept)
+    if held.kept is not None:  # skipped images: their pixels are not needed
+        usable = set(sample.good)
+        held.kept.release([info for info in images if info not in usable])
     record.timings["sample"] = time.perf_counter() - clock
     auto = _choose_k(record, sample.rows)
     if auto is not None:
@@ -455,17 +473,18 @@ def _fit(record: RunRecord, images: list[ImageInfo], previous: dict | None, phas
     clock = time.perf_counter()
     good = sample.good
     lloyd = km.algorithm == "lloyd"
-    pixels = collection.pixel_array(good, cfg.dask.chunk_pixels) if lloyd else None
-    masked = collection.mask_array(good, cfg.dask.chunk_pixels) if lloyd else None
+    pixels = collection.pixel_array(good, cfg.dask.chunk_pixels, held.kept) if lloyd else None
+    masked = collection.mask_array(good, cfg.dask.chunk_pixels, held.kept) if lloyd else None
     phases.phase("fit", len(good), sum(i.n_pixels for i in good))
     outcome = fitting.fit_palette(sample.rows, pixels, km, space, weight, init,
-                                  persist_histograms(cfg, good), auto, masked)
+                                  lloyd and persist_histograms(cfg, good, sample.rows), auto,
+                                  masked)
     record.timings["fit"] = time.perf_counter() - clock
     return outcome, good
 
 
 def _sample(record: RunRecord, images: list[ImageInfo], phases: _Phases,
-            kept: collection.Decoded | None) -> collection.Sample:
+            kept: collection.KeptPixels | None) -> collection.Sample:
     """The reproducible sample of the images that decode; the others are skipped."""
     cfg = record.cfg
     pre = cfg.preprocess
@@ -507,22 +526,57 @@ def _check_decodable(record: RunRecord, images: list[ImageInfo], phases: _Phases
             _image_failed(record, info, error)
 
 
-def _keep_decoded(cfg: JobConfig, images: list[ImageInfo]) -> bool:
-    """Whether the sampling pass keeps decoded pixels (3 bytes each) for the segment pass: only
-    when tasks run in this process (threads), and as ``dask.persist`` says (auto: when they
-    take under a quarter of the memory available)."""
-    if cfg.dask.persist == "never" or not cluster.tasks_run_here():
-        return False
-    return cfg.dask.persist == "always" or \
-        3 * sum(i.n_pixels for i in images) < cluster.memory_budget() // 4
+def _keep_decoded(cfg: JobConfig, images: list[ImageInfo]) -> collection.KeptPixels | None:
+    """Where the sampling pass keeps decoded pixels (3 bytes each) for the later passes, so
+    that each image is decoded once: in this process when tasks run here (threads; for
+    minibatch, whose only later pass is the segment pass), in worker memory on a distributed
+    cluster (issue 14; lloyd's passes read them too); nowhere on the processes scheduler.
+    As ``dask.persist`` says: auto keeps them when they take under a quarter of the memory
+    available (the workers' memory limits in all, on a cluster)."""
+    if cfg.dask.persist == "never":
+        return None
+    here = cluster.tasks_run_here()
+    if (here and cfg.kmeans.algorithm != "minibatch") or not (here or cluster.on_cluster()):
+        return None
+    if cfg.dask.persist == "auto" and \
+            3 * sum(i.n_pixels for i in images) >= cluster.memory_budget() // 4:
+        return None
+    return collection.Decoded() if here else \
+        cluster.decode_on_workers(images, collection.decode_kept)
 
 
-def persist_histograms(cfg: JobConfig, images: list[ImageInfo]) -> bool:
-    """Whether lloyd keeps per-chunk colour histograms in memory across passes."""
+# Bytes of a per-chunk histogram per distinct colour: a uint32 code and an int64 count.
+_HISTOGRAM_BYTES = 12
+# A chunk (one image, or a band of one) has at most the sample's share of distinct colours
+# in all but odd collections: a smaller set of pixels repeats fewer colours, and the sample
+# spans every image.  Twice the sample's share leaves room for those.
+_DISTINCT_SAFETY = 2.0
+
+
+def persist_histograms(cfg: JobConfig, images: list[ImageInfo], sample: np.ndarray) -> bool:
+    """Whether lloyd keeps per-chunk colour histograms in memory across passes.
+
+    ``persist: auto`` estimates their size from the sample, (n_sample, 3) uint8: 12 bytes
+    per distinct colour, at twice the sample's distinct-colour ratio (at most one per pixel),
+    and keeps them when that is under a quarter of the memory available.  Typical photos have
+    a few per cent distinct colours, where the bound of 12 bytes per pixel refused to keep
+    even 100 Mpx on 4 GiB of workers, so every pass decoded every image again (issue 14).
+    """
     if cfg.dask.persist != "auto":
         return cfg.dask.persist == "always"
-    # Per-chunk histograms take at most 12 bytes per pixel; keep them when they fit easily.
-    return 12 * sum(i.n_pixels for i in images) < cluster.memory_budget() // 4
+    ratio = min(1.0, _DISTINCT_SAFETY * _distinct_ratio(sample))
+    estimate = _HISTOGRAM_BYTES * ratio * sum(i.n_pixels for i in images)
+    return estimate < cluster.memory_budget() // 4
+
+
+def _distinct_ratio(sample: np.ndarray) -> float:
+    """Distinct colours per row of uint8 RGB rows (n, 3); 1.0 for no rows (or feature rows,
+    which have no colour histogram)."""
+    if not len(sample) or sample.dtype != np.uint8 or sample.shape[1:] != (3,):
+        return 1.0
+    seen = np.zeros(1 << 24, bool)  # marking codes: np.unique's hash path is slow (issue 14)
+    seen[kmeans.pack(sample)] = True
+    return float(np.count_nonzero(seen)) / len(sample)
 
 
 def _save_model(record: RunRecord, outcome: fitting.FitOutcome, written: _Written) -> dict:
@@ -582,7 +636,10 @@ def _save_image_models(record: RunRecord, palettes: dict[str, dict], models: dic
 
 
 def _compute_images(record: RunRecord, groups: list[list[ImageInfo]], image_tasks: list,
-                    phases: _Phases, phase: str) -> None:
+                    phases: _Phases, phase: str,
+                    release: Callable[[list[ImageInfo]], None] | None = None) -> None:
+    """Compute the image tasks of ``groups``, recording each image as its group finishes;
+    ``release`` is told each finished group (its kept pixels are no longer needed)."""
     todo = [info for group in groups for info in group]
     phases.phase(phase, len(todo), sum(i.n_pixels for i in todo))
 
@@ -600,6 +657,8 @@ def _compute_images(record: RunRecord, groups: list[list[ImageInfo]], image_task
                 for message in (result.get("palette") or {}).get("warnings", []):
                     record.warnings.append(f"{info.name}: {message}")
                     log.warning("%s: %s", info.path, message)
+        if release is not None:
+            release(groups[g])
         collection.advance(phases, groups[g])
         phases.save(force=False)
 

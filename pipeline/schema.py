@@ -392,8 +392,9 @@ KEYS: tuple[Key, ...] = (
         "(else exit 2), and to wait for a lost one (then exit 1)", minimum=0.0, exclusive=True,
         hashed=False),
     Key("dask", "persist", "enum", "auto", "auto | always | never: keep decoded pixels "
-        "(threads) between the sampling and segment passes, and per-chunk colour histograms "
-        "for lloyd, in memory", choices=PERSIST, hashed=False),
+        "between the passes (in this process on threads, in worker memory on a cluster: each "
+        "image decoded once), and lloyd's per-chunk colour histograms; auto: when they take "
+        "under a quarter of the memory", choices=PERSIST, hashed=False),
     Key("dask", "config", "mapping", {}, "passed to dask.config.set, e.g. "
         "{\"distributed.comm.timeouts.connect\": \"30s\"}", hashed=False),
     Key("dask", "performance_report", "string", None, "a path: dask's performance report (HTML) "

@@ -605,3 +605,76 @@ def test_dask_config_mapping_is_in_force_while_connected(job):
     with cluster.connect(cfg.dask):
         assert dask.config.get("array.chunk-size") == "7MiB"
     assert dask.config.get("array.chunk-size") != "7MiB"
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoded once (issue 14): pixels kept in worker memory between the passes
+
+
+def _count_decodes(client) -> None:
+    """Wrap each worker's `photos.decode_masked` (which `photos.decode` calls too) so that it
+    counts its calls per image name; the real decoder still does the work."""
+    def install():
+        import collections
+
+        from pipeline.sources import photos
+
+        original = getattr(photos.decode_masked, "original", photos.decode_masked)
+        counts = collections.Counter()
+
+        def counting(info, *args, **kwargs):
+            counts[info.name] += 1
+            return original(info, *args, **kwargs)
+
+        counting.original, counting.counts = original, counts
+        photos.decode_masked = counting
+
+    client.run(install)
+
+
+def _decodes(client) -> dict[str, int]:
+    """Image name -> decodes on every worker since `_count_decodes`; restores the decoder."""
+    def read():
+        from pipeline.sources import photos
+
+        counts = dict(getattr(photos.decode_masked, "counts", {}))
+        photos.decode_masked = getattr(photos.decode_masked, "original", photos.decode_masked)
+        return counts
+
+    total: dict[str, int] = {}
+    for counts in client.run(read).values():
+        for name, n in counts.items():
+            total[name] = total.get(name, 0) + n
+    return total
+
+
+def _held_decodes(client) -> list[str]:
+    """Keys of kept decode tasks the scheduler still knows (none once a run has ended)."""
+    return [key for key in client.run_on_scheduler(
+        lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks])
+        if key.startswith("decode-kept-")]
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("persist, lloyd, per_image", [
+    ("auto", False, 1), ("never", False, 2),
+    # lloyd: the sample, 8 full passes and the segment pass read the kept pixels
+    ("auto", True, 1), ("never", True, 10)])
+def test_each_image_is_decoded_once_on_workers_unless_persist_never(
+        tmp_path, blocks, gradients, blocks_reference, reference, healthy, persist, lloyd,
+        per_image):
+    images, expected = (gradients, reference) if lloyd else (blocks, blocks_reference)
+    job = _lloyd_job(tmp_path, gradients) if lloyd else \
+        write_job(tmp_path, input={"paths": [blocks]})
+    names = sorted(os.path.splitext(n)[0] for n in os.listdir(images))
+    with healthy.client() as client:
+        _count_decodes(client)
+        try:
+            code = main(["run", job, "-q", "--scheduler", healthy.address,
+                         "--set", f"dask.persist={persist}"])
+        finally:
+            decodes = _decodes(client)
+        assert code == 0
+        assert decodes == {name: per_image for name in names}
+        assert _held_decodes(client) == []  # released: no pixels left on the workers
+    _assert_same(_out(job), expected)  # the labels bit for bit as on threads

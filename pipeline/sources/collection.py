@@ -8,6 +8,7 @@ full passes leave them out.
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 import zlib
@@ -43,33 +44,42 @@ def maskable(images: list[ImageInfo]) -> bool:
     return any(info.maskable for info in images)
 
 
-def pixel_array(images: list[ImageInfo], chunk_pixels: int) -> da.Array:
+def pixel_array(images: list[ImageInfo], chunk_pixels: int,
+                kept: KeptPixels | None = None) -> da.Array:
     """All images' pixel rows as one lazy array of shape (n_pixels, 3), uint8.
 
     Each image is decoded by one task that carries its path; an image over ``chunk_pixels`` is
     split into row bands of at most that many pixels, sliced from the decoded image on the same
     worker.  Images are never merged into one chunk, which would move pixels between tasks.
+    An image ``kept`` on the workers (`pipeline.cluster.OnWorkers`) is not decoded again: its
+    rows are a view of the decode task's value, on the worker that holds it.
     """
     import dask.array as da  # here, not at the top: it costs a quarter second of start-up
 
     parts = []
     for info in images:
         token = dask.base.tokenize(info)
-        if info.maskable:  # the decode task is shared with `mask_array`'s
+        served = _on_workers(info, kept)
+        if served is not None:
+            block = dask.delayed(_kept_rows, pure=True)(info, served,
+                                                        dask_key_name=f"kept-rows-{token}")
+        elif info.maskable:  # the decode task is shared with `mask_array`'s
             block = _decoded(info, token)[0]
         else:
             block = dask.delayed(read_pixels, pure=True)(info, dask_key_name=f"decode-{token}")
         part = da.from_delayed(block, shape=(info.n_pixels, 3), dtype=np.uint8,
-                               name=f"pixels-{token}")
+                               name=f"{'kept-' if served is not None else ''}pixels-{token}")
         if info.n_pixels > chunk_pixels:
             part = part.rechunk(((_bands(info.n_pixels, chunk_pixels)), (3,)))
         parts.append(part)
     return da.concatenate(parts, axis=0)
 
 
-def mask_array(images: list[ImageInfo], chunk_pixels: int) -> da.Array | None:
+def mask_array(images: list[ImageInfo], chunk_pixels: int,
+               kept: KeptPixels | None = None) -> da.Array | None:
     """True where a pixel of `pixel_array` is masked: dask array (n_pixels,), bool, chunked
-    as it and sharing its decode tasks; None when no image can have masked pixels."""
+    as it and sharing its decode tasks (or ``kept`` values); None when no image can have
+    masked pixels."""
     import dask.array as da
 
     if not maskable(images):
@@ -77,7 +87,13 @@ def mask_array(images: list[ImageInfo], chunk_pixels: int) -> da.Array | None:
     parts = []
     for info in images:
         token = dask.base.tokenize(info)
-        if info.maskable:
+        served = _on_workers(info, kept) if info.maskable else None
+        if served is not None:
+            part = da.from_delayed(
+                dask.delayed(_kept_mask, pure=True)(info, served,
+                                                    dask_key_name=f"kept-mask-{token}"),
+                shape=(info.n_pixels,), dtype=bool, name=f"kept-masked-{token}")
+        elif info.maskable:
             part = da.from_delayed(_decoded(info, token)[1], shape=(info.n_pixels,), dtype=bool,
                                    name=f"masked-{token}")
         else:
@@ -86,6 +102,23 @@ def mask_array(images: list[ImageInfo], chunk_pixels: int) -> da.Array | None:
             part = part.rechunk((_bands(info.n_pixels, chunk_pixels),))
         parts.append(part)
     return da.concatenate(parts, axis=0)
+
+
+def _on_workers(info: ImageInfo, kept: KeptPixels | None) -> Any:
+    """The future of ``info``'s `decode_kept` value when ``kept`` holds it on workers."""
+    served = None if kept is None else kept.for_group([info])
+    return served.get(info.name) if isinstance(served, dict) else None
+
+
+def _kept_rows(info: ImageInfo, value: tuple) -> np.ndarray:
+    """Pixel rows (n_pixels, 3) uint8 of a `decode_kept` value (a view: no copy)."""
+    return _served(info, {info.name: value})[0].reshape(-1, 3)
+
+
+def _kept_mask(info: ImageInfo, value: tuple) -> np.ndarray:
+    """The mask (n_pixels,) bool of a `decode_kept` value."""
+    masked = _served(info, {info.name: value})[1]
+    return np.zeros(info.n_pixels, bool) if masked is None else masked.reshape(-1)
 
 
 def _decoded(info: ImageInfo, token: str) -> "dask.delayed.Delayed":
@@ -99,12 +132,13 @@ def _bands(n: int, size: int) -> tuple[int, ...]:
 
 
 def sample_image(info: ImageInfo, n_sample: int, seed: int,
-                 kept: "Decoded | None" = None) -> np.ndarray:
+                 kept: "Decoded | dict | None" = None) -> np.ndarray:
     """A reproducible random sample of one image's pixels (the one pass that feeds the fit).
 
     The positions depend only on ``(seed, sample_key(info), n_sample)``: never on chunking,
     nor on which other images the run holds (a skipped neighbour changes nothing).  With
-    ``kept`` the decoded pixels stay there for the segment pass (see `Decoded`).
+    ``kept`` the decoded pixels stay there for the segment pass (see `Decoded`), or, as a
+    dict of `decode_kept` values by image name, come from a decode task on the worker.
 
     Masked pixels are never sampled: an image with masked pixels gives its share times its
     unmasked fraction (see `sample_positions`).
@@ -118,9 +152,7 @@ def sample_image(info: ImageInfo, n_sample: int, seed: int,
     ImageReadError
         Every pixel of the image is masked (`ALL_MASKED`).
     """
-    pixels, masked = photos.decode_masked(info)
-    if kept is not None:
-        kept.keep(info, (pixels, masked))
+    pixels, masked = _decode_for_sample(info, kept)
     if masked is not None and masked.all():
         raise ImageReadError(f"{info.path}: {ALL_MASKED}")
     rows = pixels.reshape(-1, 3)
@@ -198,6 +230,16 @@ class Decoded:
             decoded = self._pixels.pop(info, None)
         return photos.decode_masked(info) if decoded is None else decoded
 
+    def for_group(self, group: list[ImageInfo]) -> "Decoded":
+        """What a task of ``group`` is given (`KeptPixels`): the store itself, in-process."""
+        return self
+
+    def release(self, images: list[ImageInfo]) -> None:
+        """Forget the pixels of ``images`` (skipped ones, or done)."""
+        with self._lock:
+            for info in images:
+                self._pixels.pop(info, None)
+
     def clear(self) -> None:
         with self._lock:
             self._pixels.clear()
@@ -206,10 +248,82 @@ class Decoded:
         return len(self._pixels)
 
 
+class KeptPixels(Protocol):
+    """Where a run keeps decoded pixels between its passes: `Decoded` in this process, or
+    `pipeline.cluster.OnWorkers` in worker memory."""
+
+    def for_group(self, group: list[ImageInfo]) -> Any:
+        """The argument the tasks of one group of images take (``kept``)."""
+
+    def release(self, images: list[ImageInfo]) -> None:
+        """The pixels of ``images`` are no longer needed."""
+
+    def clear(self) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A `decode_kept` task's value for an image that does not decode."""
+
+    error: str  # the ImageReadError's message
+
+
+def decode_kept(info: ImageInfo) -> tuple:
+    """The decode task whose value stays in worker memory for the run's passes (issue 14).
+
+    Returns
+    -------
+    tuple
+        ``(pixels, masked, lines)``: `photos.decode_masked`'s (height, width, 3) uint8 pixels
+        and (height, width) bool mask or None, and the warnings decoding logged
+        (`pipeline.tasklog`); or ``(Undecodable, None, lines)``: a failure is a value here,
+        for the sample task to report, not an error that would fail every task after it.
+    """
+    with tasklog.capture() as lines:
+        try:
+            pixels, masked = photos.decode_masked(info)
+        except ImageReadError as exc:
+            return Undecodable(str(exc)), None, lines
+    return pixels, masked, lines
+
+
+def _served(info: ImageInfo, kept: dict) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """An image's `decode_kept` value from a task's ``kept`` dict, or None if not there."""
+    value = kept.get(info.name)
+    if value is None:
+        return None
+    pixels, masked, _ = value
+    if isinstance(pixels, Undecodable):
+        raise ImageReadError(pixels.error)
+    return pixels, masked
+
+
+def _decode_for_sample(info: ImageInfo,
+                       kept: Decoded | dict | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The sampling pass's decode: served by a decode task on the worker (whose warnings are
+    logged again here, so that they reach the image's report entry as when decoded here), or
+    decoded and kept in this process's store."""
+    if isinstance(kept, dict) and info.name in kept:
+        for line in kept[info.name][2]:
+            level, _, rest = line.partition(" ")
+            name, _, message = rest.partition(": ")
+            logging.getLogger(name).log(logging.getLevelName(level), "%s", message)
+        return _served(info, kept)
+    decoded = photos.decode_masked(info)
+    if isinstance(kept, Decoded):
+        kept.keep(info, decoded)
+    return decoded
+
+
 def take_decoded(info: ImageInfo,
-                 kept: Decoded | None) -> tuple[np.ndarray, np.ndarray | None]:
+                 kept: Decoded | dict | None) -> tuple[np.ndarray, np.ndarray | None]:
     """An image's pixels (height, width, 3), uint8, and mask (`photos.decode_masked`): from
-    ``kept`` if there, else decoded."""
+    ``kept`` (`Decoded`, or a task's dict of `decode_kept` values) if there, else decoded."""
+    if isinstance(kept, dict):
+        served = _served(info, kept)
+        return photos.decode_masked(info) if served is None else served
     return photos.decode_masked(info) if kept is None else kept.take(info)
 
 
@@ -304,7 +418,7 @@ class Sample:
 
 def draw_sample(images: list[ImageInfo], sample_pixels: int, seed: int,
                 features: tuple[str, float] | None, progress: Progress,
-                kept: Decoded | None = None, stop_at_failure: bool = False) -> Sample:
+                kept: KeptPixels | None = None, stop_at_failure: bool = False) -> Sample:
     """One pass: decode every image, keep a reproducible sample; finds undecodable images.
 
     A skipped image must not change the palette: when one fails to decode and the images
@@ -331,7 +445,7 @@ def draw_sample(images: list[ImageInfo], sample_pixels: int, seed: int,
         return Sample(np.zeros((0, 3), np.uint8), good, failed, logged)
     shares = allocate([i.n_pixels for i in good], sample_pixels)
     if len(good) < len(images) and shares != [len(p) for p in parts]:
-        results = sample_pass(good, shares, seed, progress, "resample", features)
+        results = sample_pass(good, shares, seed, progress, "resample", features, kept)
         for info, ((_, error), _) in zip(good, results):
             if error is not None:  # the file changed since the first pass
                 raise ImageReadError(f"{info.path}: {error} (changed during the run; rerun)")
@@ -341,7 +455,7 @@ def draw_sample(images: list[ImageInfo], sample_pixels: int, seed: int,
 
 def sample_pass(images: list[ImageInfo], sizes: list[int], seed: int, progress: Progress,
                 phase: str, features: tuple[str, float] | None = None,
-                kept: Decoded | None = None) -> list[tuple[tuple, list[str]]]:
+                kept: KeptPixels | None = None) -> list[tuple[tuple, list[str]]]:
     """((sample, None) or (None, reason), logged warnings) for each image, in order (see
     `draw_sample`)."""
     from pipeline import cluster
@@ -349,7 +463,8 @@ def sample_pass(images: list[ImageInfo], sizes: list[int], seed: int, progress: 
     grouped = groups(images)
     share = dict(zip(images, sizes))
     tasks = [dask.delayed(each, pure=True)(_sample_task, [(i, share[i]) for i in group],
-                                           seed, features, kept)
+                                           seed, features,
+                                           None if kept is None else kept.for_group(group))
              for group in grouped]
     progress.phase(phase, len(images), sum(i.n_pixels for i in images))
     results = cluster.compute_each(tasks, lambda g, r: advance(progress, grouped[g]))
@@ -358,14 +473,14 @@ def sample_pass(images: list[ImageInfo], sizes: list[int], seed: int, progress: 
 
 def _sample_task(info: ImageInfo, n_sample: int, seed: int,
                  features: tuple[str, float] | None = None,
-                 kept: Decoded | None = None) -> tuple[np.ndarray | None, str | None]:
+                 kept: Decoded | dict | None = None) -> tuple[np.ndarray | None, str | None]:
     """The image's sample: uint8 pixels, or with ``features=(color_space, spatial_weight)``
     float64 colour + position features (the positions only exist here, in the task).  With
-    ``kept`` the decoded pixels stay in memory for the segment pass."""
+    ``kept`` the decoded pixels stay in memory for the segment pass (or come from there)."""
     try:
         if features is None:
             return sample_image(info, n_sample, seed, kept), None
-        pixels, masked = photos.decode_masked(info)
+        pixels, masked = _decode_for_sample(info, kept)
         if masked is not None and masked.all():
             raise ImageReadError(f"{info.path}: {ALL_MASKED}")
         where = sample_positions(info, n_sample, seed, masked)
