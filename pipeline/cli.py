@@ -233,16 +233,20 @@ def _add_folder_commands(commands) -> None:
         help="seconds to wait for the scheduler, then for the job to stop (default 10)")
 
 
+# A job file is YAML; JSON is YAML too (scripts write job files with json.dump).
+JOB_FILE_EXTENSIONS = (".yaml", ".yml", ".json")
+
+
 def _quick(args: argparse.Namespace) -> bool:
     """Whether ``run`` was given inputs and -o instead of a job file (pngquant style); makes
     ``args.job`` the one job file otherwise."""
-    files = [item for item in args.job if item.lower().endswith((".yaml", ".yml"))]
+    files = [item for item in args.job if item.lower().endswith(JOB_FILE_EXTENSIONS)]
     if len(files) > 1:
         raise ConfigError(f"{len(files)} job files given ({', '.join(files)}); a command runs "
                           "one job: give each its own command")
     if args.command is not _cmd_run:
         if len(args.job) > 1:
-            raise ConfigError(f"{' '.join(args.job)}: give one job file (.yaml or .yml), not "
+            raise ConfigError(f"{' '.join(args.job)}: give one job file (.yaml, .yml or .json), not "
                               f"{len(args.job)} arguments")
         args.job = args.job[0]
         return False
@@ -258,7 +262,7 @@ def _quick(args: argparse.Namespace) -> bool:
         args.job = args.job[0]
         return False
     if args.output is None:
-        raise ConfigError(f"{args.job[0]}: not a job file (.yaml or .yml); to run without one, "
+        raise ConfigError(f"{args.job[0]}: not a job file (.yaml, .yml or .json); to run without one, "
                           "give the output folder with -o OUT")
     return True
 

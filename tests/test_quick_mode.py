@@ -70,7 +70,7 @@ def test_quoted_glob_stays_a_glob_in_the_job_file(photos):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run", "photos/", "-k", "3"], "error: photos/: not a job file (.yaml or .yml); to run "
+    (["run", "photos/", "-k", "3"], "error: photos/: not a job file (.yaml, .yml or .json); to run "
                                     "without one, give the output folder with -o OUT"),
     (["run", "job.yaml", "-o", "out"], "error: -k and -o are for a run without a job file; with "
                                        "one, use --set kmeans.k=... and --set output.dir=..."),
@@ -104,3 +104,13 @@ def test_an_interrupted_quick_run_still_writes_its_job_file(photos, monkeypatch)
     assert main(["run", "out/job.yaml", "-q"]) == 0
     report = json.loads((photos / "out" / "report.json").read_text())
     assert report["status"] == "done" and report["totals"]["ok"] == 3
+
+
+def test_a_json_job_file_runs_as_its_yaml_twin(photos):
+    """JSON is YAML: a job file scripts write with json.dump runs like the same job in YAML."""
+    job = {"input": {"paths": ["photos"]}, "kmeans": {"k": 3}, "output": {"masks": False}}
+    (photos / "job.json").write_text(json.dumps(dict(job, output={"masks": False, "dir": "j"})))
+    (photos / "job.yaml").write_text(yaml.safe_dump(dict(job, output={"masks": False,
+                                                                      "dir": "y"})))
+    assert main(["run", "job.json", "-q"]) == 0 and main(["run", "job.yaml", "-q"]) == 0
+    assert _files(photos / "j") == _files(photos / "y") and _files(photos / "j")
