@@ -204,10 +204,12 @@ def _compiled(work: int, force: bool = False):
     else None."""
     import sys
 
-    module = sys.modules.get("pipeline.engine.compiled")
-    if module is not None or (work < _COMPILE_FROM and not force):
-        return module
+    if ("pipeline.engine.compiled" not in sys.modules and work < _COMPILE_FROM
+            and not force):
+        return None
     try:
+        # an import statement, not sys.modules: while another thread (the warm-up) is still
+        # importing it, this waits for the module instead of taking it half initialised
         from pipeline.engine import compiled
     except ImportError:  # numba missing or broken: numpy gives the same labels, slower
         return None

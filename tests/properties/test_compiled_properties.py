@@ -84,3 +84,36 @@ def test_distances_to_compiled_equals_numpy(rows, n_points, seed):
     for c in range(1, len(channels)):
         want += (channels[c][None, :] - points[:, c:c + 1]) ** 2
     assert out.tobytes() == want.tobytes()
+
+
+def test_threads_that_import_the_kernels_at_once_all_get_them(tmp_path):
+    """The raster path warms numba up in a thread while dask's threads may already need the
+    kernels: none may see the module half imported (it raised AttributeError)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "race.py"
+    script.write_text(
+        "import threading, numpy as np\n"
+        "from pipeline.engine import kmeans\n"
+        "rows = np.random.default_rng(0).random((1 << 16, 3))\n"
+        "centres = rows[:200].copy()\n"
+        "errors = []\n"
+        "def work():\n"
+        "    try:\n"
+        "        kmeans.assign(rows, centres)\n"
+        "    except Exception as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "threads = [threading.Thread(target=kmeans.prefer_compiled)]\n"
+        "threads += [threading.Thread(target=work) for _ in range(4)]\n"
+        "for t in threads: t.start()\n"
+        "for t in threads: t.join()\n"
+        "print(errors)\n")
+    import os
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for _ in range(3):
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip() == "[]"
