@@ -656,7 +656,9 @@ def lloyd(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_
     n_clusters = len(centroids)
     if max_iter <= 0:
         return centroids, steps, False
-    bounded = n_clusters >= _BOUNDS_FROM
+    # the bounds' bookkeeping is numpy: it pays against numpy's kernel, not the compiled one
+    # (k = 256 photo palettes: 8.5 s plain with numba, 15 s bounded)
+    bounded = n_clusters >= _BOUNDS_FROM and _compiled(len(features) * n_clusters) is None
     if bounded:
         labels, distances, second = assign_two(features, centroids)
         upper, lower = np.sqrt(distances), np.sqrt(second)

@@ -1,11 +1,19 @@
 """Issue 14: Lloyd with Hamerly's bounds and hinted assignment equal the plain kernels."""
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from pipeline.engine import kmeans
+
+
+@pytest.fixture(autouse=True)
+def numpy_kernels(monkeypatch):
+    """Lloyd keeps Hamerly's bounds only with numpy's kernel: force it, or these tests would
+    compare plain steps with plain steps once numba is imported."""
+    monkeypatch.setattr(kmeans, "_compiled", lambda work, force=False: None)
 
 rows_st = st.integers(1, 60).flatmap(
     lambda n: arrays(np.uint8, (n, 3), elements=st.integers(0, 12)))
