@@ -505,3 +505,27 @@ def test_submit_says_in_one_line_when_the_store_refuses_its_writes(tmp_path, col
         assert line.endswith("choose a folder the client and the workers share")
     finally:
         store.stop()
+
+
+def test_a_16_bit_png_at_a_url_keeps_16_bits_as_a_local_one_does(tmp_path, file_server):
+    """The photo header's own read says a PNG at a URL is 16-bit (Pillow's raw mode): it takes
+    the raster path as a local one does, and gives the same 16-bit outputs."""
+    import imagecodecs
+
+    colours = np.array([[1000, 30000, 65000], [40000, 2000, 9000], [20000, 50000, 700]])
+    picture = colours[(np.arange(40)[:, None] // 14 + np.arange(60)[None, :] // 20) % 3]
+    data = imagecodecs.png_encode(picture.astype(np.uint16))
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "deep.png").write_bytes(data)
+    file_server.files["/deep.png"] = data
+    outputs = {}
+    for where, path in (("local", "deep.png"), ("url", f"{file_server.url}/deep.png")):
+        job = _job(tmp_path / where, input={"paths": [path]}, kmeans={"k": 3},
+                   output={"dir": "out", "masks": False})
+        assert main(["run", job, "-q"]) == 0
+        written = (tmp_path / where / "out" / "segmented" / "deep.png").read_bytes()
+        outputs[where] = imagecodecs.png_decode(written)  # Pillow would keep 8 bits
+    assert outputs["url"].dtype == np.uint16
+    assert np.array_equal(outputs["url"], outputs["local"])
+    assert {tuple(c) for c in outputs["url"].reshape(-1, 3).tolist()} == \
+        {tuple(c) for c in colours.tolist()}

@@ -40,6 +40,7 @@ class ImageInfo:
     # auto or alpha), and those of this 8-bit colour (input.nodata); see photos.decode_masked
     alpha: bool = False
     nodata: tuple[int, int, int] | None = None
+    bits: int = 8  # bits per stored sample: 16 routes a PNG at a URL to the raster path
 
     @property
     def maskable(self) -> bool:

@@ -106,7 +106,7 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
             listing.failed.append((path, "a zarr store is a raster, which output.format: png "
                                          "cannot hold; use output.format: auto or zarr"))
         elif route == "photo":
-            _add_photo(listing, cfg, preprocess, path, name)
+            _add_photo(listing, cfg, preprocess, path, name, raster_path)
         else:
             _add_raster(listing, cfg, path, name, route == "png16")
     return listing
@@ -117,8 +117,8 @@ def _route(path: str, cfg: InputConfig, only_rasters: bool) -> str:
     from pipeline.sources import geo, rasters
 
     if path.lower().endswith(".png"):
-        # A URL's header costs a range read of its own (the photo path reads another): only
-        # local PNGs are checked for 16 bits; a 16-bit PNG at a URL is read as a photo.
+        # A URL's header costs a range read of its own: a PNG at a URL is checked from the
+        # photo header's read instead (`_add_photo`, ImageInfo.bits)
         if storage.is_url(path):
             return "photo"
         return "png16" if rasters.png_bit_depth(path, cfg.storage_options) == 16 else "photo"
@@ -138,13 +138,16 @@ _TIFF = (".tif", ".tiff")
 
 
 def _add_photo(listing: Listing, cfg: InputConfig, preprocess: PreprocessConfig, path: str,
-               name: str) -> None:
+               name: str, raster_path: bool) -> None:
     masking = mask_rule(cfg.mask, cfg.nodata)  # photos: band:N is refused here, in one line
     try:
         info, image_notes = read_header(path, name, len(listing.images), preprocess.scale,
                                         cfg.max_pixels, cfg.storage_options, masking)
     except ImageReadError as exc:
         listing.failed.append((path, str(exc)))
+        return
+    if info.bits == 16 and raster_path:  # a 16-bit PNG at a URL (`_route`): 16 bits kept
+        _add_raster(listing, cfg, path, name, True)
         return
     listing.images.append(info)
     listing.notes.extend((path, note) for note in image_notes)

@@ -187,7 +187,7 @@ def read_header(path: str, name: str, index: int, scale: float, max_pixels: int,
         raise ImageReadError("file is empty (0 bytes); fix or remove it")
     with pixel_limit(max_pixels), _library_noise() as noise:
         header = _open_header(path, storage_options, size, max_pixels)
-    (width, height), fmt, mode, n_frames, orientation, notes, transparent = header
+    (width, height), fmt, mode, n_frames, orientation, notes, transparent, bits = header
     for note in noise:
         log.info("%s: %s", path, note)
     notes += noise
@@ -204,7 +204,7 @@ def read_header(path: str, name: str, index: int, scale: float, max_pixels: int,
     masking = masking or Masking()
     info = ImageInfo(index, path, name, width, height, fmt, mode, n_frames, size, mtime_ns,
                      max_pixels, source_size, storage_options if remote else None,
-                     alpha=masking.alpha and transparent, nodata=masking.nodata)
+                     alpha=masking.alpha and transparent, nodata=masking.nodata, bits=bits)
     if n_frames > 1:
         notes.insert(0, f"first frame of {n_frames} used")
     return info, notes
@@ -213,7 +213,7 @@ def read_header(path: str, name: str, index: int, scale: float, max_pixels: int,
 def _open_header(path: str, storage_options: dict | None, size: int,
                  max_pixels: int) -> tuple[tuple[int, int], str, str, int, int, list[str], bool]:
     """(stored size, format, mode, frames, EXIF orientation, notes, whether it has
-    transparency) from the file's header.
+    transparency, bits per sample) from the file's header.
 
     Any exception while reading it, whatever its type, refuses this one file (issue 11:
     Pillow raises NotImplementedError for some DDS files); a store that cannot be reached
@@ -222,6 +222,7 @@ def _open_header(path: str, storage_options: dict | None, size: int,
     where = storage.Location(path, storage_options)
     try:
         with where.header_source(size) as source, _open_image(source, max_pixels) as im:
+            bits = _bits_per_sample(im)  # first: reading further (EXIF) loads the tiles
             width, height = _stored_size(im)
             if width * height > max_pixels:  # before anything else reads further
                 raise ImageReadError(_over_limit(width, height, max_pixels))
@@ -231,7 +232,7 @@ def _open_header(path: str, storage_options: dict | None, size: int,
             if missing:
                 raise ImageReadError(missing)
             return ((width, height), im.format or "?", im.mode, frames,
-                    _orientation(im, where.remote), notes, has_transparency(im))
+                    _orientation(im, where.remote), notes, has_transparency(im), bits)
     except (ImageReadError, StorageError):
         raise
     except Image.UnidentifiedImageError:
@@ -245,6 +246,16 @@ def _open_header(path: str, storage_options: dict | None, size: int,
     except Exception as exc:
         raise ImageReadError(f"{_what(path, storage_options)} whose header Pillow cannot read "
                              f"({_exception_text(exc)}); fix or remove it") from exc
+
+
+def _bits_per_sample(im: Image.Image) -> int:
+    """16 for a 16-bit PNG (Pillow opens a 16-bit RGB or RGBA PNG as 8-bit ``RGB``/``RGBA``;
+    its raw mode, ``RGB;16B``, says what is stored), else 8."""
+    if im.format == "PNG":
+        raw = next((tile.args for tile in getattr(im, "tile", ()) or ()), None)
+        if isinstance(raw, str) and (raw.endswith(";16B") or raw == "I;16B"):
+            return 16
+    return 8
 
 
 def _over_limit(width: int, height: int, max_pixels: int) -> str:
