@@ -28,7 +28,7 @@ from pipeline.errors import (ConfigError, ImageReadError, JobCancelled, OutputEr
 from pipeline.record import RunRecord
 from pipeline.schema import MAX_PALETTE
 from pipeline.sinks import images as files
-from pipeline.sinks import model, report
+from pipeline.sinks import model, report, tiled
 from pipeline.sinks.segment import whole_table_pays
 from pipeline.sources import ImageInfo, collection
 from pipeline.sources.collection import Progress
@@ -676,11 +676,15 @@ def _run_rasters(record: RunRecord, listing: Listing, previous: dict | None, pha
     fit needs one feature space, so photos join the raster path as 3-band uint8 rasters in
     native units (`listing.photos_as_rasters`), and every image must give as many bands."""
     cfg = record.cfg
-    # numba's import and start-up (~1.3 s, `engine.compiled`) overlap the sample pass's reads
-    threading.Thread(target=kmeans.prefer_compiled, name="kmeans-warm-up", daemon=True).start()
     collection_scope = cfg.kmeans.scope == "collection"
     if collection_scope:
         listing = photos_as_rasters(listing, cfg.input)
+    # numba's import and first calls (~1-2 s of start-up, `engine.compiled.warm_up`) overlap
+    # the sample pass's reads instead of holding up the fit and the first windows
+    k = cfg.kmeans.max_k if cfg.kmeans.auto_k else cfg.kmeans.k
+    dtypes = sorted({str(image.header.dtype) for image in listing.rasters.values()})
+    threading.Thread(target=kmeans.warm_up, args=(dtypes, (tiled.label_dtype(k),)),
+                     name="kmeans-warm-up", daemon=True).start()
     photos = [info for info in listing.images if info.name not in listing.rasters]
     infos = [info for info in listing.images if info.name in listing.rasters]
     chunk = cfg.dask.chunk_pixels

@@ -193,19 +193,19 @@ def draw_sample(images: list[RasterImage], sample_pixels: int, seed: int) -> Sam
     ``sample_pixels`` is split over the images in proportion to their size; each image gives
     about its share times its unmasked fraction.  Runs on the active dask scheduler.
     """
-    import dask
+    from pipeline.cluster import compute
 
     total = sum(image.header.n_pixels for image in images) or 1
     rate = min(1.0, sample_pixels / total)
     shares = [rasters.block_share(rate, image.header.height, image.header.width)
               for image in images]
-    results = list(dask.compute(*[_image_sample(image, rate, share, seed)
+    results = list(compute(*[_image_sample(image, rate, share, seed)
                                   for image, share in zip(images, shares)]))
     # drawn blocks all masked is no proof that every pixel is: read those images whole
     again = [i for i, result in enumerate(results)
              if not isinstance(result, str) and result[2] == 0 and shares[i] < 1.0]
-    for i, result in zip(again, dask.compute(*[_image_sample(images[i], rate, 1.0, seed)
-                                               for i in again])):
+    for i, result in zip(again, compute(*[_image_sample(images[i], rate, 1.0, seed)
+                                         for i in again])):
         results[i] = result
     rows, counts, failed = [], {}, {}
     for image, result in zip(images, results):
@@ -402,12 +402,18 @@ def fit_model(sample: np.ndarray, n_clusters: int | str, *, normalize: str = "no
 # Starts are compared on at most this many sample rows (a fixed random subset); only the
 # winner runs on every row.  The starts' Lloyd steps were most of a raster fit's time.
 _START_ROWS = 1 << 18
+# From this many row-centroid pairs a start's Lloyd steps outweigh a thread's start-up.
+_PARALLEL_STARTS_FROM = 1 << 20
 
 
 def _best_fit(features: np.ndarray, weights: np.ndarray, k: int, seed: int, n_init: int,
               max_iter: int, tol: float) -> tuple[np.ndarray, float, int, bool]:
     """The lowest-inertia of ``n_init`` k-means++ starts refined by Lloyd steps (on a subset
-    of `_START_ROWS` rows when the sample is larger), then refined on every row."""
+    of `_START_ROWS` rows when the sample is larger), then refined on every row.
+
+    The starts run on one thread per core: each is a function of (seed, start) alone and the
+    kernels release the GIL, so the winner (the lowest inertia, ties to the first start) is
+    the one a serial loop picks."""
     subset = features
     if len(features) > 2 * _START_ROWS:
         rows = np.random.default_rng([seed, len(features)]).choice(
@@ -415,15 +421,23 @@ def _best_fit(features: np.ndarray, weights: np.ndarray, k: int, seed: int, n_in
         subset = features[np.sort(rows)]
     sub_weights = weights[:len(subset)]
     tol_abs = kmeans.tolerance(subset, sub_weights, tol)
-    best = None
-    for start in range(max(1, n_init)):
+
+    def run_start(start: int) -> tuple[np.ndarray, float, int, bool]:
         rng = np.random.default_rng([seed, start])
         centroids = kmeans.kmeans_plusplus(subset, sub_weights, k, rng)
         centroids, steps, converged = kmeans.lloyd(subset, sub_weights, centroids, max_iter,
                                                    tol_abs)
         partial, _, _ = kmeans.partial_sums(subset, None, centroids)
-        if best is None or partial.inertia < best[1]:
-            best = (centroids, float(partial.inertia), len(steps), converged)
+        return centroids, float(partial.inertia), len(steps), converged
+
+    starts = range(max(1, n_init))
+    threads = min(len(starts), os.cpu_count() or 1)
+    if threads > 1 and len(subset) * k >= _PARALLEL_STARTS_FROM:
+        with ThreadPoolExecutor(threads, thread_name_prefix="kmeans-start") as pool:
+            fits = list(pool.map(run_start, starts))
+    else:
+        fits = [run_start(start) for start in starts]
+    best = min(fits, key=lambda fit: fit[1])  # the first of equal inertias, as a serial loop
     if subset is features:
         return best
     centroids, steps, converged = kmeans.lloyd(features, weights, best[0], max_iter,

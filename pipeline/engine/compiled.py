@@ -99,6 +99,21 @@ def _distances(block, m, centroids, j, dist):
             dist[i] += t * t
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _nearest_in_block(block, m, centroids, dist, bb, lb):
+    """Nearest centroid (``lb``) and its squared distance (``bb``) of the block's rows; ties
+    to the lowest index."""
+    for i in range(m):
+        bb[i] = np.inf
+        lb[i] = 0
+    for j in range(centroids.shape[0]):
+        _distances(block, m, centroids, j, dist)
+        for i in range(m):
+            if dist[i] < bb[i]:
+                bb[i] = dist[i]
+                lb[i] = j
+
+
 @numba.njit(nogil=True, cache=True)
 def label_window(x, masked, centroids, center, scale, normalized, native, masked_label,
                  labels, counts, sums, squares):
@@ -146,14 +161,7 @@ def label_window(x, masked, centroids, center, scale, normalized, native, masked
                 if normalized:
                     value = (value - center[f]) / scale[f]
                 block[f, r] = value
-            bb[r] = np.inf
-            lb[r] = 0
-        for j in range(k):
-            _distances(block, m, centroids, j, dist)
-            for r in range(m):
-                if dist[r] < bb[r]:
-                    bb[r] = dist[r]
-                    lb[r] = j
+        _nearest_in_block(block, m, centroids, dist, bb, lb)
         for r in range(m):
             label = lb[r]
             lane = r % _LANES
@@ -186,3 +194,60 @@ def distances_to(channels, points, out):
             for i in range(n):
                 t = channels[f, i] - c
                 out[p, i] += t * t
+
+
+@numba.njit(nogil=True, cache=True)
+def assign_sums(x, w, centroids, labels, best, sums, counts):
+    """`nearest` and the weighted per-cluster sums of a Lloyd step in one pass.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, n_features), float64 (or any float dtype)
+    w : ndarray of shape (n,), float64: each row's weight
+    centroids : ndarray of shape (n_clusters, n_features), float64
+    labels, best : as `nearest` (out)
+    sums : ndarray of shape (n_clusters, n_features), float64 (added to): x * w per cluster
+    counts : ndarray of shape (n_clusters,), float64 (added to): w per cluster
+
+    Each row's ``x * w`` is added to its cluster's sum in row order, one accumulator per
+    cluster and feature, as ``np.bincount(labels, weights=x[:, f] * w)`` adds: the same bits.
+    """
+    n, d = x.shape
+    block = np.empty((d, _BLOCK))
+    dist = np.empty(_BLOCK)
+    bb = np.empty(_BLOCK)
+    lb = np.empty(_BLOCK, np.int64)
+    for start in range(0, n, _BLOCK):
+        m = min(_BLOCK, n - start)
+        for i in range(m):
+            for f in range(d):
+                block[f, i] = np.float64(x[start + i, f])
+        _nearest_in_block(block, m, centroids, dist, bb, lb)
+        for i in range(m):
+            label = lb[i]
+            weight = w[start + i]
+            labels[start + i] = label
+            best[start + i] = bb[i]
+            counts[label] += weight
+            for f in range(d):
+                sums[label, f] += block[f, i] * weight
+
+
+def warm_up(pixel_dtypes=(), label_dtypes=(np.uint8,)) -> None:
+    """Call every kernel once on a few rows, so numba's first-call start-up (its typing
+    registries, ~1 s, and loading each cached kernel) is paid here, on a thread that overlaps
+    reads, instead of by the first real call.  ``pixel_dtypes``: the rasters' dtypes, for
+    `label_window` (one compiled variant per pixel and label dtype)."""
+    rows = np.zeros((2, 3))
+    centroids = np.zeros((2, 3))
+    one = np.ones(3)
+    labels, best = np.empty(2, np.int64), np.empty(2)
+    distances_to(np.ascontiguousarray(rows.T), centroids, np.empty((2, 2)))
+    nearest(rows, centroids, one, one, False, labels, best, best, False)
+    assign_sums(rows, np.ones(2), centroids, labels, best, np.zeros((2, 3)), np.zeros(2))
+    masked = np.zeros(2, np.bool_)
+    for dtype in pixel_dtypes:
+        for label_dtype in label_dtypes:
+            label_window(np.zeros((2, 3), dtype), masked, centroids, one, one, False, centroids,
+                         0, np.empty(2, label_dtype), np.zeros(2, np.int64), np.zeros((2, 3)),
+                         np.zeros((2, 3)))

@@ -216,6 +216,16 @@ def _compiled(work: int, force: bool = False):
     return compiled
 
 
+def warm_up(pixel_dtypes: tuple = (), label_dtypes: tuple = (np.uint8,)) -> bool:
+    """`prefer_compiled`, then each compiled kernel called once (`compiled.warm_up`): for a
+    thread started before the work that needs them.  False if numba cannot be imported."""
+    runner = _compiled(0, force=True)
+    if runner is None:
+        return False
+    runner.warm_up(tuple(pixel_dtypes), tuple(label_dtypes))
+    return True
+
+
 def prefer_compiled() -> bool:
     """Import the compiled kernels now, so every later call uses them (a caller about to make
     many calls each below `_COMPILE_FROM`, such as a fit on a large sample); False if numba
@@ -474,14 +484,16 @@ def _partial_sums(features: np.ndarray, w: np.ndarray, weighted: list[np.ndarray
     """`partial_sums` with the weights as float64 and the weighted feature columns given
     (Lloyd iterations compute them once, not every step); ``weighted`` None: integer rows."""
     n_clusters = len(centroids)
+    runner = None if weighted is None or features.dtype.kind != "f" else \
+        _compiled(len(features) * n_clusters)
+    if runner is not None:  # one pass instead of an assignment and a bincount per feature
+        labels, distances = np.empty(len(features), np.int64), np.empty(len(features))
+        sums = np.zeros((n_clusters, features.shape[1]))
+        counts = np.zeros(n_clusters)
+        runner.assign_sums(features, w, _centroids(centroids), labels, distances, sums, counts)
+        return Partial(sums, counts, float((distances * w).sum())), labels, distances
     labels, distances = assign(features, centroids)
-    if weighted is None:
-        sums = _integer_sums(features, w, labels, n_clusters)
-    else:
-        sums = np.stack([np.bincount(labels, weights=column, minlength=n_clusters)
-                         for column in weighted], axis=1)
-    counts = np.bincount(labels, weights=w, minlength=n_clusters)
-    return Partial(sums, counts, float((distances * w).sum())), labels, distances
+    return _sums_of(features, w, weighted, labels, distances, n_clusters), labels, distances
 
 
 def _integer_sums(features: np.ndarray, w: np.ndarray, labels: np.ndarray,
@@ -551,12 +563,18 @@ def shift(old: np.ndarray, new: np.ndarray) -> float:
 
 def tolerance(features: np.ndarray, weights: np.ndarray | None, tol: float) -> float:
     """``tol`` in the data's units: ``tol`` times the mean per-feature (weighted) variance."""
-    w = np.ones(len(features)) if weights is None else weights.astype(np.float64)
-    if len(features) == 0 or w.sum() == 0:
+    w = None if weights is None else weights.astype(np.float64)
+    total = float(len(features)) if w is None else float(w.sum())
+    if len(features) == 0 or total == 0:
         return 0.0
-    mean = (features * w[:, None]).sum(axis=0) / w.sum()
-    var = (((features - mean) ** 2) * w[:, None]).sum(axis=0) / w.sum()
-    return float(tol * var.mean())
+    # features as contiguous channels, worked in place: a third of the time of (n, d) temporaries
+    channels = np.array(features.T, dtype=np.float64, order="C")
+    mean = (channels if w is None else channels * w).sum(axis=1) / total
+    channels -= mean[:, None]
+    channels *= channels
+    if w is not None:
+        channels *= w
+    return float(tol * (channels.sum(axis=1) / total).mean())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -662,16 +680,10 @@ def lloyd(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_
     if bounded:
         labels, distances, second = assign_two(features, centroids)
         upper, lower = np.sqrt(distances), np.sqrt(second)
+        partial = _sums_of(features, w, weighted, labels, distances, n_clusters)
     else:
-        labels, distances = assign(features, centroids)
+        partial, labels, distances = _partial_sums(features, w, weighted, centroids)
     for _ in range(max_iter):
-        if weighted is None:  # integer rows: exact int64 sums, as `partial_sums`
-            sums = _integer_sums(features, w, labels, n_clusters)
-        else:
-            sums = np.stack([np.bincount(labels, weights=column, minlength=n_clusters)
-                             for column in weighted], axis=1)
-        partial = Partial(sums, np.bincount(labels, weights=w, minlength=n_clusters),
-                          float((distances * w).sum()))
         new, empty = update(partial, centroids)
         # A row of weight zero is not there: it never becomes a centre (histogram counts of
         # the colour pipeline are all positive, so this changes nothing for it).
@@ -684,9 +696,22 @@ def lloyd(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_
             return centroids, steps, True
         if bounded:
             labels, distances = _reassign(features, centroids, labels, upper, lower, drift)
+            partial = _sums_of(features, w, weighted, labels, distances, n_clusters)
         else:
-            labels, distances = assign(features, centroids)
+            partial, labels, distances = _partial_sums(features, w, weighted, centroids)
     return centroids, steps, False
+
+
+def _sums_of(features: np.ndarray, w: np.ndarray, weighted: list[np.ndarray] | None,
+             labels: np.ndarray, distances: np.ndarray, n_clusters: int) -> Partial:
+    """The per-cluster sums of rows already assigned (`_partial_sums` after its assignment)."""
+    if weighted is None:  # integer rows: exact int64 sums
+        sums = _integer_sums(features, w, labels, n_clusters)
+    else:
+        sums = np.stack([np.bincount(labels, weights=column, minlength=n_clusters)
+                         for column in weighted], axis=1)
+    counts = np.bincount(labels, weights=w, minlength=n_clusters)
+    return Partial(sums, counts, float((distances * w).sum()))
 
 
 def _reassign(features: np.ndarray, centroids: np.ndarray, labels: np.ndarray,

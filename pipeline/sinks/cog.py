@@ -522,7 +522,7 @@ def iterate_chunks(array: da.Array, concurrent: int = 0) -> Iterable[tuple[int, 
     """(row, col, values) of every chunk of a 2-D dask array, in row-major order, computed
     ``concurrent`` at a time on the active scheduler: memory holds a few chunks, never the
     whole array."""
-    import dask
+    from pipeline.cluster import compute
 
     concurrent = concurrent or 2 * (os.cpu_count() or 1)
     blocks = array.to_delayed()
@@ -530,7 +530,7 @@ def iterate_chunks(array: da.Array, concurrent: int = 0) -> Iterable[tuple[int, 
     positions = [(i, j) for i in range(blocks.shape[0]) for j in range(blocks.shape[1])]
     for start in range(0, len(positions), concurrent):
         batch = positions[start:start + concurrent]
-        values = dask.compute(*[blocks[i, j] for i, j in batch])
+        values = compute(*[blocks[i, j] for i, j in batch])
         for (i, j), value in zip(batch, values):
             yield int(offsets[0][i]), int(offsets[1][j]), value
 

@@ -86,6 +86,41 @@ def test_distances_to_compiled_equals_numpy(rows, n_points, seed):
     assert out.tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), k=st.integers(1, 40), seed=st.integers(0, 2 ** 16))
+def test_lloyd_step_compiled_equals_assign_and_bincounts(dtype, data, k, seed):
+    """A Lloyd step's fused kernel (`compiled.assign_sums`): labels, distances, weighted sums,
+    counts and inertia the same bits as numpy's assignment and bincounts, so a fit gives the
+    same centroids whichever kernel runs."""
+    rows = data.draw(_rows(dtype))
+    rng = np.random.default_rng(seed)
+    weights = rng.integers(1, 1000, len(rows)).astype(np.float64)
+    if rng.random() < 0.5:
+        weights = rng.random(len(rows)) * 7.0
+    centroids = rows[rng.integers(0, len(rows), k)].astype(np.float64)
+    centroids += rng.normal(0, 1 + np.abs(centroids).mean() * 1e-3, centroids.shape)
+    columns = kmeans._weighted_columns(rows, weights, weights)
+    assert kmeans.prefer_compiled()
+    got = kmeans._partial_sums(rows, weights, columns, centroids)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kmeans, "_compiled", lambda work, force=False: None)
+        want = kmeans._partial_sums(rows, weights, columns, centroids)
+    for a, b in [(want[0].sums, got[0].sums), (want[0].counts, got[0].counts),
+                 (want[1], got[1]), (want[2], got[2])]:
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    assert want[0].inertia == got[0].inertia
+
+
+def test_warm_up_leaves_every_kernel_ready():
+    """The warm-up thread's calls compile or load each kernel's variant the job will use."""
+    compiled.warm_up((np.uint16,), (np.uint8,))
+    for kernel in (compiled.nearest, compiled.distances_to, compiled.assign_sums,
+                   compiled.label_window):
+        assert kernel.signatures, kernel
+    assert any(str(sig[0]).startswith("array(uint16") for sig in compiled.label_window.signatures)
+
+
 def test_threads_that_import_the_kernels_at_once_all_get_them(tmp_path):
     """The raster path warms numba up in a thread while dask's threads may already need the
     kernels: none may see the module half imported (it raised AttributeError)."""
