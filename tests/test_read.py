@@ -65,3 +65,49 @@ def test_header_gives_oriented_scaled_size_without_decoding(tmp_path):
     info, _ = read_header(path, "r", 0, 0.5, 10**9)
     assert (info.width, info.height) == (5, 10)
     assert decode(info).shape == (10, 5, 3)
+
+
+def test_the_listing_fast_path_agrees_with_the_full_extension_list():
+    """A listing answers the common extensions without imageio's tables or GDAL's drivers;
+    they must all be ones the full computation takes, and every other answer is the full one."""
+    from pipeline.sources import geo, listing, photos, rasters
+
+    full = photos.readable_extensions()
+    assert photos.COMMON_EXTENSIONS <= full
+    for raster_path in (False, True):
+        takes = listing._Extensions(raster_path)
+        expected = full | (rasters.EXTENSIONS | geo.extensions() if raster_path else set())
+        for ext in sorted(full | rasters.EXTENSIONS | geo.GEO_EXTENSIONS | {".txt", ".json", ""}):
+            assert (ext in takes) == (ext in expected), (raster_path, ext)
+
+
+_STARTUP_CHILD = """
+import json, sys
+from pipeline.cli import main
+code = main(["run", sys.argv[1], "-q"])
+print(json.dumps({"code": code, "loaded": sorted(m for m in ("rasterio", "distributed",
+      "imageio", "numba", "pipeline.raster_job") if m in sys.modules)}))
+"""
+
+
+def test_a_photo_job_imports_none_of_the_raster_or_cluster_stacks(tmp_path):
+    """Start-up (issue 14): a job of JPEGs and PNGs on the threads scheduler never imports
+    rasterio, distributed, imageio or numba (each 0.1-0.7 s).  (A file of another extension
+    in a folder makes the listing ask imageio's full table, once.)"""
+    import json
+    import subprocess
+    import sys
+
+    save(tmp_path / "in" / "a.png", np.zeros((8, 8, 3), np.uint8) + 40)
+    save(tmp_path / "in" / "b.jpg", np.zeros((8, 8, 3), np.uint8) + 200)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"input:\n  paths: [{str(tmp_path / 'in')!r}]\nkmeans:\n  k: 2\n"
+                   f"output:\n  dir: {str(tmp_path / 'out')!r}\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = subprocess.run([sys.executable, "-c", _STARTUP_CHILD, str(job)], text=True,
+                           capture_output=True, env={**os.environ, "PYTHONPATH": root},
+                           timeout=120)
+    assert child.returncode == 0, child.stderr
+    said = json.loads(child.stdout.splitlines()[-1])
+    assert said["code"] == 0
+    assert [m for m in said["loaded"] if m != "pipeline.raster_job"] == []

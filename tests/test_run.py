@@ -225,7 +225,7 @@ print(json.dumps({"code": code, "budget": cluster.memory_budget(), "decodes": le
 
 def test_persist_auto_sizes_memory_from_the_process_limits_not_the_host(tmp_path, collection):
     """Issue 11 review: ``persist: auto`` read /proc/meminfo only, ignoring a container's
-    cgroup limit.  It now takes distributed's reading of the limits (cgroup v1/v2, and
+    cgroup limit.  It now reads the limits as distributed does (cgroup v1/v2, and
     RLIMIT_RSS, which a test can set): with a limit far below the decoded pixels, the sampling
     pass keeps nothing and each image is decoded twice."""
     import resource

@@ -25,7 +25,8 @@ from pipeline import storage
 from pipeline.config import InputConfig, PreprocessConfig
 from pipeline.errors import ConfigError, ImageReadError
 from pipeline.sources import ImageInfo
-from pipeline.sources.photos import mask_rule, read_header, readable_extensions
+from pipeline.sources.photos import (COMMON_EXTENSIONS, mask_rule, read_header,
+                                     readable_extensions)
 
 
 @dataclass
@@ -71,8 +72,7 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
     """
     from pipeline.sources import geo, rasters
 
-    extensions = readable_extensions() | (
-        rasters.EXTENSIONS | geo.extensions() if raster_path else frozenset())
+    extensions = _Extensions(raster_path)
     out = storage.Location(output_dir) if output_dir else None
     skip_root = out.canonical() if out else None
     found: dict[str, str] = {}  # realpath -> name (first entry wins)
@@ -110,6 +110,36 @@ def list_inputs(cfg: InputConfig, preprocess: PreprocessConfig,
         else:
             _add_raster(listing, cfg, path, name, route == "png16")
     return listing
+
+
+class _Extensions:
+    """The file extensions a listing takes (``ext in extensions``): the photos' (imageio's
+    routes to Pillow that Pillow opens), plus with ``raster_path`` the rasters' and GDAL's.
+
+    The common photo and raster extensions are answered at once; only another extension asks
+    `readable_extensions` (which imports imageio's tables and every Pillow plugin) or GDAL's
+    driver list (which imports rasterio), each once: 0.3-0.7 s of a run's start-up otherwise,
+    for every job of JPEGs and PNGs (issue 14).
+    """
+
+    def __init__(self, raster_path: bool):
+        self.raster_path = raster_path
+        self._photos: frozenset[str] | None = None
+        self._geo: frozenset[str] | None = None
+
+    def __contains__(self, ext: object) -> bool:
+        from pipeline.sources import geo, rasters
+
+        if ext in COMMON_EXTENSIONS or (self.raster_path and ext in rasters.EXTENSIONS):
+            return True
+        if self.raster_path and ext in geo.GEO_EXTENSIONS:
+            if self._geo is None:
+                self._geo = geo.extensions()
+            if ext in self._geo:
+                return True
+        if self._photos is None:
+            self._photos = readable_extensions()
+        return ext in self._photos
 
 
 def _route(path: str, cfg: InputConfig, only_rasters: bool) -> str:
