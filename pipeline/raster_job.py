@@ -635,11 +635,16 @@ def segment_image(image: RasterImage, model: RasterModel, outputs: Outputs,
             sink.write(row, col, labels)
         if overview is not None:
             overview.add(row, col, pixels, labels)
+        n_masked = int(masked.sum())
         with lock:
             stats.merge(window_stats)
-            masked_total[0] += int(masked.sum())
-            if areas is not None:
+            masked_total[0] += n_masked
+            # the window's counts are label_window's: labels are counted again only for the
+            # per-row areas of a geographic CRS (a bincount of every pixel, under the lock)
+            if areas is not None and areas.needs_labels:
                 areas.add(row, labels)
+            elif areas is not None:
+                areas.add_counts(window_stats.counts, n_masked)
     closed: list[_Sink] = []
     try:
         _each_window(window, image.windows(), max_workers)

@@ -458,12 +458,24 @@ class ClassTally:
         self.counts = np.zeros(n_clusters + 1, dtype=np.int64)
         self.areas = np.zeros(n_clusters + 1, dtype=np.float64)
 
+    @property
+    def needs_labels(self) -> bool:
+        """Whether `add` needs each block's labels: only a geographic CRS's areas, which
+        change from row to row; otherwise a block's class counts are enough (`add_counts`)."""
+        return self.row_areas is not None and not self.uniform
+
     def add(self, row: int, block: np.ndarray) -> None:
         index = np.minimum(block.ravel(), self.n_clusters)
         self.counts += np.bincount(index, minlength=self.n_clusters + 1)
-        if self.row_areas is not None and not self.uniform:
+        if self.needs_labels:
             weights = np.repeat(self.row_areas[row:row + block.shape[0]], block.shape[1])
             self.areas += np.bincount(index, weights=weights, minlength=self.n_clusters + 1)
+
+    def add_counts(self, counts: np.ndarray, masked: int) -> None:
+        """A block's pixels per class ((n_clusters,) int64) and its masked pixels, when
+        `needs_labels` is False."""
+        self.counts[:self.n_clusters] += counts
+        self.counts[self.n_clusters] += masked
 
     def result(self) -> tuple[np.ndarray, np.ndarray | None, int]:
         """(counts per class, areas per class in m^2 or None, masked pixels)."""
