@@ -107,6 +107,8 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
     record.scheduler = scheduler
     phases = _Phases(record, progress or _Silent(), cancelled)
     record.timings["list"] = time.perf_counter() - clock
+    if listing.rasters:
+        _warm_up_kernels(cfg, listing)
     for path, reason in listing.failed:
         log.info("%s: %s", path, reason)
     held = _Held()  # the sampling pass's decoded pixels, for the later passes
@@ -157,6 +159,18 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
         if isinstance(failure, PipelineError):  # the CLI lists the skipped images (issue 11)
             failure.report = record.to_dict()
     return record.to_dict()
+
+
+def _warm_up_kernels(cfg: JobConfig, listing: Listing) -> None:
+    """Start numba's import and first calls (~1-2 s, `engine.compiled.warm_up`) on a thread
+    as soon as the listing shows rasters: they overlap the checks and the sample pass's reads
+    instead of holding up the fit and the first windows."""
+    k = cfg.kmeans.max_k if cfg.kmeans.auto_k else cfg.kmeans.k
+    dtypes = {str(image.header.dtype) for image in listing.rasters.values()}
+    if cfg.kmeans.scope == "collection" and len(listing.images) > len(listing.rasters):
+        dtypes.add("uint8")  # photos join as 3-band uint8 rasters (`photos_as_rasters`)
+    threading.Thread(target=kmeans.warm_up, args=(sorted(dtypes), (tiled.label_dtype(k),)),
+                     name="kmeans-warm-up", daemon=True).start()
 
 
 def _nothing_usable(record: RunRecord) -> str:
@@ -679,12 +693,6 @@ def _run_rasters(record: RunRecord, listing: Listing, previous: dict | None, pha
     collection_scope = cfg.kmeans.scope == "collection"
     if collection_scope:
         listing = photos_as_rasters(listing, cfg.input)
-    # numba's import and first calls (~1-2 s of start-up, `engine.compiled.warm_up`) overlap
-    # the sample pass's reads instead of holding up the fit and the first windows
-    k = cfg.kmeans.max_k if cfg.kmeans.auto_k else cfg.kmeans.k
-    dtypes = sorted({str(image.header.dtype) for image in listing.rasters.values()})
-    threading.Thread(target=kmeans.warm_up, args=(dtypes, (tiled.label_dtype(k),)),
-                     name="kmeans-warm-up", daemon=True).start()
     photos = [info for info in listing.images if info.name not in listing.rasters]
     infos = [info for info in listing.images if info.name in listing.rasters]
     chunk = cfg.dask.chunk_pixels
