@@ -692,6 +692,9 @@ def decode_masked(info: ImageInfo) -> tuple[np.ndarray, np.ndarray | None]:
             warnings.simplefilter("ignore")  # listing already reported them (issue 11)
             with pixel_limit(info.max_pixels), Image.open(source) as im:
                 # No seek: a file opens at its first frame, which is not frame 0 for PSD.
+                plain = _plain_jpeg_pixels(im, info, expected)
+                if plain is not None:
+                    return plain, None
                 rgb = _to_rgb(_load_checked(im, info.max_pixels), info.path, info.alpha)
     except ImageReadError as exc:
         raise ImageReadError(f"{info.path}: {exc}") from None
@@ -783,6 +786,25 @@ def _load_checked(im: Image.Image, max_pixels: int) -> Image.Image:
     if im.format == "PNG":
         _check_png_complete(im)
     return ImageOps.exif_transpose(im)
+
+
+def _plain_jpeg_pixels(im: Image.Image, info: ImageInfo,
+                       expected: tuple[int, int]) -> np.ndarray | None:
+    """libjpeg-turbo's pixels themselves when nothing is left to do to them: an RGB JPEG at
+    its stored orientation, without an ICC profile, neither masked nor resized, checked for
+    damage as `_load_checked` checks it.  The general path gives the same pixels after two
+    copies, into a Pillow image and back (0.5 s of the threads' time per 100 Mpx, issue 14).
+    None: take the general path."""
+    width, height = im.size
+    if (im.format not in ("JPEG", "MPO") or im.mode != "RGB" or info.maskable
+            or im.info.get("icc_profile") or (width, height) != expected
+            or (info.width, info.height) != expected or width * height > info.max_pixels
+            or _orientation(im) != 1):
+        return None
+    pixels = _jpeg_strict(_read_all(im), im.mode)
+    if pixels is None or pixels.shape != (height, width, 3):
+        return None
+    return pixels
 
 
 def _read_all(im: Image.Image) -> bytes:
