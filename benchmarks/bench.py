@@ -17,7 +17,9 @@ What it measures, each in its own process (peers capped at ``--timeout`` seconds
   RGB segmented image and a uint8 label map per image;
 * ours end to end through the CLI (``kmeans-pipeline run``, default scheduler, segmented +
   labels, masks off, files warm in the page cache), start-up and fit counted;
-* ours and every peer as fit + assign on the same in-memory pixels (float32 RGB in [0, 1]).
+* ours and every peer as fit + assign on the same in-memory pixels (float32 RGB in [0, 1]);
+* our fit alone for several seeds (``--basin-seeds``) on the CLI's sample: issue 14's check that
+  a cheaper fit lands in the better basin for every seed, not only for the default one.
 
 Every inertia comes from one function, `inertia`, over every pixel of the collection; "vs ref"
 divides by the inertia of scikit-learn ``KMeans(n_init=3)`` on the same pixels.  Times are the
@@ -193,34 +195,60 @@ _PEER_FITS = {"sklearn-n_init=3": _sklearn(3), "sklearn-n_init=1": _sklearn(1),
               "cv2.kmeans": _cv2, "faiss": _faiss, "dask-ml": _dask_ml}
 
 
+def _cli_sample(images: list[np.ndarray], files: list[str], km) -> np.ndarray:
+    """The sample the CLI draws from these images (named after ``files``) for ``km``
+    (a KMeansConfig): every image's share at the same positions, uint8 rows."""
+    from types import SimpleNamespace
+
+    from pipeline.sources import collection as read
+
+    sizes = read.allocate([p.shape[0] * p.shape[1] for p in images], km.sample_pixels)
+    parts = []
+    for path, pixels, n in zip(files, images, sizes):
+        rows = pixels.reshape(-1, 3)
+        name = os.path.splitext(os.path.basename(path))[0]
+        image = SimpleNamespace(name=name, n_pixels=len(rows))  # what sample_positions reads
+        parts.append(rows[read.sample_positions(image, n, km.seed)])
+    return np.concatenate(parts)
+
+
 def _ours_in_memory(images: list[np.ndarray], k: int) -> tuple[float, np.ndarray]:
     """Our default fit and the labelling of every pixel, on pixels already in memory, with the
     same sampling, fit and colour-table code the CLI runs (two threads for the labelling)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from types import SimpleNamespace
-
     from pipeline import fitting as fit
-    from pipeline.sinks import segment
-    from pipeline.sources import collection as read
     from pipeline.config import KMeansConfig
-    from pipeline.sources.collection import allocate as _allocate
+    from pipeline.sinks import segment
 
     km = KMeansConfig(k=k)
     started = time.perf_counter()
-    sizes = _allocate([p.shape[0] * p.shape[1] for p in images], km.sample_pixels)
-    parts = []
-    names = [os.path.splitext(os.path.basename(p))[0] for p in _ours_in_memory.files]
-    for name, pixels, n in zip(names, images, sizes):
-        rows = pixels.reshape(-1, 3)
-        image = SimpleNamespace(name=name, n_pixels=len(rows))  # what sample_positions reads
-        parts.append(rows[read.sample_positions(image, n, km.seed)])
-    result = fit.fit_collection(np.concatenate(parts), None, km, "rgb", None, False)
+    sample = _cli_sample(images, _ours_in_memory.files, km)
+    result = fit.fit_collection(sample, None, km, "rgb", None, False)
     whole = segment.whole_table_pays(sum(p.size // 3 for p in images), k, "rgb")
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda p: segment.label_image(p, result.centroids, "rgb",
                                                     whole_table=whole), images))
     return time.perf_counter() - started, result.centroids / 255
+
+
+def child_basins(folder: str, k: int, seeds: str, out: str) -> None:
+    """Our default fit (the CLI's sample, fit and seed) for each seed; saves the centroids
+    (RGB in [0, 1]) of each, one array per seed, and prints the fits' seconds."""
+    from pipeline import fitting as fit
+    from pipeline.config import KMeansConfig
+
+    images = load_pixels(folder)
+    found, seconds = {}, {}
+    for seed in [int(s) for s in seeds.split(",")]:
+        km = KMeansConfig(k=k, seed=seed)
+        sample = _cli_sample(images, image_files(folder), km)
+        started = time.perf_counter()
+        result = fit.fit_collection(sample, None, km, "rgb", None, False)
+        seconds[str(seed)] = time.perf_counter() - started
+        found[str(seed)] = result.centroids / 255
+    np.savez(out, **found)
+    print(json.dumps({"seconds": seconds}))
 
 
 def child_floor(folder: str, centroids_file: str, out_dir: str) -> None:
@@ -530,6 +558,32 @@ def section_ours(bench: Bench, names: list[str], ks: list[int]) -> dict:
     return results
 
 
+def section_basins(bench: Bench, names: list[str], ks: list[int], seeds: str) -> None:
+    """Issue 14: a cheaper fit must not fall into a worse basin for some seeds: our fit for
+    each seed on every pixel's inertia against sklearn n_init=3's (one process per k)."""
+    bench.say(f"## Basins: our fit for seeds {seeds}, inertia vs sklearn n_init=3")
+    bench.say()
+    bench.say("| collection | k | inertia vs ref, each seed | worst / best | target 1 |")
+    bench.say("|---|---|---|---|---|")
+    for name in names:
+        col = bench.collection(name)
+        for k in ks:
+            ref = bench.reference(col, k)
+            out = os.path.join(bench.work, f"basins-{col.name}-{k}.npz")
+            bench.log(f"basins on {col.name}, k={k}, seeds {seeds}")
+            measured = run_child([sys.executable, os.path.abspath(__file__), "_basins",
+                                  col.folder, str(k), seeds, out], bench.args.timeout)
+            if measured.seconds is None:
+                bench.say(f"| {name} | {k} | {measured.note} | | FAIL |")
+                continue
+            found = np.load(out)
+            ratios = [inertia(bench.hist(col), found[s]) / ref for s in found.files]
+            bench.say(f"| {name} | {k} | {', '.join(f'{r:.4f}' for r in ratios)} "
+                      f"| {max(ratios) / min(ratios):.4f} "
+                      f"| {_verdict(max(ratios) <= 1.005)} |")
+    bench.say()
+
+
 def section_peers(bench: Bench, names: list[str], k: int) -> None:
     """Target 3: fit + assign on the same pixels, ours and every peer, one process each."""
     bench.say(f"## Fit + assign on the same in-memory pixels, k={k} (target 3)")
@@ -638,6 +692,8 @@ def main() -> None:
         return child_peer(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     if len(sys.argv) > 1 and sys.argv[1] == "_floor":
         return child_floor(*sys.argv[2:5])
+    if len(sys.argv) > 1 and sys.argv[1] == "_basins":
+        return child_basins(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--make-collection", default=os.environ.get("KMP_MAKE_COLLECTION"),
                         help="path of make_collection.py (env KMP_MAKE_COLLECTION)")
@@ -652,8 +708,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--ref-timeout", type=float, default=3600.0,
                         help="cap for computing a reference inertia (cached afterwards)")
-    parser.add_argument("--sections", default="ours,peers,scaling",
+    parser.add_argument("--sections", default="ours,basins,peers,scaling",
                         help="which tables, in this order (also: refs)")
+    parser.add_argument("--basin-collections", default="small",
+                        help="collections of the basins table (every --ks, each seed)")
+    parser.add_argument("--basin-seeds", default="0,1,2,3")
     args = parser.parse_args()
     args.peers = [p for p in args.peers.split(",") if p]
     bench = Bench(args)
@@ -667,6 +726,9 @@ def main() -> None:
         elif section == "ours":
             ours = section_ours(bench, args.collections.split(","),
                                 [int(k) for k in args.ks.split(",")])
+        elif section == "basins":
+            section_basins(bench, args.basin_collections.split(","),
+                           [int(k) for k in args.ks.split(",")], args.basin_seeds)
         elif section == "peers":
             section_peers(bench, args.peer_collections.split(","), 8)
         elif section == "scaling":
