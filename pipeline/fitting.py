@@ -167,11 +167,15 @@ def _fit_on_boxes(points: _Points, cfg: KMeansConfig, tol_abs: float,
     ``batch_pixels`` draws from fewer points, would cost more than a full step); the winner's
     jumps out of its local minimum (`kmeans.jumps`, up to k = 32, where the basins of starts
     differ by percents) on boxes twice as large, back on the boxes when a jump was kept; then
-    Lloyd steps on the colours."""
+    Lloyd steps on the colours (up to k = 32 on RGB colours taken through their boxes,
+    `_lloyd_through_boxes`: the same steps at about the boxes' cost)."""
     boxes = points.coarse()
-    # the many passes are on the boxes (a few run on the colours): they decide whether numba's
-    # start-up (~1.5 s) pays
-    if len(boxes.weights) * cfg.n_clusters >= _COMPILED_FROM:
+    # Up to k = 32 every pass is on the boxes (the last ones `_lloyd_through_boxes`, each
+    # about one on the boxes): they decide whether numba's start-up (1-2 s) pays; above, the
+    # Lloyd steps on the colours do.
+    through_boxes = points.rgb and cfg.n_clusters <= _JUMPS_UP_TO
+    passes_on = boxes if through_boxes else points
+    if len(passes_on.weights) * cfg.n_clusters >= _COMPILED_FROM:
         kmeans.prefer_compiled()
     best = _run_starts(boxes, cfg, None, range(cfg.n_init), tol_abs, True, True, parallel)
     centroids, steps = best.centroids, best.steps
@@ -182,7 +186,7 @@ def _fit_on_boxes(points: _Points, cfg: KMeansConfig, tol_abs: float,
     if cfg.n_clusters <= _JUMPS_UP_TO:
         centroids, more = _jump(points, boxes, centroids, cfg, tol_abs)
         steps = steps + more
-    if points.rgb and cfg.n_clusters <= _JUMPS_UP_TO:
+    if through_boxes:
         centroids, lloyd_steps, converged = _lloyd_through_boxes(points, boxes, centroids,
                                                                  cfg.max_iter, tol_abs)
     else:
