@@ -723,7 +723,8 @@ def _lloyd_update(partial: Partial, centroids: np.ndarray, features: np.ndarray,
     new, empty = update(partial, centroids)
     # A row of weight zero is not there: it never becomes a centre (histogram counts of
     # the colour pipeline are all positive, so this changes nothing for it).
-    reseed_empty(new, empty, features, np.where(w > 0, distances, 0.0))
+    if empty.any():
+        reseed_empty(new, empty, features, np.where(w > 0, distances, 0.0))
     moved = shift(centroids, new)
     steps.append(Step("lloyd", moved, partial.inertia))
     return new, moved, np.sqrt(((new - centroids) ** 2).sum(axis=1))
