@@ -1,5 +1,6 @@
-"""Compiled (numba) kernels of the engine's hot loops: nearest centroids, and the labels and
-per-class statistics of a raster window in one pass.
+"""Compiled (numba) kernels of the engine's hot loops: nearest centroids; the labels and
+per-class statistics of a raster window in one pass; a Lloyd step with Hamerly's bounds and
+its sums in one pass; k-means++ seeding; a colour table read and filled as pixels meet it.
 
 Why compiled: numpy's elementwise distance kernel makes one pass over a block per centroid
 and feature (with temporaries), 5-10x the time of a loop that keeps a block of rows in cache
@@ -231,6 +232,307 @@ def assign_sums(x, w, centroids, labels, best, sums, counts):
             counts[label] += weight
             for f in range(d):
                 sums[label, f] += block[f, i] * weight
+
+
+@numba.njit(nogil=True, cache=True)
+def lloyd_assign(x, w, centroids, neighbours, sorted_gaps, top, drift_top, drift_rest,
+                 slack, labels, distances, lower, sums, counts):
+    """One assignment of Lloyd with Hamerly's bounds (2010), fused with the step's sums.
+
+    Each row's distance to its centroid is computed exactly (features added in order, as
+    `nearest`); the row keeps its label while that distance is below its lower bound on the
+    distance to any other centroid and half the gap from its centroid to the nearest other
+    one (with a relative and absolute ``slack`` far above rounding).  Other rows are compared
+    with the centroids within twice their distance of their old centroid (Elkan 2003, lemma
+    1; ties to the lowest index), which gives a new lower bound.  So the labels and distances
+    are `nearest`'s, bit for bit; sums and counts are added in row order, as numpy's weighted
+    ``bincount`` adds them (the same bits).
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, n_features), float64
+    w : ndarray of shape (n,), float64
+    centroids : ndarray of shape (n_clusters, n_features), float64
+    neighbours : ndarray of shape (n_clusters, n_clusters), int64
+        Each centroid's others by increasing distance (itself first).
+    sorted_gaps : ndarray of shape (n_clusters, n_clusters), float64
+        The (not squared) distances from each centroid to its ``neighbours``.
+    top, drift_top, drift_rest : int, float, float
+        The centroid that moved most since the bounds were made, how far, and the largest
+        move of the others: a row's lower bound falls by the largest move but its own.
+    labels : ndarray of shape (n,), int64 (in: the last labels; out)
+    distances : ndarray of shape (n,), float64 (out): squared distance to that centroid
+    lower : ndarray of shape (n,), float64 (in and out): the rows' lower bounds
+    sums : ndarray of shape (n_clusters, n_features), float64 (out)
+    counts : ndarray of shape (n_clusters,), float64 (out)
+    """
+    n, d = x.shape
+    k = centroids.shape[0]
+    sums[:] = 0.0
+    counts[:] = 0.0
+    for i in range(n):
+        a = labels[i]
+        t = x[i, 0] - centroids[a, 0]
+        own = t * t
+        for f in range(1, d):
+            t = x[i, f] - centroids[a, f]
+            own += t * t
+        bound = lower[i] - (drift_rest if a == top else drift_top) * (1 + slack)
+        half = 0.5 * sorted_gaps[a, 1] if k > 1 else np.inf
+        u = np.sqrt(own)
+        if u * (1 + slack) + slack >= max(bound, half):
+            reach = 2 * u * (1 + slack) + slack
+            bb = own
+            lb = a
+            sb = np.inf
+            m = 1
+            while m < k and sorted_gaps[a, m] <= reach:
+                j = neighbours[a, m]
+                t = x[i, 0] - centroids[j, 0]
+                dist = t * t
+                for f in range(1, d):
+                    t = x[i, f] - centroids[j, f]
+                    dist += t * t
+                if dist < bb or (dist == bb and j < lb):
+                    sb = bb
+                    bb = dist
+                    lb = j
+                elif dist < sb:
+                    sb = dist
+                m += 1
+            beyond = sorted_gaps[a, m] - u if m < k else np.inf
+            bound = min(np.sqrt(sb), beyond) * (1 - slack) - slack
+            a = lb
+            own = bb
+            labels[i] = a
+        lower[i] = bound
+        distances[i] = own
+        for f in range(d):
+            sums[a, f] += x[i, f] * w[i]
+        counts[a] += w[i]
+
+
+@numba.njit(nogil=True, cache=True)
+def weighted_sums(x, w, labels, sums, counts):
+    """Per-label sums of ``x * w`` and of ``w``, added in row order (numpy's weighted
+    ``bincount``, the same bits); ``sums`` and ``counts`` are zeroed first."""
+    sums[:] = 0.0
+    counts[:] = 0.0
+    for i in range(x.shape[0]):
+        a = labels[i]
+        for f in range(x.shape[1]):
+            sums[a, f] += x[i, f] * w[i]
+        counts[a] += w[i]
+
+
+@numba.njit(nogil=True, cache=True)
+def pairwise_sum(a, start, n):
+    """numpy's sum of the contiguous float64 ``a[start:start + n]``, bit for bit: its
+    pairwise summation (`_pairwise_leaf` up to 128 values; above, the halves split at a
+    multiple of 8 and added).  Not recursive: numba's cache cannot reload a recursive
+    function (it crashes); the recursion runs on an explicit stack."""
+    starts = np.empty(64, np.int64)  # n < 2**64: depth < 64
+    sizes = np.empty(64, np.int64)
+    lefts = np.empty(64)
+    waiting = np.zeros(64, np.bool_)  # the frame's left half is summed, its right is running
+    top = 0
+    starts[0], sizes[0] = start, n
+    while True:
+        size = sizes[top]
+        if size > 128:
+            half = size // 2
+            half -= half % 8
+            waiting[top] = False
+            top += 1
+            starts[top], sizes[top] = starts[top - 1], half
+            continue
+        value = _pairwise_leaf(a, starts[top], size)
+        top -= 1
+        while top >= 0 and waiting[top]:  # a right half: its frame is done
+            value = lefts[top] + value
+            top -= 1
+        if top < 0:
+            return value
+        lefts[top] = value  # a left half: run the right one
+        waiting[top] = True
+        half = sizes[top] // 2
+        half -= half % 8
+        starts[top + 1], sizes[top + 1] = starts[top] + half, sizes[top] - half
+        top += 1
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _pairwise_leaf(a, start, n):
+    """numpy's sum of at most 128 values: in 8 lanes from 8 values on."""
+    if n < 8:
+        total = 0.0
+        for i in range(start, start + n):
+            total += a[i]
+        return total
+    r0, r1, r2, r3 = a[start], a[start + 1], a[start + 2], a[start + 3]
+    r4, r5, r6, r7 = a[start + 4], a[start + 5], a[start + 6], a[start + 7]
+    i = start + 8
+    whole = start + n - n % 8
+    while i < whole:
+        r0 += a[i]
+        r1 += a[i + 1]
+        r2 += a[i + 2]
+        r3 += a[i + 3]
+        r4 += a[i + 4]
+        r5 += a[i + 5]
+        r6 += a[i + 6]
+        r7 += a[i + 7]
+        i += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < start + n:
+        total += a[i]
+        i += 1
+    return total
+
+
+@numba.njit(nogil=True, cache=True)
+def plusplus(channels, w, first, uniforms, n_trials, chosen):
+    """`kmeans.kmeans_plusplus`'s greedy seeding after its first centre, the same bits.
+
+    Parameters
+    ----------
+    channels : ndarray of shape (n_features, n), float64
+    w : ndarray of shape (n,), float64
+    first : int
+        The row of the first centre.
+    uniforms : ndarray of shape (>= (n_clusters - 1) * n_trials,), float64
+        The generator's next uniform draws, ``n_trials`` per centre.
+    n_trials : int
+    chosen : ndarray of shape (n_clusters,), int64 (out): the rows of the centres
+
+    Returns
+    -------
+    int
+        Draws used (fewer when every row became a centre and the rest repeat the first).
+    """
+    d, n = channels.shape
+    closest = np.empty(n)
+    _point_distances(channels, channels[:, first].copy(), closest)
+    cumulative = np.empty(n)
+    trials = np.empty((n_trials, n))
+    weighted = np.empty(n)
+    scores = np.empty(n_trials)
+    candidates = np.empty(n_trials, np.int64)
+    point = np.empty(d)
+    chosen[0] = first
+    used = 0
+    for c in range(1, chosen.shape[0]):
+        total = 0.0
+        for i in range(n):
+            total += closest[i] * w[i]
+            cumulative[i] = total
+        potential = cumulative[n - 1]
+        if potential <= 0:  # every row is a centre already: the rest repeat the first
+            for rest in range(c, chosen.shape[0]):
+                chosen[rest] = first
+            return used
+        for t in range(n_trials):
+            value = uniforms[used] * potential
+            used += 1
+            lo, hi = 0, n  # searchsorted, side="right"
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if cumulative[mid] <= value:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            candidates[t] = min(lo, n - 1)
+            for f in range(d):
+                point[f] = channels[f, candidates[t]]
+            row = trials[t]
+            _point_distances(channels, point, row)
+            for i in range(n):
+                if closest[i] < row[i]:
+                    row[i] = closest[i]
+                weighted[i] = row[i] * w[i]
+            scores[t] = pairwise_sum(weighted, 0, n)
+        best = 0
+        for t in range(1, n_trials):
+            if scores[t] < scores[best]:
+                best = t
+        chosen[c] = candidates[best]
+        closest[:] = trials[best]
+    return used
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _point_distances(channels, point, out):
+    """Squared distances of every row (channels (n_features, n)) to one point, features added
+    in order (`distances_to`'s arithmetic)."""
+    d, n = channels.shape
+    for i in range(n):
+        t = channels[0, i] - point[0]
+        out[i] = t * t
+    for f in range(1, d):
+        c = point[f]
+        for i in range(n):
+            t = channels[f, i] - c
+            out[i] += t * t
+
+
+@numba.njit(nogil=True, cache=True)
+def label_codes(codes, centroids, neighbours, sorted_gaps, slack, unknown, table, distances,
+                labels):
+    """Labels of 24-bit RGB colour codes (``R + 256 G + 65536 B``) through a colour table,
+    filling the entries not known yet (those holding ``table``'s largest value).
+
+    A colour met for the first time is compared with the centroids within twice its distance
+    of the previous pixel's centroid (Elkan 2003, lemma 1: neighbouring pixels have close
+    colours, so that is few of them; ties to the lowest index): the label and squared distance
+    `nearest` gives, stored as float32 (numpy's cast) before the label.
+
+    Parameters
+    ----------
+    codes : ndarray of shape (n,), uint32
+    centroids : ndarray of shape (n_clusters, 3), float64, RGB
+    neighbours, sorted_gaps : as for `lloyd_assign`
+    unknown : int
+        The label of an entry not filled yet (never a cluster's).
+    table : ndarray of shape (2**24,), uint8 or uint16 (in and out)
+    distances : ndarray of shape (2**24,), float32 (in and out)
+    labels : ndarray of shape (n,), the table's dtype (out)
+    """
+    k = centroids.shape[0]
+    hint = 0
+    for i in range(codes.shape[0]):
+        code = codes[i]
+        label = table[code]
+        if label == unknown:
+            red = np.float64(code & 255)
+            green = np.float64((code >> 8) & 255)
+            blue = np.float64(code >> 16)
+            bb = _rgb_distance(red, green, blue, centroids, hint)
+            lb = hint
+            reach = 2 * np.sqrt(bb) * (1 + slack) + slack
+            m = 1
+            while m < k and sorted_gaps[hint, m] <= reach:
+                j = neighbours[hint, m]
+                dist = _rgb_distance(red, green, blue, centroids, j)
+                if dist < bb or (dist == bb and j < lb):
+                    bb = dist
+                    lb = j
+                m += 1
+            distances[code] = np.float32(bb)
+            table[code] = lb
+            label = lb
+        labels[i] = label
+        hint = label
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _rgb_distance(red, green, blue, centroids, j):
+    """Squared distance of one colour to centroid ``j``, channels added in order."""
+    t = red - centroids[j, 0]
+    dist = t * t
+    t = green - centroids[j, 1]
+    dist += t * t
+    t = blue - centroids[j, 2]
+    return dist + t * t
 
 
 def warm_up(pixel_dtypes=(), label_dtypes=(np.uint8,)) -> None:

@@ -178,7 +178,7 @@ def nearest(features: np.ndarray, centroids: np.ndarray, second: bool = False,
         (_compiled(0, force=True) if compiled else None)
     if runner is not None:
         out = np.empty(n) if second else best
-        runner.nearest(_rows(features), _centroids(centroids), _NO_SHIFT, _NO_SHIFT, False,
+        runner.nearest(_rows(features), as_centroids(centroids), _NO_SHIFT, _NO_SHIFT, False,
                        labels, best, out, second)
         return labels, best, out if second else None
     out = np.empty(n) if second else None
@@ -222,8 +222,20 @@ def warm_up(pixel_dtypes: tuple = (), label_dtypes: tuple = (np.uint8,)) -> bool
     runner = _compiled(0, force=True)
     if runner is None:
         return False
+    # a fit's calls on a few rows: the kernels (and array layouts) a fit on a sample takes
+    rows = np.linspace(0.0, 1.0, 96).reshape(32, 3)
+    weights = np.ones(len(rows))
+    centroids = kmeans_plusplus(rows, weights, 2, np.random.default_rng(0))
+    lloyd(rows, weights, centroids, 2, 0.0)
+    partial_sums(rows, None, centroids)
     runner.warm_up(tuple(pixel_dtypes), tuple(label_dtypes))
     return True
+
+
+def compiled_if_imported():
+    """`pipeline.engine.compiled` if some caller has imported it (`prefer_compiled`), else
+    None: for callers whose work alone would not repay numba's start-up."""
+    return _compiled(0)
 
 
 def prefer_compiled() -> bool:
@@ -238,8 +250,11 @@ def _rows(features: np.ndarray) -> np.ndarray:
     return features.view(np.uint8) if features.dtype == np.bool_ else features
 
 
-def _centroids(centroids: np.ndarray) -> np.ndarray:
+def as_centroids(centroids: np.ndarray) -> np.ndarray:
+    """Centroids as the compiled kernels take them: C-contiguous float64."""
     return np.ascontiguousarray(centroids, dtype=np.float64)
+
+
 
 
 def _assign_block(channels: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
@@ -317,12 +332,14 @@ def distance_to_own(features: np.ndarray, centroids: np.ndarray,
     return d
 
 
-# Lloyd keeps Hamerly's bounds from this many clusters on (measured: 0.6-0.9x the time of
-# plain steps at k = 8-64, 2.4x faster at k = 128, on photo histograms; issue 14).
+# With numpy's kernel, Lloyd keeps Hamerly's bounds from this many clusters on (measured:
+# 0.6-0.9x the time of plain steps at k = 8-64, 2.4x faster at k = 128, on photo histograms;
+# issue 14); with the compiled one always (`_lloyd_compiled`, against plain compiled steps:
+# 0.45-0.6x on 57,000-150,000 colours at k = 8-256, 0.45-1.05x on their 27,000 boxes).
 _BOUNDS_FROM = 100
 # Relative slack of the bounds of `assign_hinted` and `lloyd`: far above the rounding of a
 # distance (~1e-16 relative), far below any gap that matters.
-_SLACK = 1e-9
+SLACK = 1e-9
 
 
 def assign_hinted(features: np.ndarray, centroids: np.ndarray,
@@ -363,7 +380,7 @@ def _assign_hinted(features: np.ndarray, centroids: np.ndarray, hints: np.ndarra
     k = len(centroids)
     neighbours = np.argsort(gaps, axis=1, kind="stable")  # gap 0 (itself) first
     sorted_gaps = np.take_along_axis(gaps, neighbours, axis=1)
-    reach = 2 * own * (1 + _SLACK) + _SLACK
+    reach = 2 * own * (1 + SLACK) + SLACK
     # m[i]: the candidates of row i are neighbours[hints[i], :m[i]]; a binary search of every
     # row at once (column 0 always qualifies)
     flat, base = sorted_gaps.ravel(), hints * k
@@ -414,7 +431,7 @@ def _assign_candidates(x: np.ndarray, channels: list[np.ndarray], candidates: np
     d[r, pick] = np.inf
     second = np.sqrt(d.min(axis=1))
     beyond = np.where(m < len(channels[0]), next_gap - own, np.inf)
-    lower[rows] = np.minimum(second, beyond) * (1 - _SLACK) - _SLACK
+    lower[rows] = np.minimum(second, beyond) * (1 - SLACK) - SLACK
 
 
 @dataclass
@@ -490,7 +507,7 @@ def _partial_sums(features: np.ndarray, w: np.ndarray, weighted: list[np.ndarray
         labels, distances = np.empty(len(features), np.int64), np.empty(len(features))
         sums = np.zeros((n_clusters, features.shape[1]))
         counts = np.zeros(n_clusters)
-        runner.assign_sums(features, w, _centroids(centroids), labels, distances, sums, counts)
+        runner.assign_sums(features, w, as_centroids(centroids), labels, distances, sums, counts)
         return Partial(sums, counts, float((distances * w).sum())), labels, distances
     labels, distances = assign(features, centroids)
     return _sums_of(features, w, weighted, labels, distances, n_clusters), labels, distances
@@ -596,6 +613,10 @@ def kmeans_plusplus(features: np.ndarray, weights: np.ndarray, n_clusters: int,
     channels = np.ascontiguousarray(features.T, dtype=np.float64)
     n_trials = 2 + int(np.log(n_clusters))
     first = int(rng.choice(len(features), p=w / w.sum()))
+    runner = _compiled(len(features) * n_clusters * n_trials)
+    if runner is not None and n_clusters > 1:
+        return _plusplus_compiled(runner, features, channels, w, first, n_clusters, n_trials,
+                                  rng)
     centroids = [features[first]]
     closest = _distances_to(channels, features[first:first + 1])[0]
     for _ in range(1, n_clusters):
@@ -614,6 +635,22 @@ def kmeans_plusplus(features: np.ndarray, weights: np.ndarray, n_clusters: int,
     return np.array(centroids, dtype=np.float64)
 
 
+def _plusplus_compiled(runner, features: np.ndarray, channels: np.ndarray, w: np.ndarray,
+                       first: int, n_clusters: int, n_trials: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    """`kmeans_plusplus` after its first draw, in one compiled call (`compiled.plusplus`, the
+    same arithmetic and draws: the same centres, and ``rng`` left as numpy's loop leaves it)."""
+    state = rng.bit_generator.state
+    uniforms = rng.random((n_clusters - 1) * n_trials)
+    chosen = np.empty(n_clusters, np.int64)
+    used = runner.plusplus(channels, np.ascontiguousarray(w), first, uniforms, n_trials,
+                           chosen)
+    if used < len(uniforms):  # stopped early: draw again only what the loop drew
+        rng.bit_generator.state = state
+        rng.random(used)
+    return features[chosen].astype(np.float64)
+
+
 def _distances_to(channels: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Squared distances of every row (given as channels, shape (n_features, n)) to each point:
     ndarray of shape (n_points, n), float64."""
@@ -621,7 +658,7 @@ def _distances_to(channels: np.ndarray, points: np.ndarray) -> np.ndarray:
     if runner is not None:
         out = np.empty((len(points), channels.shape[1]))
         runner.distances_to(np.ascontiguousarray(channels, dtype=np.float64),
-                            _centroids(points), out)
+                            as_centroids(points), out)
         return out
     d = (channels[0][None, :] - points[:, 0:1]) ** 2
     for c in range(1, len(channels)):
@@ -659,8 +696,10 @@ def lloyd(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_
     and a lower bound of the distance to the second-nearest, moved by how far the centroids
     moved (with a slack far above rounding); the other rows are compared with the centroids
     that can beat their label (`assign_hinted`).  Labels, distances and so the steps are
-    exactly those of assigning every row from scratch (tested).  The bounds cost a few passes
-    over the rows per step: below ``_BOUNDS_FROM`` clusters every row is assigned from scratch.
+    exactly those of assigning every row from scratch (tested).  With the compiled kernels
+    the bounds and the step's sums are one compiled pass (`compiled.lloyd_assign`); with
+    numpy's, the bounds cost a few passes over the rows per step, so below ``_BOUNDS_FROM``
+    clusters every row is assigned from scratch.
 
     Returns
     -------
@@ -668,15 +707,16 @@ def lloyd(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_
     steps : list of Step
     converged : bool
     """
+    if max_iter <= 0:
+        return centroids, [], False
+    runner = _compiled(len(features) * len(centroids))
+    if runner is not None and features.dtype == np.float64 and len(centroids) > 1:
+        return _lloyd_compiled(runner, features, weights, centroids, max_iter, tol_abs)
     steps: list[Step] = []
     w = weights.astype(np.float64)
     weighted = _weighted_columns(features, weights, w)
     n_clusters = len(centroids)
-    if max_iter <= 0:
-        return centroids, steps, False
-    # the bounds' bookkeeping is numpy: it pays against numpy's kernel, not the compiled one
-    # (k = 256 photo palettes: 8.5 s plain with numba, 15 s bounded)
-    bounded = n_clusters >= _BOUNDS_FROM and _compiled(len(features) * n_clusters) is None
+    bounded = n_clusters >= _BOUNDS_FROM and runner is None
     if bounded:
         labels, distances, second = assign_two(features, centroids)
         upper, lower = np.sqrt(distances), np.sqrt(second)
@@ -684,13 +724,7 @@ def lloyd(features: np.ndarray, weights: np.ndarray, centroids: np.ndarray, max_
     else:
         partial, labels, distances = _partial_sums(features, w, weighted, centroids)
     for _ in range(max_iter):
-        new, empty = update(partial, centroids)
-        # A row of weight zero is not there: it never becomes a centre (histogram counts of
-        # the colour pipeline are all positive, so this changes nothing for it).
-        reseed_empty(new, empty, features, np.where(w > 0, distances, 0.0))
-        moved = shift(centroids, new)
-        steps.append(Step("lloyd", moved, partial.inertia))
-        drift = np.sqrt(((new - centroids) ** 2).sum(axis=1))
+        new, moved, drift = _lloyd_update(partial, centroids, features, w, distances, steps)
         centroids = new
         if moved <= tol_abs:
             return centroids, steps, True
@@ -714,6 +748,64 @@ def _sums_of(features: np.ndarray, w: np.ndarray, weighted: list[np.ndarray] | N
     return Partial(sums, counts, float((distances * w).sum()))
 
 
+def _lloyd_update(partial: Partial, centroids: np.ndarray, features: np.ndarray,
+                  w: np.ndarray, distances: np.ndarray,
+                  steps: list[Step]) -> tuple[np.ndarray, float, np.ndarray]:
+    """One Lloyd update (a step appended to ``steps``): new centroids, their squared shift
+    and each centroid's (not squared) move."""
+    new, empty = update(partial, centroids)
+    # A row of weight zero is not there: it never becomes a centre (histogram counts of
+    # the colour pipeline are all positive, so this changes nothing for it).
+    if empty.any():
+        reseed_empty(new, empty, features, np.where(w > 0, distances, 0.0))
+    moved = shift(centroids, new)
+    steps.append(Step("lloyd", moved, partial.inertia))
+    return new, moved, np.sqrt(((new - centroids) ** 2).sum(axis=1))
+
+
+def neighbour_gaps(centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each centroid's others by increasing distance, itself first (ties in any order: the
+    compiled kernels break ties between centroids by index), and those distances.
+
+    Returns
+    -------
+    neighbours : ndarray of shape (n_clusters, n_clusters), int64
+    sorted_gaps : ndarray of shape (n_clusters, n_clusters), float64 (not squared)
+    """
+    gaps = _gaps(centroids)
+    np.fill_diagonal(gaps, -1.0)
+    neighbours = np.argsort(gaps, axis=1)
+    sorted_gaps = np.take_along_axis(gaps, neighbours, axis=1)
+    sorted_gaps[:, 0] = 0.0
+    return neighbours, sorted_gaps
+
+
+def _lloyd_compiled(runner, features: np.ndarray, weights: np.ndarray,
+                    centroids: np.ndarray, max_iter: int,
+                    tol_abs: float) -> tuple[np.ndarray, list[Step], bool]:
+    """`lloyd` with `compiled.lloyd_assign`: each step one compiled pass (bounds, labels,
+    distances, sums); the same labels, sums and so the same steps as numpy's (tested)."""
+    steps: list[Step] = []
+    w = np.ascontiguousarray(weights, dtype=np.float64)
+    rows = np.ascontiguousarray(features)
+    n_clusters, n_features = centroids.shape
+    labels, distances, second = nearest(rows, centroids, second=True)
+    lower = np.sqrt(second)
+    sums, counts = np.empty((n_clusters, n_features)), np.empty(n_clusters)
+    runner.weighted_sums(rows, w, labels, sums, counts)
+    for _ in range(max_iter):
+        partial = Partial(sums.copy(), counts.copy(), float((distances * w).sum()))
+        new, moved, drift = _lloyd_update(partial, centroids, rows, w, distances, steps)
+        centroids = new
+        if moved <= tol_abs:
+            return centroids, steps, True
+        top = np.argsort(drift, kind="stable")[-2:]
+        runner.lloyd_assign(rows, w, as_centroids(centroids), *neighbour_gaps(centroids),
+                            int(top[-1]), float(drift[top[-1]]), float(drift[top[0]]),
+                            SLACK, labels, distances, lower, sums, counts)
+    return centroids, steps, False
+
+
 def _reassign(features: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
               upper: np.ndarray, lower: np.ndarray,
               drift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -721,14 +813,14 @@ def _reassign(features: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
     fail reassigned; ``upper`` and ``lower`` modified in place.  Returns labels, distances."""
     if len(centroids) > 1:
         top = np.argsort(drift, kind="stable")[-2:]
-        upper += drift[labels] * (1 + _SLACK)
-        lower -= np.where(labels == top[-1], drift[top[0]], drift[top[-1]]) * (1 + _SLACK)
+        upper += drift[labels] * (1 + SLACK)
+        lower -= np.where(labels == top[-1], drift[top[0]], drift[top[-1]]) * (1 + SLACK)
         gaps = _gaps(centroids)
         nearest = np.where(np.eye(len(gaps), dtype=bool), np.inf, gaps).min(axis=1)
         bound = np.maximum(0.5 * nearest[labels], lower)
-        check = np.flatnonzero(upper * (1 + _SLACK) + _SLACK >= bound)
+        check = np.flatnonzero(upper * (1 + SLACK) + SLACK >= bound)
         upper[check] = np.sqrt(distance_to_own(features[check], centroids, labels[check]))
-        check = check[upper[check] * (1 + _SLACK) + _SLACK >= bound[check]]
+        check = check[upper[check] * (1 + SLACK) + SLACK >= bound[check]]
         if len(check):
             labels = labels.copy()
             labels[check], near, lower[check] = _assign_hinted(

@@ -59,14 +59,17 @@ class _ColourTable:
     always has its distance.
     """
 
-    def __init__(self, centroids: np.ndarray, color_space: str, whole: bool = False):
+    def __init__(self, centroids: np.ndarray, color_space: str, whole: bool = False,
+                 private: bool = False):
         self.centroids = centroids
         self.color_space = color_space
+        self.private = private  # one caller's: no other thread fills it
         dtype = label_dtype(len(centroids))  # its top value is the sentinel (and masked's label)
         self.unknown = masked_label(len(centroids))
         self.labels = np.full(_N_COLOURS, self.unknown, dtype)
         self.distances = np.empty(_N_COLOURS, np.float32)
         self.lock = threading.Lock()
+        self.whole = whole
         if whole:
             self._fill_all()
 
@@ -110,10 +113,19 @@ class _ColourTable:
         """Labels of ``codes`` (ndarray (n,)) and the sum of their squared distances.
 
         Block by block; the colours no block knew are assigned together, once, at the end:
-        filling is per call, not per block, because its cost is mostly per call.
+        filling is per call, not per block, because its cost is mostly per call.  An RGB
+        table that is this caller's alone (or whole), once numba is imported, is read and
+        filled in one compiled pass instead (`compiled.label_codes`: the same labels and
+        distances).
         """
         labels = np.empty(len(codes), self.labels.dtype)
         blocks = [slice(start, start + _BLOCK) for start in range(0, len(codes), _BLOCK)]
+        runner = kmeans.compiled_if_imported() if self.color_space == "rgb" else None
+        if runner is not None and (self.private or self.whole):
+            runner.label_codes(codes, kmeans.as_centroids(self.centroids),
+                               *kmeans.neighbour_gaps(self.centroids), kmeans.SLACK,
+                               self.unknown, self.labels, self.distances, labels)
+            return labels, self._inertia(codes, blocks)
         stale = []
         for block in blocks:
             np.take(self.labels, codes[block], out=labels[block], mode="wrap")
@@ -124,9 +136,11 @@ class _ColourTable:
                 [codes[block][labels[block] == self.unknown] for block in stale])))
             for block in stale:
                 np.take(self.labels, codes[block], out=labels[block], mode="wrap")
-        inertia = sum(float(np.take(self.distances, codes[block], mode="wrap")
-                            .sum(dtype=np.float64)) for block in blocks)
-        return labels, inertia
+        return labels, self._inertia(codes, blocks)
+
+    def _inertia(self, codes: np.ndarray, blocks: list[slice]) -> float:
+        return sum(float(np.take(self.distances, codes[block], mode="wrap")
+                         .sum(dtype=np.float64)) for block in blocks)
 
     def _fill(self, new: np.ndarray) -> None:
         features = kmeans.to_features(code_colours(new), self.color_space)
@@ -163,7 +177,7 @@ def whole_table_pays(n_pixels: int, n_clusters: int, color_space: str) -> bool:
 def _table(centroids: np.ndarray, color_space: str, cache: bool,
            whole: bool = False) -> _ColourTable:
     if not cache:
-        return _ColourTable(centroids, color_space, whole)
+        return _ColourTable(centroids, color_space, whole, private=True)
     key = (color_space.encode() + bytes([whole])
            + np.ascontiguousarray(centroids, np.float64).tobytes())
     with _TABLES_LOCK:

@@ -152,3 +152,84 @@ def test_threads_that_import_the_kernels_at_once_all_get_them(tmp_path):
                              env=env, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.strip() == "[]"
+
+
+def _numpy_kernels(monkeypatch):
+    monkeypatch.setattr(kmeans, "_compiled", lambda work, force=False: None)
+
+
+def _compiled_kernels(monkeypatch):
+    monkeypatch.setattr(kmeans, "_compiled", lambda work, force=False: compiled)
+
+
+# Few distinct values: ties between rows, duplicate centroids and empty clusters are common.
+colour_rows = st.integers(2, 300).flatmap(
+    lambda n: arrays(np.uint8, (n, 3), elements=st.integers(0, 20)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(pixels=colour_rows, k=st.integers(2, 40), seed=st.integers(0, 2 ** 16),
+       max_iter=st.integers(1, 12))
+def test_compiled_lloyd_takes_numpys_steps(pixels, k, seed, max_iter):
+    """Issue 14: the fused bounded Lloyd step (`compiled.lloyd_assign`) gives numpy's
+    centroids, shifts and inertias bit for bit, from any start."""
+    rng = np.random.default_rng(seed)
+    features = pixels.astype(np.float64)
+    weights = rng.integers(1, 5, len(features))
+    start = features[rng.integers(0, len(features), k)] + rng.normal(0, 0.7, (k, 3))
+    start[rng.random(k) < 0.2] = start[0]
+    with pytest.MonkeyPatch.context() as patch:
+        _numpy_kernels(patch)
+        want = kmeans.lloyd(features, weights, start, max_iter, 0.0)
+    with pytest.MonkeyPatch.context() as patch:
+        _compiled_kernels(patch)
+        got = kmeans.lloyd(features, weights, start, max_iter, 0.0)
+    assert got[0].tobytes() == want[0].tobytes()
+    assert [(s.shift, s.inertia) for s in got[1]] == [(s.shift, s.inertia) for s in want[1]]
+    assert got[2] == want[2]
+
+
+@settings(max_examples=40, deadline=None)
+@given(pixels=colour_rows, k=st.integers(2, 60), seed=st.integers(0, 2 ** 16))
+def test_compiled_kmeans_plusplus_picks_numpys_centres(pixels, k, seed):
+    """The same centres, and the generator left where numpy's loop leaves it (k above the
+    distinct rows: the loop stops drawing once every row is a centre)."""
+    features = pixels.astype(np.float64)
+    weights = np.random.default_rng(seed).integers(1, 5, len(features))
+    results = []
+    for use in (_numpy_kernels, _compiled_kernels):
+        with pytest.MonkeyPatch.context() as patch:
+            use(patch)
+            rng = np.random.default_rng(seed)
+            results.append((kmeans.kmeans_plusplus(features, weights, k, rng).tobytes(),
+                            rng.random()))
+    assert results[0] == results[1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.integers(0, 3000).flatmap(
+    lambda n: arrays(np.float64, n, elements=st.floats(-1e6, 1e6))), start=st.integers(0, 9))
+def test_pairwise_sum_is_numpys_sum(values, start):
+    start = min(start, len(values))
+    assert compiled.pairwise_sum(values, start, len(values) - start) == values[start:].sum()
+
+
+@settings(max_examples=30, deadline=None)
+@given(pixels=st.integers(1, 400).flatmap(
+    lambda n: arrays(np.uint8, (n, 1, 3), elements=st.integers(0, 255))),
+    k=st.sampled_from([1, 2, 7, 40, 300]), seed=st.integers(0, 2 ** 16))
+def test_compiled_colour_table_labels_as_numpy(pixels, k, seed):
+    """`compiled.label_codes` fills a private colour table with numpy's labels, distances
+    (so inertia) and counts."""
+    from pipeline.sinks import segment
+
+    rng = np.random.default_rng(seed)
+    centroids = rng.integers(0, 256, (k, 3)).astype(np.float64)
+    centroids[rng.random(k) < 0.2] = centroids[0]  # ties: the lowest index must win
+    results = []
+    for use in (_numpy_kernels, _compiled_kernels):
+        with pytest.MonkeyPatch.context() as patch:
+            use(patch)
+            labels, counts, inertia = segment.label_image(pixels, centroids, "rgb", cache=False)
+            results.append((labels.tobytes(), counts.tobytes(), inertia))
+    assert results[0] == results[1]
