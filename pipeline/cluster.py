@@ -582,6 +582,111 @@ def decode_on_workers(images: list, decode: Callable[[Any], Any]) -> OnWorkers:
     return OnWorkers(futures)
 
 
+# ---------------------------------------------------------------------------------------------
+# Values computed once and read by many small passes (lloyd's colour shards, issue 14)
+
+
+class Parts:
+    """``n`` values computed once from one source and kept where the tasks that read them run:
+    in this process on a local scheduler, as futures spread over the workers on a cluster.
+
+    `map` applies a function to every part and returns the results in part order, so a
+    caller that combines them in that order gets the same bits on every scheduler.  On a
+    cluster a `map` is one task per worker, over the parts that worker holds: no graph is
+    built or optimised, nothing but the arguments and results travels, and the scheduler
+    handles as many tasks per pass as there are workers (16 tasks cost 70-90 ms a pass on
+    2 loaded workers, 2 tasks 35-50; issue 14).
+    """
+
+    def __init__(self, values: list | None = None, futures: list | None = None,
+                 client: Any = None):
+        self._values, self._futures, self._client = values or [], futures, client
+        self._where: dict[Any, list[int]] = {}  # worker -> the parts it held when made
+        if futures is not None:
+            held = client.who_has(futures)
+            for i, future in enumerate(futures):
+                self._where.setdefault((held.get(future.key) or (None,))[0], []).append(i)
+
+    def map(self, fn: Callable[..., Any], *args: Any) -> list:
+        """``[fn(part, *args) for part in parts]``, each computed where its part is."""
+        if self._futures is None:
+            return list(compute(*[dask.delayed(fn, pure=False)(value, *args)
+                                  for value in self._values]))
+        # loosely bound: if that worker is gone, another fetches (or recomputes) the parts
+        tasks = [self._client.submit(_each_part, fn, [self._futures[i] for i in parts], *args,
+                                     pure=False, workers=where,
+                                     allow_other_workers=where is not None)
+                 for where, parts in self._where.items()]
+        results: list = [None] * len(self._futures)
+        try:
+            for parts, values in zip(self._where.values(), self._client.gather(tasks)):
+                for i, value in zip(parts, values):
+                    results[i] = value
+        finally:
+            for task in tasks:
+                task.release()
+        return results
+
+    def release(self) -> None:
+        futures, self._futures, self._values = self._futures or [], None, []
+        for future in futures:
+            with contextlib.suppress(Exception):  # the scheduler may be gone
+                future.release()
+
+    def __len__(self) -> int:
+        return len(self._futures if self._futures is not None else self._values)
+
+
+def _each_part(fn: Callable[..., Any], parts: list, *args: Any) -> list:
+    return [fn(part, *args) for part in parts]
+
+
+class _Recomputed(Parts):
+    """`Parts` that are not kept: every `map` computes the source and the parts again."""
+
+    def __init__(self, source: Any, part: Callable[..., Any], n: int, args: tuple):
+        super().__init__()
+        self._parts = [dask.delayed(part, pure=True)(source, i, *args) for i in range(n)]
+
+    def map(self, fn: Callable[..., Any], *args: Any) -> list:
+        return list(compute(*[dask.delayed(fn, pure=False)(p, *args) for p in self._parts]))
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+
+def hold_parts(source: Any, part: Callable[..., Any], n: int, *args: Any,
+               keep: bool = True) -> Parts:
+    """`Parts` ``part(value, i, *args)`` for ``i < n``, of the value of delayed ``source``.
+
+    With ``keep`` the source is computed once and released when the parts are made.  On a
+    cluster part ``i`` is made on worker ``i mod n_workers`` (by address; loosely: another
+    worker takes it if that one is gone), so that `Parts.map` keeps every worker busy: the
+    scheduler would otherwise put every part next to the one source.  Without ``keep`` each
+    `Parts.map` recomputes everything (``dask.persist: never``: the files are read again).
+    """
+    if not keep:
+        return _Recomputed(source, part, n, args)
+    client = _client()
+    if client is None:
+        return Parts(values=list(compute(*[dask.delayed(part, pure=True)(source, i, *args)
+                                           for i in range(n)])))
+    from distributed import wait
+
+    whole = client.compute(source)
+    workers = sorted(client.scheduler_info().get("workers", {})) or [None]
+    futures = [client.submit(part, whole, i, *args,
+                             key=f"{dask.utils.funcname(part)}-{dask.base.tokenize(whole.key, i)}",
+                             workers=workers[i % len(workers)],
+                             allow_other_workers=workers[0] is not None)
+               for i in range(n)]
+    try:
+        wait(futures)
+    finally:
+        whole.release()
+    return Parts(futures=futures, client=client)
+
+
 def memory_budget() -> int:
     """Bytes of memory the active scheduler's workers may use in all."""
     client = _client()
