@@ -508,6 +508,7 @@ def test_submit_returns_and_the_job_completes_on_the_cluster(blocks_job, blocks_
     out = _out(blocks_job)
     state = wait_until(lambda: (lambda s: s if s["state"] == "done" else None)(
         _status(out, capsys)), "the submitted job to finish", every=0.1)
+    _wait_driver_gone(healthy, blocks_job)
     assert state["job_id"] == job_id and state["ok"] == N_BLOCKS and state["done"] == N_BLOCKS
     assert main(["status", out]) == 0
     assert capsys.readouterr().out.startswith(f"done: job {job_id}, {N_BLOCKS} of {N_BLOCKS} "
@@ -544,6 +545,13 @@ def test_cancel_stops_a_submitted_job_and_submit_wait_finishes_it(blocks_job, bl
     _assert_same(out, blocks_reference)
 
 
+def _wait_driver_gone(cluster: DaskProcesses, job: str) -> None:
+    """Until the driver task has returned: report.json says "done" before the driver writes
+    report.html and saves it once more (through a temporary file the checks would see)."""
+    key = _json(os.path.join(_out(job), "submission.json"))["key"]
+    wait_until(lambda: _driver_worker(cluster, key) is None, "the driver to return")
+
+
 def _driver_worker(cluster: DaskProcesses, key: str) -> str | None:
     with cluster.client() as client:
         for worker, keys in client.processing().items():
@@ -563,6 +571,7 @@ def test_driver_whose_worker_dies_is_rescheduled_and_resumes(blocks_job, blocks_
     healthy.kill_worker(worker, pid)
     state = wait_until(lambda: (lambda s: s if s["state"] in ("done", "failed") else None)(
         _status(_out(blocks_job), capsys)), "the job to finish", every=0.1)
+    _wait_driver_gone(healthy, blocks_job)
     assert state["state"] == "done" and state["job_id"] == job_id
     resumed = [r["name"] for r in _report(blocks_job)["images"] if r["resumed"]]
     assert 0 < len(resumed) < N_BLOCKS  # finished by resuming, not by starting over
