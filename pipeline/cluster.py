@@ -291,6 +291,19 @@ def compute(*values: Any) -> tuple:
     return dask.compute(*values, **_local_scheduler())
 
 
+def compute_here(*values: Any) -> tuple:
+    """`dask.compute` on this process's threads, whatever the active scheduler: for small
+    tasks on data this process holds (the fit's starts on the sample), which a cluster would
+    have to receive in the graph and, all sharing that data, run on one worker one after the
+    other (issue 14: the fit took 0.35-0.6 s on 2 workers, 0.2-0.3 s on threads).  Without
+    a client, the local scheduler in use (see `compute`)."""
+    if _client() is None:
+        return compute(*values)
+    from dask.threaded import get
+
+    return dask.compute(*values, scheduler=get)
+
+
 def persist(*values: Any) -> tuple:
     """`dask.persist` on the active scheduler (see `compute`)."""
     return dask.persist(*values, **_local_scheduler())

@@ -152,9 +152,8 @@ def _run_starts(points: _Points, cfg: KMeansConfig, init: np.ndarray | None, sta
     """The start with the lowest inertia on ``points`` (the first of equals)."""
     if parallel and len(starts) > 1:
         shared = dask.delayed(points, traverse=False)
-        outcomes = cluster.compute(*[dask.delayed(_start, pure=True)(shared, cfg, init, start,
-                                                                    tol_abs, iterate, boxes)
-                                     for start in starts])
+        outcomes = cluster.compute_here(*[dask.delayed(_start, pure=True)(
+            shared, cfg, init, start, tol_abs, iterate, boxes) for start in starts])
     else:
         outcomes = [_start(points, cfg, init, start, tol_abs, iterate, boxes)
                     for start in starts]
