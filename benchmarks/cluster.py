@@ -4,7 +4,7 @@ Runs real `dask scheduler` / `dask worker` processes on 127.0.0.1 (the launcher 
 tests use) and the pipeline against them.  Not part of the test suite: it takes minutes.
 
     python benchmarks/cluster.py all            # or: graph | client | worker | kill | speed
-    python benchmarks/cluster.py speed --folder .bench/collections/medium   # issue 14
+    python benchmarks/cluster.py speed --folder .bench/collections/medium --ks 5,8,16  # issue 14
     python benchmarks/cluster.py worker --images 90 --side 2560 --memory-limit 400MiB
 
 Figures are printed as one line each; the work folder (default: a temporary one) keeps the
@@ -240,72 +240,121 @@ def _report_timings(job: str) -> dict:
         return json.load(handle)["timings"]
 
 
-def _best(argv: list[str], job: str, repeat: int) -> tuple[float, dict, str]:
-    best = None
-    for _ in range(repeat):
-        seconds, err = _timed_run(argv)
-        if best is None or seconds < best[0]:
-            best = (seconds, _report_timings(job), err)
-    return best
-
-
 def _passes(stderr: str) -> list[float]:
     return [float(line.split("full pass in ")[1].split()[0]) for line in stderr.splitlines()
             if "full pass in " in line]
 
 
-def localcluster_startup(repeat: int) -> float:
-    """Seconds to start and stop a 2-worker LocalCluster (in a fresh process, best of)."""
-    code = ("import time; t = time.perf_counter(); from distributed import LocalCluster; "
-            "c = LocalCluster(n_workers=2, threads_per_worker=1, host='127.0.0.1', "
-            "dashboard_address=None); print(time.perf_counter() - t); c.close()")
-    return min(float(subprocess.run([sys.executable, "-c", code], capture_output=True,
-                                    text=True, check=True).stdout.split()[0])
-               for _ in range(repeat))
+def localcluster_startup(repeat: int) -> tuple[float, float]:
+    """Seconds to start, and to stop, a 2-worker LocalCluster as ``--scheduler local`` does
+    (its own `connect`, dashboard included), in a fresh process; best of ``repeat``."""
+    code = ("import time\n"
+            "if __name__ == '__main__':\n"
+            "    from pipeline import cluster\n"
+            "    from pipeline.config import DaskConfig\n"
+            "    import distributed\n"
+            "    t = time.perf_counter()\n"
+            "    connection = cluster.connect(DaskConfig(scheduler='local'))\n"
+            "    connection.__enter__()\n"
+            "    up = time.perf_counter() - t\n"
+            "    t = time.perf_counter()\n"
+            "    connection.__exit__(None, None, None)\n"
+            "    print(up, time.perf_counter() - t)\n")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout.split() for _ in range(repeat)]
+    return min(float(r[0]) for r in runs), min(float(r[1]) for r in runs)
 
 
-def speed(work: str, folder: str | None, repeat: int) -> None:
-    """End-to-end seconds on threads, a LocalCluster and running workers; lloyd passes."""
+# dask config for workers started the way `--scheduler local` starts its own (pipeline.cluster
+# `_worker_environment`): the nanny sets no MALLOC_TRIM_THRESHOLD_ in the worker processes.
+_AS_LOCAL = {"distributed.nanny.pre-spawn-environ": "{'MALLOC_TRIM_THRESHOLD_': None}"}
+
+
+def speed(work: str, folder: str | None, repeat: int, ks: list[int]) -> None:
+    """Issue 14's cluster targets, as ratios to the threads scheduler from one run: end to end
+    on threads, `--scheduler local` (LocalCluster start-up counted, and reported alone), 2
+    workers already running (started as `--scheduler local` starts them, and with `dask
+    worker`'s defaults), and the scheduler overhead of a lloyd pass."""
     root = os.path.join(work, "speed")
-    images = folder or make_images(os.path.join(root, "images"), 64, 1024, "jpg")
-    os.makedirs(root, exist_ok=True)
-    job = write_job(root, os.path.abspath(images))
-    lloyd_job_dir = os.path.join(root, "lloyd")
-    os.makedirs(lloyd_job_dir, exist_ok=True)
-    lloyd_job = write_job(lloyd_job_dir, os.path.abspath(images),
-                          kmeans={"algorithm": "lloyd", "max_iter": 6, "tol": 0.0})
-    cluster = DaskProcesses(os.path.join(root, "dask"), n_workers=2, memory_limit="2GiB")
+    images = os.path.abspath(folder or make_images(os.path.join(root, "images"), 64, 1024,
+                                                   "jpg"))
+    print(f"load average at start: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}; best "
+          f"of {repeat}, runs interleaved")
+    clusters = {"as local": DaskProcesses(os.path.join(root, "dask-as-local"), n_workers=2,
+                                          memory_limit="2GiB", config=_AS_LOCAL),
+                "dask worker defaults": DaskProcesses(os.path.join(root, "dask-defaults"),
+                                                      n_workers=2, memory_limit="2GiB")}
+    rows = []
     try:
-        base = cli("run", job, "-q")
-        threads = _best(base, job, repeat)
-        local = _best([*base, "--scheduler", "local"], job, repeat)
-        _timed_run([*base, "--scheduler", cluster.address])  # warm the workers' imports
-        remote = _best([*base, "--scheduler", cluster.address], job, repeat)
-        verbose = cli("run", lloyd_job, "-vv")
-        lloyd_threads = _passes(_best(verbose, lloyd_job, 1)[2])
-        lloyd_remote = _passes(_best([*verbose, "--scheduler", cluster.address], lloyd_job,
-                                     1)[2])
+        for k in ks:
+            rows.append((k, *_speed_at(root, images, k, repeat, clusters)))
     finally:
-        cluster.close()
-    startup = localcluster_startup(repeat)
-    print("| measurement | seconds | ratio to threads | target |")
-    print("|---|---|---|---|")
-    print(f"| threads (default), end to end | {threads[0]:.2f} | 1.00 | |")
-    print(f"| --scheduler local, end to end (LocalCluster start-up counted) | {local[0]:.2f} "
-          f"| {local[0] / threads[0]:.2f} | <= 1.35 |")
-    print(f"| --scheduler local, run phase only (report total) | {local[1]['total']:.2f} "
-          f"| {local[1]['total'] / threads[1]['total']:.2f} | |")
-    print(f"| remote scheduler, 2 workers already running, end to end | {remote[0]:.2f} "
-          f"| {remote[0] / threads[0]:.2f} | <= 1.1 |")
-    print(f"| 2-worker LocalCluster start-up alone (fresh process) | {startup:.2f} | | |")
-    for name, passes in (("threads", lloyd_threads), ("remote", lloyd_remote)):
-        print(f"| lloyd full passes, {name}: {', '.join(f'{p:.3f}' for p in passes)} "
-              f"| {np.median(passes):.3f} | | |")
-    if lloyd_threads and lloyd_remote:
-        extra = np.median(lloyd_remote) - np.median(lloyd_threads)
-        print(f"| scheduler overhead per lloyd pass (median remote - median threads, same 2-way "
-              f"parallelism) | {extra:.3f} | | <= 0.05 |")
-    print(f"\n(phases, threads: {threads[1]}; local: {local[1]}; remote: {remote[1]})")
+        for running in clusters.values():
+            running.close()
+    startup, shutdown = localcluster_startup(repeat)
+    _print_speed(rows, startup, shutdown)
+
+
+def _speed_at(root: str, images: str, k: int, repeat: int,
+              clusters: dict) -> tuple[dict, dict]:
+    """Best wall seconds (and report timings) per way of running, and lloyd's passes."""
+    folder = os.path.join(root, f"k{k}")
+    os.makedirs(os.path.join(folder, "lloyd"), exist_ok=True)
+    job = write_job(folder, images, kmeans={"k": k})
+    lloyd_job = write_job(os.path.join(folder, "lloyd"), images,
+                          kmeans={"algorithm": "lloyd", "k": k, "max_iter": 8, "tol": 0.0})
+    base = cli("run", job, "-q")
+    ways = {"threads": base, "local": [*base, "--scheduler", "local"],
+            **{name: [*base, "--scheduler", running.address]
+               for name, running in clusters.items()}}
+    for running in clusters.values():  # warm the workers' imports and numba's caches
+        _timed_run([*base, "--scheduler", running.address])
+    best: dict[str, tuple[float, dict]] = {}
+    for _ in range(repeat):
+        for name, argv in ways.items():
+            seconds, _ = _timed_run(argv)
+            if name not in best or seconds < best[name][0]:
+                best[name] = (seconds, _report_timings(job))
+    verbose = cli("run", lloyd_job, "-vv")
+    passes = {}
+    for _ in range(repeat):
+        for name, argv in (("threads", verbose),
+                           ("as local", [*verbose, "--scheduler", clusters["as local"].address])):
+            got = _passes(_timed_run(argv)[1])[1:]  # the first also loads numba's kernels
+            if name not in passes or np.median(got) < np.median(passes[name]):
+                passes[name] = got
+    return best, passes
+
+
+def _print_speed(rows: list, startup: float, shutdown: float) -> None:
+    print("\n| k | measurement | seconds | ratio to threads | target |")
+    print("|---|---|---|---|---|")
+    for k, best, passes in rows:
+        threads = best["threads"][0]
+        print(f"| {k} | threads (default), end to end | {threads:.2f} | 1.00 | |")
+        print(f"| {k} | 2 workers already running (started as `--scheduler local` starts "
+              f"them), end to end | {best['as local'][0]:.2f} | "
+              f"{best['as local'][0] / threads:.2f} | <= 1.1 |")
+        print(f"| {k} | the same, workers with `dask worker`'s defaults (MALLOC_TRIM_THRESHOLD_"
+              f"=65536) | {best['dask worker defaults'][0]:.2f} | "
+              f"{best['dask worker defaults'][0] / threads:.2f} | |")
+        print(f"| {k} | `--scheduler local`, end to end (LocalCluster start-up counted) | "
+              f"{best['local'][0]:.2f} | {best['local'][0] / threads:.2f} | <= 1.35 |")
+        print(f"| {k} | `--scheduler local`, the run alone (report.json total) | "
+              f"{best['local'][1]['total']:.2f} | "
+              f"{best['local'][1]['total'] / best['threads'][1]['total']:.2f} | |")
+        extra = np.median(passes["as local"]) - np.median(passes["threads"])
+        print(f"| {k} | lloyd pass, median of passes 2-8: threads "
+              f"{np.median(passes['threads']):.3f}, 2 running workers "
+              f"{np.median(passes['as local']):.3f}; scheduler overhead per pass (the "
+              f"difference) | {extra:.3f} | | <= 0.05 |")
+    print(f"| | 2-worker LocalCluster start-up alone (`--scheduler local`'s, fresh process) "
+          f"| {startup:.2f} | | |")
+    print(f"| | ... and its shutdown | {shutdown:.2f} | | |")
+    print(f"\nload average at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for k, best, _ in rows:
+        print(f"k = {k} phases: " + "; ".join(f"{name}: {timings}"
+                                              for name, (_, timings) in best.items()))
 
 
 def main() -> None:
@@ -320,6 +369,7 @@ def main() -> None:
     parser.add_argument("--folder", help="speed: the collection (default: 64 synthetic "
                                          "1024x1024 JPEGs)")
     parser.add_argument("--repeat", type=int, default=3, help="speed: best of")
+    parser.add_argument("--ks", default="8", help="speed: values of k, e.g. 5,8,16")
     args = parser.parse_args()
     work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="kmeans-cluster-bench-"))
     print(f"work folder: {work}; {os.cpu_count()} CPUs")
@@ -332,7 +382,7 @@ def main() -> None:
     if args.part in ("all", "worker"):
         worker_memory(work, args.images, args.side, args.memory_limit, args.persist)
     if args.part in ("all", "speed"):
-        speed(work, args.folder, args.repeat)
+        speed(work, args.folder, args.repeat, [int(k) for k in args.ks.split(",")])
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ def test_schedulers_and_chunkings_agree(tmp_path, collection, local_cluster, alg
         results.append(_outputs(tmp_path / f"out{i}", truth))
     reference_centroids, reference_labels = results[0]
     for centroids, labels in results[1:]:
-        assert np.allclose(centroids, reference_centroids, rtol=0, atol=1e-6)
+        # the same bits: the fit on the sample runs here, lloyd's passes add the partial sums
+        # of the same colour shards in the same order on every scheduler (issue 14)
+        assert centroids.tolist() == reference_centroids.tolist()
         for name in truth:
             assert (labels[name] == reference_labels[name]).all()
 

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from pipeline import cluster
 from pipeline import fitting as fit
 from pipeline.engine import kmeans
 
@@ -44,12 +45,22 @@ def test_merged_chunk_partials_equal_one_pass(case, space):
 
 
 @given(chunked_case(), st.sampled_from(["rgb", "lab"]))
-def test_dask_tree_reduction_over_any_chunking_equals_numpy(case, space):
+def test_full_pass_over_any_chunking_equals_numpy_to_the_bit_across_chunkings(case, space):
     pixels, centroids, cuts = case
     sizes = tuple(np.diff([0, *cuts, len(pixels)]).tolist())
-    array = da.from_array(pixels, chunks=(sizes, 3))
-    hists = [__import__("dask").delayed(kmeans.histogram)(c) for c in array.to_delayed().ravel()]
-    got = fit._full_pass(hists, centroids, space)
+    passes = []
+    for chunks in (sizes, (len(pixels),)):
+        histogram = fit.collection_histogram(da.from_array(pixels, chunks=(chunks, 3)))
+        codes, counts = histogram.compute(scheduler="sync")
+        expected_codes, expected_counts = kmeans.histogram(pixels)
+        assert codes.tolist() == expected_codes.tolist()
+        assert counts.tolist() == expected_counts.tolist()
+        shards = cluster.hold_parts(histogram, fit._shard, fit._SHARDS, space)
+        passes.append(fit.full_pass(shards, centroids))
+    got, one_chunk = passes
+    # the same colour shards added in the same order: the same bits for any chunking
+    assert got.sums.tolist() == one_chunk.sums.tolist()
+    assert got.inertia == one_chunk.inertia
     whole = _whole(pixels, centroids, space)
     if space == "rgb":
         assert got.sums.tolist() == whole.sums.tolist()
