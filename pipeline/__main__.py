@@ -1,3 +1,3 @@
 from pipeline import cli
 
-raise SystemExit(cli.main())
+cli.entry()

@@ -23,8 +23,37 @@ from pipeline.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNNIN
 from pipeline.progress import progress_for
 
 
+def entry() -> None:
+    """The process entry point of ``kmeans-pipeline`` and ``python -m pipeline``: `main`,
+    then `exit_process` with its status."""
+    exit_process(main())
+
+
+def exit_process(code: int) -> None:
+    """End the process with ``code``, as a normal exit does but for the interpreter's teardown
+    of every module (0.2-0.4 s once numba, rasterio and dask are loaded, on every run).
+
+    What a normal exit runs first still runs, in its order: non-daemon threads are waited for
+    (and thread pools' exit hooks), then the atexit handlers (distributed's, logging's), then
+    both streams are flushed.  Only then does ``os._exit`` skip the teardown.  Every output was
+    written before `main` returned, so nothing is cut short.  A flush to a reader that went
+    away is quiet, as in `_reader_gone`.
+    """
+    import atexit
+    import threading
+
+    threading._shutdown()  # what Py_Finalize calls first: joins threads, runs their exit hooks
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``kmeans-pipeline`` and ``python -m pipeline``."""
+    """``kmeans-pipeline``'s commands: argv in, an exit status out (`entry` ends the process)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = _parser().parse_args(argv)

@@ -73,6 +73,6 @@ def test_wheel_holds_py_typed_and_every_file_of_the_package(wheel):
                          "[tool.setuptools.package-data] in pyproject.toml")
 
 
-def test_console_script_points_at_cli_main(wheel):
+def test_console_script_points_at_cli_entry(wheel):
     (name,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
-    assert "kmeans-pipeline = pipeline.cli:main" in wheel.read(name).decode()
+    assert "kmeans-pipeline = pipeline.cli:entry" in wheel.read(name).decode()

@@ -60,7 +60,7 @@ def _assert_no_crash(code: int, err: str) -> None:
     assert code in (0, 1, 2, 3)
     assert all(line.startswith(("error: ", "skipped: ", "  ", "done: ", "WARNING: ",
                                 "sample: ", "segment: ", "fit+segment: ", "check: ",
-                                "resample: "))
+                                "resample: ", "dask dashboard: "))
                for line in err.splitlines() if line), err
 
 
