@@ -1,5 +1,6 @@
 """The scheduler layer: connect to the scheduler a job names, compute tasks as they finish,
-check what the workers see, and submit a job's driver to run on the cluster.
+hold data where the tasks run (decoded images, histogram shards), say how much memory the
+workers may use, check what the workers see, and submit a job's driver to run on the cluster.
 
 The only module that imports ``distributed`` (lazily: a job on threads never loads it).
 ``run()`` never picks a scheduler: it calls `compute_each`, which uses the active distributed

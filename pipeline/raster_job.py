@@ -200,7 +200,7 @@ def draw_sample(images: list[RasterImage], sample_pixels: int, seed: int) -> Sam
     shares = [rasters.block_share(rate, image.header.height, image.header.width)
               for image in images]
     results = list(compute(*[_image_sample(image, rate, share, seed)
-                                  for image, share in zip(images, shares)]))
+                             for image, share in zip(images, shares)]))
     # drawn blocks all masked is no proof that every pixel is: read those images whole
     again = [i for i, result in enumerate(results)
              if not isinstance(result, str) and result[2] == 0 and shares[i] < 1.0]

@@ -255,8 +255,6 @@ def as_centroids(centroids: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(centroids, dtype=np.float64)
 
 
-
-
 def _assign_block(channels: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
                   best: np.ndarray, second: np.ndarray | None = None) -> None:
     best.fill(np.inf)

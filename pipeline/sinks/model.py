@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -25,12 +26,18 @@ READABLE_VERSIONS = (1, 2)
 
 def versions() -> dict[str, str]:
     """Versions of the packages that shape the result."""
+    return dict(_versions())
+
+
+@functools.lru_cache(maxsize=None)
+def _versions() -> dict[str, str]:
+    # read once per process: report.json is saved every few seconds, and imageio's version
+    # comes from its metadata on disk (importing imageio takes 0.1-0.2 s of start-up)
     from importlib.metadata import version
 
     import dask
     import PIL
 
-    # imageio's version from its metadata: importing imageio takes 0.1-0.2 s of start-up
     return {"kmeans_pipeline": __version__, "python": platform.python_version(),
             "numpy": np.__version__, "dask": dask.__version__, "pillow": PIL.__version__,
             "imageio": version("imageio")}
