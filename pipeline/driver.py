@@ -167,7 +167,10 @@ def run(cfg: JobConfig, progress: Progress | None = None, job_id: str | None = N
 def _warm_up_kernels(cfg: JobConfig, listing: Listing) -> None:
     """Start numba's import and first calls (~1-2 s, `engine.compiled.warm_up`) on a thread
     as soon as the listing shows rasters: they overlap the checks and the sample pass's reads
-    instead of holding up the fit and the first windows."""
+    instead of holding up the fit and the first windows.  Nothing to start when the kernels
+    are built ahead of time."""
+    if kmeans.kernels_built():
+        return
     k = cfg.kmeans.max_k if cfg.kmeans.auto_k else cfg.kmeans.k
     dtypes = {str(image.header.dtype) for image in listing.rasters.values()}
     if cfg.kmeans.scope == "collection" and len(listing.images) > len(listing.rasters):

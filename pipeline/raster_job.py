@@ -734,14 +734,14 @@ def _each_window(work: Callable[..., None], windows: list[tuple[int, int, int, i
 def _label(pixels: np.ndarray, masked: np.ndarray, model: RasterModel,
            masked_label: int) -> tuple[np.ndarray, _ClassStats]:
     """Labels of one window (masked pixels `masked_label`) and its per-class statistics, in
-    one compiled pass over its pixels (`pipeline.engine.compiled.label_window`)."""
-    from pipeline.engine import compiled
+    one compiled pass over its pixels (`pipeline.engine.kernels.label_window`)."""
+    from pipeline.engine import kernels
 
     rows = pixels.reshape(-1, pixels.shape[2])
     out = np.empty(len(rows), tiled.label_dtype(model.n_clusters))
     stats = _ClassStats(model.native)
     norm = model.normalization
-    compiled.label_window(rows, masked.reshape(-1), model.centroids,
+    kernels.label_window(rows, masked.reshape(-1), model.centroids,
                           np.asarray(norm.center, np.float64), np.asarray(norm.scale, np.float64),
                           norm.method != "none", stats.native, masked_label, out, stats.counts,
                           stats.sums, stats.squares)

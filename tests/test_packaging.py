@@ -12,22 +12,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+BUILT = ("_kernels*.so", "_kernels*.pyd")  # setup.py's module, when built in the checkout
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
-    """A wheel built from a copy of the source tree (the checkout gets no build/ or egg-info)."""
+    """A wheel built from a copy of the source tree (the checkout gets no build/ or egg-info),
+    with the kernels compiled ahead of time (setup.py: about a minute)."""
     src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "pipeline", src / "pipeline",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *BUILT))
     dist = tmp_path_factory.mktemp("dist")
-    # No build isolation: the test env's setuptools (the test extra asks for >= 77) builds it,
-    # so the test needs no network and takes a few seconds.
+    # No build isolation: the test env's setuptools (the test extra asks for >= 77) and numba
+    # build it, so the test needs no network.
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
                            "--no-build-isolation", "-q", str(src), "-w", str(dist)],
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     (path,) = dist.glob("kmeans_pipeline-*.whl")
     with zipfile.ZipFile(path) as archive:
@@ -67,10 +69,18 @@ def test_wheel_holds_py_typed_and_every_file_of_the_package(wheel):
     names = set(wheel.namelist())
     assert "pipeline/py.typed" in names
     tree = {p.relative_to(ROOT).as_posix() for p in (ROOT / "pipeline").rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+            and not any(p.match(pattern) for pattern in BUILT)}
     missing = sorted(tree - names)
     assert not missing, (f"not in the wheel: {missing}; add them to "
                          "[tool.setuptools.package-data] in pyproject.toml")
+
+
+def test_wheel_holds_the_kernels_built_ahead_of_time(wheel):
+    """setup.py compiled every kernel variant into the wheel (`pipeline.engine._kernels`)."""
+    built = [n for n in wheel.namelist() if n.startswith("pipeline/engine/_kernels")]
+    assert len(built) == 1 and built[0].endswith((".so", ".pyd")), wheel.namelist()
+    assert not any(n.endswith((".c", ".o")) for n in wheel.namelist())
 
 
 def test_console_script_points_at_cli_entry(wheel):

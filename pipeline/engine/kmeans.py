@@ -192,36 +192,51 @@ def nearest(features: np.ndarray, centroids: np.ndarray, second: bool = False,
     return labels, best, out
 
 
-# numpy's kernel for small calls; numba's (`pipeline.engine.compiled`, the same bits) from this
-# many row-centroid distances on, or always once it is imported: importing numba costs ~0.4 s,
-# the numpy kernel ~5 ns per distance, the compiled one ~0.5-1 ns.
+# numpy's kernel for small calls; the compiled ones (`pipeline.engine.kernels`, the same bits)
+# always when built ahead of time, else from this many row-centroid distances on, or always once
+# numba's JIT is imported: that costs ~1 s, the numpy kernel ~5 ns per distance, the compiled
+# one ~0.5-1 ns.
 _COMPILE_FROM = 1 << 23
 _NO_SHIFT = np.zeros(1)
 
 
 def _compiled(work: int, force: bool = False):
-    """`pipeline.engine.compiled` when ``work`` distances repay importing it (or ``force``),
-    else None."""
+    """`pipeline.engine.kernels` when they are built ahead of time, or when ``work``
+    distances repay the JIT's start-up (or ``force``); else None."""
     import sys
 
+    from pipeline.engine import kernels
+
+    if kernels.AHEAD_OF_TIME:
+        return kernels
     if ("pipeline.engine.compiled" not in sys.modules and work < _COMPILE_FROM
             and not force):
         return None
     try:
         # an import statement, not sys.modules: while another thread (the warm-up) is still
         # importing it, this waits for the module instead of taking it half initialised
-        from pipeline.engine import compiled
+        from pipeline.engine import compiled  # noqa: F401
     except ImportError:  # numba missing or broken: numpy gives the same labels, slower
         return None
-    return compiled
+    return kernels
+
+
+def kernels_built() -> bool:
+    """Whether the compiled kernels are built ahead of time (`pipeline.engine.kernels`): no
+    start-up to hide behind other work."""
+    from pipeline.engine import kernels
+
+    return kernels.AHEAD_OF_TIME
 
 
 def warm_up(pixel_dtypes: tuple = (), label_dtypes: tuple = (np.uint8,)) -> bool:
-    """`prefer_compiled`, then each compiled kernel called once (`compiled.warm_up`): for a
+    """`prefer_compiled`, then each compiled kernel called once (`kernels.warm_up`): for a
     thread started before the work that needs them.  False if numba cannot be imported."""
     runner = _compiled(0, force=True)
     if runner is None:
         return False
+    if runner.AHEAD_OF_TIME:
+        return True
     # a fit's calls on a few rows: the kernels (and array layouts) a fit on a sample takes
     rows = np.linspace(0.0, 1.0, 96).reshape(32, 3)
     weights = np.ones(len(rows))
@@ -233,8 +248,9 @@ def warm_up(pixel_dtypes: tuple = (), label_dtypes: tuple = (np.uint8,)) -> bool
 
 
 def compiled_if_imported():
-    """`pipeline.engine.compiled` if some caller has imported it (`prefer_compiled`), else
-    None: for callers whose work alone would not repay numba's start-up."""
+    """`pipeline.engine.kernels` if they are built ahead of time or some caller has imported
+    numba's JIT (`prefer_compiled`), else None: for callers whose work alone would not repay
+    the JIT's start-up."""
     return _compiled(0)
 
 
