@@ -730,3 +730,28 @@ def test_without_the_geo_extra_a_geotiff_runs_and_the_report_says_what_was_lost(
         "pip install 'kmeans-pipeline[geo]'")
     with rasterio.open(tmp_path / "out" / "labels" / "scene.tif") as src:
         assert "LAYOUT" not in src.tags(ns="IMAGE_STRUCTURE")  # tifffile's tiled TIFF
+
+
+@pytest.mark.parametrize("bigtiff", [False, True])
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_first_ifd_tags_are_tifffiles_and_find_geotiff_tags(tmp_path, bigtiff, byteorder):
+    """The routing check reads the first IFD's tag codes itself (no tifffile import): the same
+    codes tifffile finds, in classic and BigTIFF files of either byte order."""
+    import tifffile
+
+    from pipeline.sources import geo
+
+    plain = str(tmp_path / "plain.tif")
+    tifffile.imwrite(plain, np.zeros((8, 8, 3), np.uint8), bigtiff=bigtiff, byteorder=byteorder,
+                     tile=(16, 16) if bigtiff else None)
+    with tifffile.TiffFile(plain) as tif:
+        want = set(tif.pages.first.tags.keys())
+    with open(plain, "rb") as handle:
+        assert geo.first_ifd_tags(handle) == want
+    assert not geo.has_geotiff_tags(plain)
+    scene = write_raster(str(tmp_path / "geo.tif"), np.ones((1, 8, 8), np.uint8),
+                         BIGTIFF="YES" if bigtiff else "NO")
+    assert geo.has_geotiff_tags(scene)
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"II*\x00\xff\xff\xff\x7f")  # an IFD offset past the end
+    assert not geo.has_geotiff_tags(str(junk)) and not geo.has_geotiff_tags(str(tmp_path / "no"))

@@ -167,7 +167,8 @@ def test_arguments_no_variant_was_built_for_go_to_the_jit(case):
 
 
 def test_a_raster_job_and_a_photo_job_import_no_numba(tmp_path):
-    """Built ahead of time, the kernels need no numba: the ~1 s of its start-up is gone."""
+    """Built ahead of time, the kernels need no numba: the ~1 s of its start-up is gone.  (Nor
+    does a GeoTIFF need tifffile: its tags are checked by `geo.first_ifd_tags`.)"""
     from PIL import Image
 
 
@@ -186,7 +187,7 @@ def test_a_raster_job_and_a_photo_job_import_no_numba(tmp_path):
                      "kmeans": {{"k": 5, "sample_pixels": 200000}},
                      "output": {{"dir": {str(tmp_path)!r} + "/out-" + name}}}}), progress=None)
         print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in
-                                ("numba", "llvmlite"))))
+                                ("numba", "llvmlite", "tifffile"))))
     """))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                          timeout=300, cwd=str(tmp_path))

@@ -122,17 +122,43 @@ NOT_KEPT_NOTE = (f"GeoTIFF read without its georeferencing (rasterio is not inst
 
 
 def has_geotiff_tags(path: str, storage_options: dict | None = None) -> bool:
-    """Whether a TIFF's first page carries GeoTIFF tags (read with tifffile: no GDAL)."""
-    import tifffile
+    """Whether a TIFF's first page carries GeoTIFF tags.
 
+    Read from the first IFD's tag codes alone (`first_ifd_tags`): importing tifffile for
+    this check cost every raster run 20-30 ms, and GDAL cannot tell a plain TIFF apart."""
     try:
         handle = storage.open_read(path, storage_options) if storage.is_url(path) else \
             open(path, "rb")
-        with handle, tifffile.TiffFile(handle) as tif:
-            tags = tif.pages.first.tags
-            return any(code in tags for code in _GEOTIFF_TAGS)
-    except Exception:  # not a TIFF, unreadable: the reader that opens it says why
+        with handle:
+            tags = first_ifd_tags(handle)
+    except Exception:  # unreadable: the reader that opens it says why
         return False
+    return any(code in tags for code in _GEOTIFF_TAGS)
+
+
+_MAX_TAGS = 4096  # more entries than any real first IFD: a damaged file is read no further
+
+
+def first_ifd_tags(handle) -> set[int]:
+    """The tag codes of a TIFF's first IFD (classic or BigTIFF, either byte order), or an
+    empty set when the file is not a TIFF.  Reads the 8- or 16-byte header and the IFD's
+    entries, nothing else (TIFF 6.0 section 2; BigTIFF: 8-byte offsets and counts)."""
+    header = handle.read(16)
+    if header[:2] not in (b"II", b"MM"):
+        return set()
+    order = "little" if header[:2] == b"II" else "big"
+    version = int.from_bytes(header[2:4], order)
+    if version == 42:
+        offset, count_size, entry_size = int.from_bytes(header[4:8], order), 2, 12
+    elif version == 43 and len(header) == 16:
+        offset, count_size, entry_size = int.from_bytes(header[8:16], order), 8, 20
+    else:
+        return set()
+    handle.seek(offset)
+    count = min(int.from_bytes(handle.read(count_size), order), _MAX_TAGS)
+    entries = handle.read(count * entry_size)
+    return {int.from_bytes(entries[i:i + 2], order)
+            for i in range(0, len(entries) - entry_size + 1, entry_size)}
 
 
 @dataclass(frozen=True)
