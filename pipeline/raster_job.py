@@ -411,9 +411,9 @@ def _best_fit(features: np.ndarray, weights: np.ndarray, k: int, seed: int, n_in
     """The lowest-inertia of ``n_init`` k-means++ starts refined by Lloyd steps (on a subset
     of `_START_ROWS` rows when the sample is larger), then refined on every row.
 
-    The starts run on one thread per core: each is a function of (seed, start) alone and the
-    kernels release the GIL, so the winner (the lowest inertia, ties to the first start) is
-    the one a serial loop picks."""
+    The starts run on threads (one per start, up to twice the cores): each is a function of
+    (seed, start) alone and the kernels release the GIL, so the winner (the lowest inertia,
+    ties to the first start) is the one a serial loop picks."""
     subset = features
     if len(features) > 2 * _START_ROWS:
         rows = np.random.default_rng([seed, len(features)]).choice(
@@ -431,7 +431,10 @@ def _best_fit(features: np.ndarray, weights: np.ndarray, k: int, seed: int, n_in
         return centroids, float(partial.inertia), len(steps), converged
 
     starts = range(max(1, n_init))
-    threads = min(len(starts), os.cpu_count() or 1)
+    # a thread per start (up to twice the cores): starts converge in different numbers of
+    # steps, and the OS shares the cores better than a pool of one thread per core (3 starts
+    # on 2 cores: the longest start's time, not the two shortest run one after the other)
+    threads = min(len(starts), 2 * (os.cpu_count() or 1))
     if threads > 1 and len(subset) * k >= _PARALLEL_STARTS_FROM:
         with ThreadPoolExecutor(threads, thread_name_prefix="kmeans-start") as pool:
             fits = list(pool.map(run_start, starts))
