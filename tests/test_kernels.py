@@ -193,3 +193,37 @@ def test_a_raster_job_and_a_photo_job_import_no_numba(tmp_path):
                          timeout=300, cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_without_the_built_module_the_jit_writes_the_same_files(tmp_path):
+    """A platform where the build failed (KMEANS_PIPELINE_AOT=0 here) runs numba's JIT: the
+    same model and the same label files, byte for byte, for a raster and a photo job."""
+    import os
+
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(rng.integers(0, 255, (120, 90, 3), dtype=np.uint8)).save(inputs / "p.png")
+    write_raster(inputs / "s.tif", rng.integers(1, 4000, (3, 300, 260), dtype=np.uint16))
+    outputs = {}
+    for aot in ("1", "0"):
+        for name in ("p.png", "s.tif"):
+            out = tmp_path / f"out-{aot}-{name}"
+            job = tmp_path / f"job-{aot}-{name}.json"
+            job.write_text(json.dumps({"input": {"paths": [str(inputs / name)]},
+                                       "kmeans": {"k": 6, "seed": 1},
+                                       "output": {"dir": str(out), "segmented": False}}))
+            done = subprocess.run([sys.executable, "-m", "pipeline", "run", str(job), "-q"],
+                                  capture_output=True, text=True, timeout=300,
+                                  env={**os.environ, "KMEANS_PIPELINE_AOT": aot})
+            assert done.returncode == 0, done.stderr[-2000:]
+            labels = sorted((out / "labels").iterdir())
+            assert labels
+            model = json.loads((out / "model.json").read_text())
+            assert model["centroids"]
+            outputs[(aot, name)] = ([p.read_bytes() for p in labels],
+                                    json.dumps(model.get("centroids")))
+    for name in ("p.png", "s.tif"):
+        assert outputs[("1", name)] == outputs[("0", name)], name
