@@ -745,9 +745,9 @@ def _label(pixels: np.ndarray, masked: np.ndarray, model: RasterModel,
     stats = _ClassStats(model.native)
     norm = model.normalization
     kernels.label_window(rows, masked.reshape(-1), model.centroids,
-                          np.asarray(norm.center, np.float64), np.asarray(norm.scale, np.float64),
-                          norm.method != "none", stats.native, masked_label, out, stats.counts,
-                          stats.sums, stats.squares)
+                         np.asarray(norm.center, np.float64), np.asarray(norm.scale, np.float64),
+                         norm.method != "none", stats.native, masked_label, out, stats.counts,
+                         stats.sums, stats.squares)
     return out.reshape(masked.shape), stats
 
 
