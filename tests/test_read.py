@@ -73,7 +73,7 @@ def test_the_listing_fast_path_agrees_with_the_full_extension_list():
     from pipeline.sources import geo, listing, photos, rasters
 
     full = photos.readable_extensions()
-    assert photos.COMMON_EXTENSIONS <= full
+    assert listing.COMMON_EXTENSIONS <= full
     for raster_path in (False, True):
         takes = listing._Extensions(raster_path)
         expected = full | (rasters.EXTENSIONS | geo.extensions() if raster_path else set())
