@@ -114,6 +114,55 @@ def error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line]
 
 
+# A fresh interpreter runs the CLI on a job; a dask callback notes sys.modules when the first
+# task starts (as benchmarks/startup.py does), and the run's end notes them again.
+_MODULES_CHILD = """
+import json, sys
+from dask.callbacks import Callback
+
+first = []
+
+
+class _First(Callback):
+    def _pretask(self, key, dsk, state):
+        if not first:
+            first.append(sorted(sys.modules))
+
+
+_First().register()
+from pipeline.cli import main
+
+code = main(["run", sys.argv[1], "-q"])
+print(json.dumps({"code": code, "first_task": first[0] if first else None,
+                  "end": sorted(sys.modules)}))
+"""
+
+
+def modules_of_run(job: str) -> dict:
+    """``{"code": exit status, "first_task": modules loaded when the first task starts,
+    "end": modules loaded at the end}`` of ``kmeans-pipeline run JOB`` in a new interpreter."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = subprocess.run([sys.executable, "-c", _MODULES_CHILD, str(job)], text=True,
+                           capture_output=True, env={**os.environ, "PYTHONPATH": root},
+                           timeout=120)
+    assert child.returncode == 0, child.stderr
+    return json.loads(child.stdout.splitlines()[-1])
+
+
+def modules_imported_by(*names: str) -> set[str]:
+    """What importing ``names`` loads in a new interpreter (what a dependency imports itself:
+    dask's importlib_metadata imports email in some environments, rasterio boto3)."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {', '.join(names)}; print(*sys.modules)"
+    return set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True).stdout.split())
+
+
 def read_json(folder, name: str = "report.json") -> dict:
     """An output JSON file (report.json, model.json, ...) of the output folder ``folder``."""
     with open(os.path.join(str(folder), name), encoding="utf-8") as handle:

@@ -23,7 +23,7 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 
-from conftest import read_json, run_cli, write_job
+from conftest import modules_imported_by, modules_of_run, read_json, run_cli, write_job
 from pipeline.errors import ConfigError, ImageReadError, OutputError
 from pipeline.sinks import cog
 from pipeline.sources import geo
@@ -599,6 +599,25 @@ def test_sample_scene_runs_to_cogs_listed_in_the_report(tmp_path):
     assert row["area_metre2"] == row["pixels"] * 900.0
     assert row["hectares"] == pytest.approx(row["pixels"] * 0.09)
     assert set(row["mean"]) == {"blue", "green", "red"}
+
+
+def test_a_geotiff_job_imports_no_photo_or_web_stack_before_its_first_task(tmp_path):
+    """Start-up (issue 14): until a GeoTIFF run's first task starts, none of the photo path
+    (Pillow, simplejpeg, the photo tasks), the web and mail modules a QGIS style's XML
+    escaping or importlib.metadata pull in, imageio, tifffile, numba, distributed or
+    dask.array is imported; the report still names imageio's installed version."""
+    from importlib.metadata import version
+
+    write_raster(tmp_path / "scene.tif", classes_scene(40, 50)[0])
+    said = modules_of_run(geo_job(tmp_path, ["scene.tif"], kmeans={"k": 3}))
+    assert said["code"] == 0
+    deferred = ("PIL.Image", "simplejpeg", "pipeline.sources.photos", "pipeline.tasks",
+                "xml.sax", "urllib.request", "http.client", "email", "importlib.metadata",
+                "imageio", "tifffile", "numba", "distributed", "dask.array")
+    theirs = modules_imported_by("dask", "numpy", "rasterio")
+    assert [m for m in deferred if m in said["first_task"] and m not in theirs] == []
+    assert {"rasterio", "pipeline.raster_job"} <= set(said["first_task"])
+    assert read_json(tmp_path / "out")["versions"]["imageio"] == version("imageio")
 
 
 def test_resume_checks_the_cog_outputs(tmp_path):

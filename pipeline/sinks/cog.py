@@ -33,7 +33,6 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
-from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
@@ -645,6 +644,10 @@ def _write_bytes(path: str, data: bytes, storage_options: dict | None) -> int:
 def qgis_style(palette: np.ndarray, names: Sequence[str]) -> str:
     """A QGIS layer style (.qml): the paletted renderer with one entry per class, so QGIS
     opens the label map coloured and named."""
+    # here, not at the top: xml.sax.saxutils imports urllib.request, http.client and email
+    # (10-20 ms), which a raster run would pay before its first task (issue 14)
+    from xml.sax.saxutils import quoteattr
+
     entries = "\n".join(
         f'        <paletteEntry value="{j}" color="{_hex(colour)}" alpha="255" '
         f'label={quoteattr(names[j])}/>' for j, colour in enumerate(palette))

@@ -21,15 +21,17 @@ import os
 from datetime import datetime, timezone
 import struct
 import zlib
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-from PIL import Image
 
 from pipeline import storage
 from pipeline.sinks import segment
 from pipeline.config import OutputConfig
 from pipeline.errors import StorageError
+
+if TYPE_CHECKING:  # Pillow is a photo run's, not this module's: a raster run never loads it
+    from PIL import Image
 
 TEMP_PREFIX = ".tmp-"
 SUBDIRS = ("segmented", "labels", "masks")

@@ -20,7 +20,6 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from pipeline import storage
 from pipeline.sinks import images, segment
@@ -65,6 +64,8 @@ def write_thumbnails(out_dir: str, name: str, pixels: np.ndarray, labels: np.nda
         ``[relative path, size in bytes]`` of ``thumbs/<name>/before.jpg``, ``after.png`` and
         ``masks.png``, in that order (the report's ``outputs["thumbs"]``).
     """
+    from PIL import Image  # here: a raster run imports this module before its first task
+
     height, width = labels.shape
     size = _fit_size(width, height, THUMB_SIDE, THUMB_SIDE)
     before = Image.fromarray(pixels).resize(size, Image.Resampling.BOX, reducing_gap=2.0)
@@ -149,6 +150,8 @@ def write_palette_files(out_dir: str, palette: np.ndarray, counts: list[int],
     list
         ``[relative path, size in bytes]`` of both files.
     """
+    from PIL import Image  # here: a raster run imports this module before its first task
+
     total = sum(counts) or 1
     lines = ["GIMP Palette", f"Name: kmeans-pipeline {os.path.basename(title)} "
              f"k={len(palette)}", f"Columns: {min(len(palette), 16)}", "#"]

@@ -21,7 +21,10 @@ import numpy as np
 from pipeline import tasklog
 from pipeline.engine import kmeans
 from pipeline.errors import ImageReadError
-from pipeline.sources import ImageInfo, photos
+from pipeline.sources import ImageInfo
+
+# `pipeline.sources.photos` (Pillow, simplejpeg: 10-20 ms) is imported by the functions that
+# decode: a raster run uses this module but never decodes a photo (issue 14).
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -29,11 +32,15 @@ if TYPE_CHECKING:
 
 def read_pixels(info: ImageInfo) -> np.ndarray:
     """Decoded pixel rows of one image: ndarray of shape (n_pixels, 3), uint8."""
+    from pipeline.sources import photos
+
     return photos.decode(info).reshape(-1, 3)
 
 
 def read_masked_rows(info: ImageInfo) -> tuple[np.ndarray, np.ndarray]:
     """Pixel rows (n_pixels, 3) uint8 of one image and its mask (n_pixels,) bool."""
+    from pipeline.sources import photos
+
     pixels, masked = photos.decode_masked(info)
     flat = np.zeros(info.n_pixels, bool) if masked is None else masked.reshape(-1)
     return pixels.reshape(-1, 3), flat
@@ -226,6 +233,8 @@ class Decoded:
 
     def take(self, info: ImageInfo) -> tuple[np.ndarray, np.ndarray | None]:
         """`photos.decode_masked`, served (once) from what the sampling pass kept."""
+        from pipeline.sources import photos
+
         with self._lock:
             decoded = self._pixels.pop(info, None)
         return photos.decode_masked(info) if decoded is None else decoded
@@ -281,6 +290,8 @@ def decode_kept(info: ImageInfo) -> tuple:
         (`pipeline.tasklog`); or ``(Undecodable, None, lines)``: a failure is a value here,
         for the sample task to report, not an error that would fail every task after it.
     """
+    from pipeline.sources import photos
+
     with tasklog.capture() as lines:
         try:
             pixels, masked = photos.decode_masked(info)
@@ -305,6 +316,8 @@ def _decode_for_sample(info: ImageInfo,
     """The sampling pass's decode: served by a decode task on the worker (whose warnings are
     logged again here, so that they reach the image's report entry as when decoded here), or
     decoded and kept in this process's store."""
+    from pipeline.sources import photos
+
     if isinstance(kept, dict) and info.name in kept:
         for line in kept[info.name][2]:
             level, _, rest = line.partition(" ")
@@ -321,6 +334,8 @@ def take_decoded(info: ImageInfo,
                  kept: Decoded | dict | None) -> tuple[np.ndarray, np.ndarray | None]:
     """An image's pixels (height, width, 3), uint8, and mask (`photos.decode_masked`): from
     ``kept`` (`Decoded`, or a task's dict of `decode_kept` values) if there, else decoded."""
+    from pipeline.sources import photos
+
     if isinstance(kept, dict):
         served = _served(info, kept)
         return photos.decode_masked(info) if served is None else served
@@ -372,6 +387,8 @@ class Image:
         """dask array of shape (height, width, 3), uint8: one task decodes the file."""
         import dask.array as da
 
+        from pipeline.sources import photos
+
         token = dask.base.tokenize(self.info)
         block = dask.delayed(photos.decode, pure=True)(self.info, dask_key_name=f"image-{token}")
         return da.from_delayed(block, shape=self.shape, dtype=np.uint8,
@@ -382,6 +399,8 @@ class Image:
 
 
 def _photo_mask(info: ImageInfo) -> np.ndarray:
+    from pipeline.sources import photos
+
     _, masked = photos.decode_masked(info)
     return np.zeros((info.height, info.width), bool) if masked is None else masked
 

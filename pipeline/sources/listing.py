@@ -25,8 +25,12 @@ from pipeline import storage
 from pipeline.config import InputConfig, PreprocessConfig
 from pipeline.errors import ConfigError, ImageReadError
 from pipeline.sources import ImageInfo
-from pipeline.sources.photos import (COMMON_EXTENSIONS, mask_rule, read_header,
-                                     readable_extensions)
+
+# Extensions every Pillow registers (its core plugins, loaded by Image.preinit) and imageio
+# routes to Pillow: a listing takes them without `photos.readable_extensions` (tested a subset
+# of it).  `pipeline.sources.photos` is imported where a photo is met: a raster run never pays
+# for Pillow and simplejpeg (10-20 ms of start-up, issue 14).
+COMMON_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
 
 
 @dataclass
@@ -138,6 +142,8 @@ class _Extensions:
             if ext in self._geo:
                 return True
         if self._photos is None:
+            from pipeline.sources.photos import readable_extensions
+
             self._photos = readable_extensions()
         return ext in self._photos
 
@@ -169,6 +175,8 @@ _TIFF = (".tif", ".tiff")
 
 def _add_photo(listing: Listing, cfg: InputConfig, preprocess: PreprocessConfig, path: str,
                name: str, raster_path: bool) -> None:
+    from pipeline.sources.photos import mask_rule, read_header
+
     masking = mask_rule(cfg.mask, cfg.nodata)  # photos: band:N is refused here, in one line
     try:
         info, image_notes = read_header(path, name, len(listing.images), preprocess.scale,

@@ -36,11 +36,6 @@ _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
 
 
-# Extensions every Pillow registers (its core plugins, loaded by Image.preinit) and imageio
-# routes to Pillow: a listing takes them without `readable_extensions` (tested a subset of it).
-COMMON_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
-
-
 def readable_extensions() -> frozenset[str]:
     """Extensions (lower case, with dot) that imageio routes to Pillow and Pillow can open."""
     import imageio.config

@@ -40,7 +40,6 @@ import math
 import os
 import re
 import threading
-import xml.etree.ElementTree as ElementTree
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -297,6 +296,8 @@ def _gdal_nodata(tags: Any) -> tuple[float, ...] | None:
 
 def _tiff_band_names(tif: Any, page: Any) -> list[str] | None:
     """Channel names from OME-XML, else band descriptions from GDAL_METADATA."""
+    import xml.etree.ElementTree as ElementTree  # here: a GeoTIFF run (rasterio) never needs it
+
     if tif.is_ome and tif.ome_metadata:
         try:
             root = ElementTree.fromstring(tif.ome_metadata)
