@@ -173,3 +173,49 @@ def test_performance_report_in_a_missing_folder_is_exit_2_before_any_cluster(tmp
     assert err == [f"error: dask.performance_report: folder '{tmp_path / 'nowhere'}' does not "
                    "exist; create it or choose another path"]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_local_cluster_serves_no_dashboard_unless_asked(tmp_path, collection, capsys):
+    # issue 14: bokeh's pages cost 0.3-0.4 s of a LocalCluster's start-up
+    job = write_job(tmp_path, output={"masks": False}, dask={"n_workers": 1,
+                                                             "threads_per_worker": 1})
+    assert main(["run", job, "--json", "--scheduler", "local"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["scheduler"] == "local" and summary["dashboard"] is None
+    assert _report(tmp_path)["scheduler"]["dashboard"] is None
+    assert main(["run", job, "--json", "--scheduler", "local", "--set",
+                 "dask.dashboard=true"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["dashboard"].startswith("http://127.0.0.1:")
+    assert _report(tmp_path)["scheduler"]["dashboard"] == summary["dashboard"]
+
+
+def test_a_local_cluster_forks_its_workers_from_a_forkserver_with_the_same_labels(
+        tmp_path, collection):
+    # issue 14: each spawned worker imported distributed and the task modules itself
+    from distributed import default_client
+
+    from pipeline.api import Job, run
+
+    job = write_job(tmp_path, output={"masks": False}, dask={"n_workers": 2,
+                                                             "threads_per_worker": 1})
+    seen = {}
+
+    def on_connect(connection) -> None:
+        client = default_client()
+        seen.update(client.run(lambda: (os.getppid(), os.environ.get("OMP_NUM_THREADS"),
+                                        os.environ.get("PYTHONHASHSEED"))))
+
+    run(Job.from_yaml(job).with_overrides(["dask.scheduler=local"]), progress=None,
+        on_connect=on_connect)
+    assert len(seen) == 2
+    for parent, omp, hashseed in seen.values():
+        assert parent != os.getpid()  # spawned, a worker is a child of this process
+        assert omp == "1" and hashseed not in (None, "0")  # set before the server started
+    local = _labels(tmp_path)
+    threads = tmp_path / "threads"
+    threads.mkdir()
+    os.symlink(tmp_path / "images", threads / "images")
+    assert main(["run", write_job(threads, output={"masks": False}), "-q",
+                 "--scheduler", "threads"]) == 0
+    assert _labels(threads) == local
