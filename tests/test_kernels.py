@@ -88,6 +88,13 @@ def _arguments(name, spec, rng):
         return (codes, centroids, *kmeans.neighbour_gaps(centroids), kmeans.SLACK, unknown,
                 np.full(1 << 24, unknown, label), np.zeros(1 << 24, np.float32),
                 np.empty(n, label))
+    if name == "label_codes_sums":
+        label = np.dtype(spec[6].dtype)
+        unknown = int(np.iinfo(label).max)
+        codes = (rng.integers(0, 40, (n, 3)) * [1, 256, 65536]).sum(axis=1).astype(np.uint32)
+        return (codes, centroids, *kmeans.neighbour_gaps(centroids), kmeans.SLACK, unknown,
+                np.full(1 << 24, unknown, label), np.empty(n, label), np.zeros(k, np.int64),
+                np.zeros((k, 4)))
     raise AssertionError(f"no arguments for {name}")
 
 

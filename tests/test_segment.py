@@ -47,7 +47,29 @@ def test_label_image_is_the_same_with_a_lazy_or_whole_table_and_counts_every_pix
         assert (labels.reshape(-1) == expected).all()
         assert (counts == np.bincount(expected, minlength=6)).all()
         assert inertia == pytest.approx(distances.sum(), rel=1e-6)
-    assert lazy[2] == whole[2]
+    # one image's own table keeps no distances: its inertia, of exact integer sums, is
+    # closer to float64 distances than the whole table's float32 ones
+    assert lazy[2] == pytest.approx(distances.sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 7, 256])
+def test_a_private_tables_counts_and_inertia_are_the_same_compiled_or_not(k, monkeypatch):
+    rng = np.random.default_rng(k)
+    pixels = (rng.normal(120, 50, (200, 300, 3)).clip(0, 255)).astype(np.uint8)
+    masked = rng.random((200, 300)) < 0.1
+    centroids = rng.random((k, 3)) * 255
+    compiled = segment.label_image(pixels, centroids, "rgb", cache=False, masked=masked)
+    assert kmeans.compiled_if_imported() is not None  # the kernels are built or imported
+    monkeypatch.setattr(kmeans, "compiled_if_imported", lambda: None)
+    plain = segment.label_image(pixels, centroids, "rgb", cache=False, masked=masked)
+    rows = pixels.reshape(-1, 3)[~masked.reshape(-1)].astype(np.float64)
+    expected, distances = kmeans.assign(rows, centroids)
+    for labels, counts, inertia in (compiled, plain):
+        assert (labels[~masked] == expected).all()
+        assert (labels[masked] == np.iinfo(labels.dtype).max).all()
+        assert (counts == np.bincount(expected, minlength=k)).all()
+        assert inertia == pytest.approx(distances.sum(), rel=1e-12)
+    assert compiled[2] == plain[2]
 
 
 def test_labels_are_uint8_up_to_k_255_and_uint16_from_k_256():

@@ -56,6 +56,9 @@ def _variants() -> dict[str, list[tuple[tuple, str]]]:
         "label_codes": [((Array("uint32", 1), F8_2, Array("int64", 2), F8_2, "float64", "int64",
                           Array(label, 1, True), Array("float32", 1, True),
                           Array(label, 1, True)), "none") for label in LABEL_DTYPES],
+        "label_codes_sums": [((Array("uint32", 1), F8_2, Array("int64", 2), F8_2, "float64",
+                               "int64", Array(label, 1, True), Array(label, 1, True),
+                               I8_1_OUT, F8_2_OUT), "none") for label in LABEL_DTYPES],
     }
     return table
 

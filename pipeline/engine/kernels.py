@@ -64,8 +64,11 @@ class Kernel:
         self._variants: dict[tuple, tuple] = {}
         if module is not None:
             for index, (args, _) in enumerate(variants):
+                function = getattr(module, types.symbol(name, index), None)
+                if function is None:  # a module built before this kernel: the JIT's
+                    continue
                 key = tuple((np.dtype(args[i].dtype), args[i].order) for i in self._arrays)
-                self._variants[key] = (getattr(module, types.symbol(name, index)), args)
+                self._variants[key] = (function, args)
 
     def built_for(self, *args) -> Any:
         """The built variant and the arguments to give it, or None: the JIT's call."""
@@ -119,6 +122,7 @@ weighted_sums = Kernel("weighted_sums", _BUILT)
 pairwise_sum = Kernel("pairwise_sum", _BUILT)
 plusplus = Kernel("plusplus", _BUILT)
 label_codes = Kernel("label_codes", _BUILT)
+label_codes_sums = Kernel("label_codes_sums", _BUILT)
 
 
 def warm_up(pixel_dtypes: tuple = (), label_dtypes: tuple = (np.uint8,)) -> None:

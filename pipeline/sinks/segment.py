@@ -67,7 +67,9 @@ class _ColourTable:
         dtype = label_dtype(len(centroids))  # its top value is the sentinel (and masked's label)
         self.unknown = masked_label(len(centroids))
         self.labels = np.full(_N_COLOURS, self.unknown, dtype)
-        self.distances = np.empty(_N_COLOURS, np.float32)
+        # a private RGB table keeps no distances (`label_counted`): 64 MB mapped per image
+        self.counted = private and not whole and color_space == "rgb"
+        self.distances = None if self.counted else np.empty(_N_COLOURS, np.float32)
         self.lock = threading.Lock()
         self.whole = whole
         if whole:
@@ -138,6 +140,41 @@ class _ColourTable:
                 np.take(self.labels, codes[block], out=labels[block], mode="wrap")
         return labels, self._inertia(codes, blocks)
 
+    def label_counted(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Labels of ``codes`` (ndarray (n,)), pixels per cluster and their inertia, for a
+        private RGB table (no distances kept).
+
+        The inertia comes from each cluster's exact integer sums of its colours and of their
+        squares (`compiled.label_codes_sums`, or numpy's ``bincount`` of the same integers,
+        which gives the same float64 sums): the same float on either path.
+        """
+        k = len(self.centroids)
+        runner = kmeans.compiled_if_imported()
+        if runner is not None:
+            labels = np.empty(len(codes), self.labels.dtype)
+            counts, sums = np.zeros(k, np.int64), np.zeros((k, 4))
+            runner.label_codes_sums(codes, kmeans.as_centroids(self.centroids),
+                                    *kmeans.neighbour_gaps(self.centroids), kmeans.SLACK,
+                                    self.unknown, self.labels, labels, counts, sums)
+            return labels, counts, _inertia_of_sums(counts, sums, self.centroids)
+        labels = np.empty(len(codes), self.labels.dtype)
+        blocks = [slice(start, start + _BLOCK) for start in range(0, len(codes), _BLOCK)]
+        for block in blocks:
+            np.take(self.labels, codes[block], out=labels[block], mode="wrap")
+        new = labels == self.unknown
+        if new.any():
+            fresh = _distinct(codes[new])
+            features = kmeans.to_features(code_colours(fresh), self.color_space)
+            self.labels[fresh] = kmeans.assign(features, self.centroids)[0]
+            labels[new] = self.labels[codes[new]]
+        counts = _counts(labels, k)
+        rgb = code_colours(codes).astype(np.float64)
+        sums = np.stack([np.bincount(labels, weights=rgb[:, c], minlength=k)
+                         for c in range(3)]
+                        + [np.bincount(labels, weights=(rgb * rgb).sum(axis=1), minlength=k)],
+                        axis=1)
+        return labels, counts, _inertia_of_sums(counts, sums, self.centroids)
+
     def _inertia(self, codes: np.ndarray, blocks: list[slice]) -> float:
         return sum(float(np.take(self.distances, codes[block], mode="wrap")
                          .sum(dtype=np.float64)) for block in blocks)
@@ -148,6 +185,15 @@ class _ColourTable:
         with self.lock:  # writers store identical values; distances go first
             self.distances[new] = distances
             self.labels[new] = labels
+
+
+def _inertia_of_sums(counts: np.ndarray, sums: np.ndarray, centroids: np.ndarray) -> float:
+    """Sum over clusters of sum |x - c|^2 = sum |x|^2 - 2 c . sum x + n |c|^2, from the exact
+    per-cluster sums of `_ColourTable.label_counted` (``sums`` (k, 4): the colours, then their
+    squares); each cluster's term is clipped at 0 (rounding of a near-empty spread)."""
+    spread = (sums[:, 3] - 2 * (sums[:, :3] * centroids).sum(axis=1)
+              + counts * (centroids * centroids).sum(axis=1))
+    return float(np.maximum(spread, 0.0).sum())
 
 
 def _distinct(codes: np.ndarray) -> np.ndarray:
@@ -221,14 +267,19 @@ def label_image(pixels: np.ndarray, centroids: np.ndarray, color_space: str,
     height, width = pixels.shape[:2]
     table = _table(centroids, color_space, cache, whole_table and color_space == "rgb")
     codes = colour_codes(pixels.reshape(-1, 3))
-    if masked is None:
-        labels, inertia = table.label(codes)
+    valid = None if masked is None else ~masked.reshape(-1)
+    if table.counted:
+        known, counts, inertia = table.label_counted(codes if valid is None else codes[valid])
     else:
-        valid = ~masked.reshape(-1)
+        known, inertia = table.label(codes if valid is None else codes[valid])
+        counts = None
+    if valid is None:
+        labels = known
+    else:
         labels = np.full(len(codes), table.unknown, table.labels.dtype)
-        labels[valid], inertia = table.label(codes[valid])
-    # [:k]: a masked pixel's label (the dtype's top value) is no cluster
-    counts = _counts(labels, len(centroids))[:len(centroids)]
+        labels[valid] = known
+    if counts is None:  # [:k]: a masked pixel's label (the dtype's top value) is no cluster
+        counts = _counts(labels, len(centroids))[:len(centroids)]
     return labels.reshape(height, width), counts, inertia
 
 
