@@ -96,15 +96,16 @@ def fit_image(pixels: np.ndarray, info: ImageInfo, km: KMeansConfig, color_space
     """Image scope: fit one image's palette on its sample (k chosen first for k: auto); its
     unmasked pixels only."""
     rows = pixels.reshape(-1, 3)
-    where = np.arange(len(rows))
+    where = None  # every pixel
     if km.algorithm == "minibatch" and len(rows) > km.sample_pixels:
         where = collection.sample_positions(info, km.sample_pixels, km.seed, masked)
     elif masked is not None:
         where = np.flatnonzero(~masked.reshape(-1))
-    if len(where) < len(rows):
+    if where is not None and len(where) < len(rows):
         rows = rows[where]
     sample = rows if spatial_weight == 0 else kmeans.spatial_features(
-        rows, where, info.width, info.height, color_space, spatial_weight)
+        rows, np.arange(len(rows)) if where is None else where, info.width, info.height,
+        color_space, spatial_weight)
     auto = fitting.choose_k(sample, km, color_space) if km.auto_k else None
     if auto is not None:
         km = dataclasses.replace(km, k=auto.k)
