@@ -112,7 +112,8 @@ def fit_image(pixels: np.ndarray, info: ImageInfo, km: KMeansConfig, color_space
     if spatial_weight > 0:
         result = fitting.fit_features(sample, km, init)
     else:
-        result = fitting.fit_sample(rows, km, color_space, init)
+        result = fitting.fit_sample(rows, km, color_space, init,
+                                    patience=fitting.IMAGE_JUMP_PATIENCE)
     return fitting.FitOutcome.of(result, color_space, auto, km)
 
 

@@ -50,3 +50,16 @@ def test_starts_run_on_coarser_boxes_only_when_there_are_enough():
     many = n_seeds // fitting._SEED_BOXES_PER_CLUSTER
     assert len(fitting._seed_boxes(points, boxes, many).weights) == n_seeds < len(boxes.weights)
     assert fitting._seed_boxes(points, boxes, many + 1) is boxes
+
+
+# One image's own palette jumps with less patience (scope: image): still within 1 %.
+@pytest.mark.parametrize("photo", ["coffee.png", "rocket.jpg"])
+@pytest.mark.parametrize("k", [5, 16])
+def test_an_image_scope_fit_is_close_to_a_thorough_fit(photo, k):
+    pixels = iio.imread(os.path.join(PHOTOS, photo))[..., :3].reshape(-1, 3)
+    codes, counts = kmeans.histogram(pixels)
+    result = fitting.fit_sample(pixels, KMeansConfig(k=k), "rgb",
+                                patience=fitting.IMAGE_JUMP_PATIENCE)
+    features = kmeans.to_features(kmeans.unpack(codes), "rgb")
+    inertia = kmeans.partial_sums(features, counts, result.centroids)[0].inertia
+    assert inertia <= 1.01 * _reference_inertia(codes, counts, k)
