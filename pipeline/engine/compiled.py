@@ -513,26 +513,14 @@ def label_codes(codes, centroids, neighbours, sorted_gaps, slack, unknown, table
     distances : ndarray of shape (2**24,), float32 (in and out)
     labels : ndarray of shape (n,), the table's dtype (out)
     """
-    k = centroids.shape[0]
     hint = 0
     for i in range(codes.shape[0]):
         code = codes[i]
         label = table[code]
         if label == unknown:
-            red = np.float64(code & 255)
-            green = np.float64((code >> 8) & 255)
-            blue = np.float64(code >> 16)
-            bb = _rgb_distance(red, green, blue, centroids, hint)
-            lb = hint
-            reach = 2 * np.sqrt(bb) * (1 + slack) + slack
-            m = 1
-            while m < k and sorted_gaps[hint, m] <= reach:
-                j = neighbours[hint, m]
-                dist = _rgb_distance(red, green, blue, centroids, j)
-                if dist < bb or (dist == bb and j < lb):
-                    bb = dist
-                    lb = j
-                m += 1
+            lb, bb = _nearest_colour(np.float64(code & 255), np.float64((code >> 8) & 255),
+                                     np.float64(code >> 16), centroids, neighbours,
+                                     sorted_gaps, slack, hint)
             distances[code] = np.float32(bb)
             table[code] = lb
             label = lb
@@ -571,17 +559,8 @@ def label_codes_sums(codes, centroids, neighbours, sorted_gaps, slack, unknown, 
         green = np.float64((code >> 8) & 255)
         blue = np.float64(code >> 16)
         if label == unknown:
-            bb = _rgb_distance(red, green, blue, centroids, hint)
-            lb = hint
-            reach = 2 * np.sqrt(bb) * (1 + slack) + slack
-            m = 1
-            while m < k and sorted_gaps[hint, m] <= reach:
-                j = neighbours[hint, m]
-                dist = _rgb_distance(red, green, blue, centroids, j)
-                if dist < bb or (dist == bb and j < lb):
-                    bb = dist
-                    lb = j
-                m += 1
+            lb, _ = _nearest_colour(red, green, blue, centroids, neighbours, sorted_gaps,
+                                    slack, hint)
             table[code] = lb
             label = lb
         labels[i] = label
@@ -597,6 +576,25 @@ def label_codes_sums(codes, centroids, neighbours, sorted_gaps, slack, unknown, 
             counts[j] += lane_counts[lane, j]
             for f in range(4):
                 sums[j, f] += lane_sums[lane, j, f]
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _nearest_colour(red, green, blue, centroids, neighbours, sorted_gaps, slack, hint):
+    """Label and squared distance of one colour: compared with the centroids within twice its
+    distance of centroid ``hint`` (Elkan 2003, lemma 1; ties to the lowest index)."""
+    k = centroids.shape[0]
+    bb = _rgb_distance(red, green, blue, centroids, hint)
+    lb = hint
+    reach = 2 * np.sqrt(bb) * (1 + slack) + slack
+    m = 1
+    while m < k and sorted_gaps[hint, m] <= reach:
+        j = neighbours[hint, m]
+        dist = _rgb_distance(red, green, blue, centroids, j)
+        if dist < bb or (dist == bb and j < lb):
+            bb = dist
+            lb = j
+        m += 1
+    return lb, bb
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
